@@ -1,0 +1,243 @@
+"""Judgment forms (DESIGN.md, "Claims") and their JSON encoding.
+
+Every claim names a graph by the sha256 of its file, an input set over the graph's single input
+node, a semantics ("real" for now) and an output node (flattened row-major):
+- Bounds:          for all x in S, lo <= G(x)[node] <= hi elementwise.
+- LinearBound:     for all x in S, rows . G(x)[node] >= rhs, row by row.
+- Unsat:           no x in S has G(x)[node] in the union of polytopes {y : A y <= b}.
+- Counterexample:  the point x* is in S and G(x*)[node] lies in one of those polytopes.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from flint import fmpq
+
+from kernel_checker.errors import refuse
+from kernel_checker.exact import decode_rational, decode_vector, encode_rational
+
+RULE = "claim"
+SEMANTICS = ("real",)
+Vec = tuple  # of fmpq
+
+
+@dataclass(frozen=True)
+class Box:
+    lo: Vec
+    hi: Vec
+
+    def to_json(self) -> dict:
+        return {"kind": "box", "lo": _enc(self.lo), "hi": _enc(self.hi)}
+
+    def as_box(self) -> "Box":
+        return self
+
+
+@dataclass(frozen=True)
+class LinfBall:
+    """{x : |x - center|_inf <= eps}, intersected with [clamp_lo, clamp_hi]^n when clamped."""
+
+    center: Vec
+    eps: fmpq
+    clamp: tuple | None = None
+
+    def to_json(self) -> dict:
+        doc = {"kind": "linf_ball", "center": _enc(self.center), "eps": encode_rational(self.eps)}
+        if self.clamp is not None:
+            doc["clamp"] = _enc(self.clamp)
+        return doc
+
+    def as_box(self) -> Box:
+        lo = [c - self.eps for c in self.center]
+        hi = [c + self.eps for c in self.center]
+        if self.clamp is not None:
+            a, b = self.clamp
+            lo = [v if v > a else a for v in lo]
+            hi = [v if v < b else b for v in hi]
+        return Box(tuple(lo), tuple(hi))
+
+
+InputSet = Box | LinfBall
+
+
+@dataclass(frozen=True)
+class Polytope:
+    """{y : A y <= b}."""
+
+    a: tuple  # of Vec
+    b: Vec
+
+    def to_json(self) -> dict:
+        return {"A": [_enc(r) for r in self.a], "b": _enc(self.b)}
+
+
+@dataclass(frozen=True)
+class Claim:
+    kind: str  # bounds | linear_bound | unsat | counterexample
+    graph: str
+    input_set: InputSet
+    node: str
+    semantics: str = "real"
+    lo: Vec = ()
+    hi: Vec = ()
+    rows: tuple = ()
+    rhs: Vec = ()
+    unsafe: tuple = ()  # of Polytope
+    point: Vec = ()
+    name: str | None = None
+
+    def to_json(self) -> dict:
+        doc = {"kind": self.kind, "graph": self.graph, "semantics": self.semantics,
+               "input_set": self.input_set.to_json(), "node": self.node}
+        if self.name is not None:
+            doc["name"] = self.name
+        if self.kind == "bounds":
+            doc.update(lo=_enc(self.lo), hi=_enc(self.hi))
+        elif self.kind == "linear_bound":
+            doc.update(rows=[_enc(r) for r in self.rows], rhs=_enc(self.rhs))
+        else:
+            doc["unsafe"] = [p.to_json() for p in self.unsafe]
+            if self.kind == "counterexample":
+                doc["point"] = _enc(self.point)
+        return doc
+
+    def spec_sha256(self) -> str:
+        """Content hash of the claim: sha256 of its canonical JSON."""
+        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _enc(values) -> list[str]:
+    return [encode_rational(v) for v in values]
+
+
+def _obj(doc: object, path: str, required: set, optional: set = frozenset()) -> dict:
+    if not isinstance(doc, dict):
+        raise refuse(RULE, path, f"expected an object, found {type(doc).__name__}")
+    missing = required - set(doc)
+    if missing:
+        raise refuse(RULE, path, f"missing keys {sorted(missing)}")
+    extra = set(doc) - required - set(optional)
+    if extra:
+        raise refuse(RULE, path, f"unexpected keys {sorted(extra)}")
+    return doc
+
+
+def parse_input_set(doc: object, path: str) -> InputSet:
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    if kind == "box":
+        _obj(doc, path, {"kind", "lo", "hi"})
+        lo = decode_vector(doc["lo"], f"{path}.lo", RULE)
+        hi = decode_vector(doc["hi"], f"{path}.hi", RULE, len(lo))
+        for i, (a, b) in enumerate(zip(lo, hi)):
+            if a > b:
+                raise refuse(RULE, f"{path}.lo[{i}]", f"expected lo <= hi, found {a} > {b}")
+        return Box(tuple(lo), tuple(hi))
+    if kind == "linf_ball":
+        _obj(doc, path, {"kind", "center", "eps"}, {"clamp"})
+        center = decode_vector(doc["center"], f"{path}.center", RULE)
+        eps = decode_rational(doc["eps"], f"{path}.eps", RULE)
+        if eps < 0:
+            raise refuse(RULE, f"{path}.eps", f"expected eps >= 0, found {eps}")
+        clamp = None
+        if doc.get("clamp") is not None:
+            c = decode_vector(doc["clamp"], f"{path}.clamp", RULE, 2)
+            if c[0] > c[1]:
+                raise refuse(RULE, f"{path}.clamp", f"expected lo <= hi, found {c[0]} > {c[1]}")
+            clamp = (c[0], c[1])
+        ball = LinfBall(tuple(center), eps, clamp)
+        box = ball.as_box()
+        for i, (a, b) in enumerate(zip(box.lo, box.hi)):
+            if a > b:
+                raise refuse(RULE, f"{path}.center[{i}]", f"the ball misses the clamp domain "
+                             f"(empty set): {a} > {b}")
+        return ball
+    raise refuse(RULE, f"{path}.kind", f"expected 'box' or 'linf_ball', found {kind!r}")
+
+
+def _parse_polytopes(doc: object, path: str) -> tuple:
+    if not isinstance(doc, list) or not doc:
+        raise refuse(RULE, path, "expected a non-empty list of polytopes {A, b}")
+    out = []
+    for k, p in enumerate(doc):
+        pp = f"{path}[{k}]"
+        _obj(p, pp, {"A", "b"})
+        if not isinstance(p["A"], list) or not p["A"]:
+            raise refuse(RULE, f"{pp}.A", "expected a non-empty list of rows")
+        rows = tuple(tuple(decode_vector(r, f"{pp}.A[{i}]", RULE)) for i, r in enumerate(p["A"]))
+        b = decode_vector(p["b"], f"{pp}.b", RULE, len(rows))
+        out.append(Polytope(rows, tuple(b)))
+    return tuple(out)
+
+
+def parse_claim(doc: object, path: str = "claim") -> Claim:
+    """A claim document to a Claim; shapes are checked against the graph by `check_claim_shapes`."""
+    common = {"kind", "graph", "semantics", "input_set", "node"}
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    fields = {"bounds": {"lo", "hi"}, "linear_bound": {"rows", "rhs"}, "unsat": {"unsafe"},
+              "counterexample": {"unsafe", "point"}}
+    if kind not in fields:
+        raise refuse(RULE, f"{path}.kind", f"expected one of {sorted(fields)}, found {kind!r}")
+    _obj(doc, path, common | fields[kind], {"name"})
+    if not isinstance(doc["graph"], str) or len(doc["graph"]) != 64:
+        raise refuse(RULE, f"{path}.graph", f"expected the graph's sha256, found {doc['graph']!r}")
+    if doc["semantics"] not in SEMANTICS:
+        raise refuse(RULE, f"{path}.semantics", f"expected one of {list(SEMANTICS)} (float32 "
+                     f"semantics is not yet supported by the kernel), found {doc['semantics']!r}")
+    if not isinstance(doc["node"], str):
+        raise refuse(RULE, f"{path}.node", "expected a node id")
+    name = doc.get("name")
+    if name is not None and not isinstance(name, str):
+        raise refuse(RULE, f"{path}.name", "expected a string")
+    base = dict(kind=kind, graph=doc["graph"], semantics=doc["semantics"], node=doc["node"],
+                input_set=parse_input_set(doc["input_set"], f"{path}.input_set"), name=name)
+    if kind == "bounds":
+        lo = decode_vector(doc["lo"], f"{path}.lo", RULE)
+        hi = decode_vector(doc["hi"], f"{path}.hi", RULE, len(lo))
+        return Claim(lo=tuple(lo), hi=tuple(hi), **base)
+    if kind == "linear_bound":
+        if not isinstance(doc["rows"], list) or not doc["rows"]:
+            raise refuse(RULE, f"{path}.rows", "expected a non-empty list of rows")
+        rows = tuple(tuple(decode_vector(r, f"{path}.rows[{i}]", RULE))
+                     for i, r in enumerate(doc["rows"]))
+        rhs = decode_vector(doc["rhs"], f"{path}.rhs", RULE, len(rows))
+        return Claim(rows=rows, rhs=tuple(rhs), **base)
+    unsafe = _parse_polytopes(doc["unsafe"], f"{path}.unsafe")
+    if kind == "unsat":
+        return Claim(unsafe=unsafe, **base)
+    point = decode_vector(doc["point"], f"{path}.point", RULE)
+    return Claim(unsafe=unsafe, point=tuple(point), **base)
+
+
+def check_claim_shapes(claim: Claim, graph, path: str = "claim") -> None:
+    """Every vector in the claim has the length the graph says (input and output node sizes)."""
+    from kernel_checker.tensor import numel
+
+    if claim.graph != graph.sha256:
+        raise refuse(RULE, f"{path}.graph", f"expected the graph's sha256 {graph.sha256}, found "
+                     f"{claim.graph}")
+    n_in = numel(graph.the_input(RULE, f"{path}.input_set").shape)
+    s = claim.input_set
+    for key, vec in ((("lo", s.lo), ("hi", s.hi)) if isinstance(s, Box) else (("center", s.center),)):
+        if len(vec) != n_in:
+            raise refuse(RULE, f"{path}.input_set.{key}", f"expected {n_in} numbers (the input "
+                         f"size), found {len(vec)}")
+    if claim.node not in graph.by_id:
+        raise refuse(RULE, f"{path}.node", f"no node {claim.node!r} in the graph")
+    n_out = numel(graph.by_id[claim.node].shape)
+    vectors = []
+    if claim.kind == "bounds":
+        vectors = [("lo", claim.lo), ("hi", claim.hi)]
+    elif claim.kind == "linear_bound":
+        vectors = [(f"rows[{i}]", r) for i, r in enumerate(claim.rows)]
+    else:
+        vectors = [(f"unsafe[{k}].A[{i}]", r) for k, p in enumerate(claim.unsafe)
+                   for i, r in enumerate(p.a)]
+    for key, vec in vectors:
+        if len(vec) != n_out:
+            raise refuse(RULE, f"{path}.{key}", f"expected {n_out} numbers (the size of node "
+                         f"{claim.node!r}), found {len(vec)}")
+    if claim.kind == "counterexample" and len(claim.point) != n_in:
+        raise refuse(RULE, f"{path}.point", f"expected {n_in} numbers (the input size), found "
+                     f"{len(claim.point)}")

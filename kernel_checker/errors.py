@@ -1,0 +1,17 @@
+"""The one error type of the kernel: which rule refused, at which artifact path, and why."""
+
+
+class KernelError(Exception):
+    """A refusal by the kernel. `rule` names the rule or decoder, `path` the field (dotted, with
+    [i] for list items) and `message` says what was expected and what was found."""
+
+    def __init__(self, rule: str, path: str, message: str):
+        super().__init__(f"{rule}: {path}: {message}" if path else f"{rule}: {message}")
+        self.rule = rule
+        self.path = path
+        self.message = message
+
+
+def refuse(rule: str, path: str, message: str) -> KernelError:
+    """Build (not raise) a KernelError, so call sites read `raise refuse(...)`."""
+    return KernelError(rule, path, message)

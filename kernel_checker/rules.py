@@ -1,0 +1,180 @@
+"""The kernel's rules: each checks a certificate against a claim exactly and makes a Theorem.
+
+Registry: `RULES[name](ctx, claim, certificate, path) -> Theorem`. This issue's rules are `ibp`,
+`counterexample` and `assume`; later rules (crown, split, enclosure) plug in with one entry.
+"""
+
+from collections.abc import Callable
+
+from flint import fmpq
+
+from kernel_checker.claims import Box, Claim, check_claim_shapes
+from kernel_checker.errors import refuse
+from kernel_checker.exact import common_denominator
+from kernel_checker.graph import Graph
+from kernel_checker.semantics import Interval, evaluate
+from kernel_checker.tensor import lcm
+from kernel_checker.theorem import ASSUMPTIONS, Assumption, Level, Theorem, _derive
+
+
+class Context:
+    """The graphs a derivation may mention, by sha256 (all already well-formed)."""
+
+    def __init__(self, graphs: list[Graph]):
+        self.graphs = {g.sha256: g for g in graphs}
+
+    def graph_for(self, claim: Claim, path: str) -> Graph:
+        if claim.graph not in self.graphs:
+            raise refuse("context", f"{path}.graph", f"no graph with sha256 {claim.graph} was "
+                         f"loaded (loaded: {sorted(self.graphs)})")
+        graph = self.graphs[claim.graph]
+        check_claim_shapes(claim, graph, path)
+        return graph
+
+
+def _cert_keys(cert: object, rule: str, path: str, required: set, optional: set = frozenset()):
+    if not isinstance(cert, dict):
+        raise refuse(rule, path, "expected a certificate object")
+    missing = required - set(cert)
+    extra = set(cert) - required - set(optional) - {"rule"}
+    if missing:
+        raise refuse(rule, path, f"missing keys {sorted(missing)}")
+    if extra:
+        raise refuse(rule, path, f"unexpected keys {sorted(extra)}")
+    return cert
+
+
+def box_interval(box: Box, shape: tuple) -> Interval:
+    lo, den_lo = common_denominator(list(box.lo))
+    hi, den_hi = common_denominator(list(box.hi))
+    den = lcm(den_lo, den_hi)
+    return Interval(tuple(shape), [v * (den // den_lo) for v in lo],
+                    [v * (den // den_hi) for v in hi], den)
+
+
+def point_interval(values: tuple, shape: tuple) -> Interval:
+    nums, den = common_denominator(list(values))
+    return Interval(tuple(shape), nums, nums, den)
+
+
+def row_min(row: tuple, y: Interval) -> fmpq:
+    """min of row . v over the box y (exact)."""
+    acc = 0
+    for c, lo, hi in zip(row, y.lo, y.hi):
+        if c > 0:
+            acc += c * lo
+        elif c < 0:
+            acc += c * hi
+    return fmpq(acc) / y.den
+
+
+def row_max(row: tuple, y: Interval) -> fmpq:
+    acc = 0
+    for c, lo, hi in zip(row, y.lo, y.hi):
+        if c > 0:
+            acc += c * hi
+        elif c < 0:
+            acc += c * lo
+    return fmpq(acc) / y.den
+
+
+def check_output_box(claim: Claim, y: Interval, rule: str, path: str) -> None:
+    """The claim's conclusion follows from the output enclosure y; else a KernelError."""
+    if claim.kind == "bounds":
+        for i, (lo, hi) in enumerate(zip(claim.lo, claim.hi)):
+            ylo, yhi = y.bounds(i)
+            if ylo < lo:
+                raise refuse(rule, f"{path}.lo[{i}]", f"claimed lower bound {lo} is above the "
+                             f"kernel's bound {ylo}")
+            if yhi > hi:
+                raise refuse(rule, f"{path}.hi[{i}]", f"claimed upper bound {hi} is below the "
+                             f"kernel's bound {yhi}")
+    elif claim.kind == "linear_bound":
+        for i, (row, d) in enumerate(zip(claim.rows, claim.rhs)):
+            m = row_min(row, y)
+            if m < d:
+                raise refuse(rule, f"{path}.rhs[{i}]", f"claimed bound {d} is above the kernel's "
+                             f"minimum {m} of row {i} over the output enclosure")
+    elif claim.kind == "unsat":
+        for k, poly in enumerate(claim.unsafe):
+            best = None
+            for i, (row, b) in enumerate(zip(poly.a, poly.b)):
+                gap = row_min(row, y) - b
+                if gap > 0:
+                    break
+                best = gap if best is None or gap > best else best
+            else:
+                raise refuse(rule, f"{path}.unsafe[{k}]", f"polytope {k} is not excluded: every "
+                             f"row i has min(A[i].y) - b[i] <= 0 over the output enclosure (best "
+                             f"{best})")
+    else:
+        raise refuse(rule, f"{path}.kind", f"rule {rule} cannot conclude a {claim.kind} claim")
+
+
+def rule_ibp(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
+    """Interval bound propagation, computed by the kernel itself (nothing to carry)."""
+    _cert_keys(cert, "ibp", path, set())
+    graph = ctx.graph_for(claim, "claim")
+    x = box_interval(claim.input_set.as_box(), graph.the_input("ibp", "claim").shape)
+    y = evaluate(graph, x, upto=claim.node)[claim.node]
+    check_output_box(claim, y, "ibp", "claim")
+    return _derive(claim, "ibp")
+
+
+def rule_counterexample(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
+    """x* in S (exactly) and G(x*) inside one unsafe polytope (by exact evaluation)."""
+    _cert_keys(cert, "counterexample", path, set())
+    if claim.kind != "counterexample":
+        raise refuse("counterexample", "claim.kind", f"expected 'counterexample', found "
+                     f"{claim.kind!r}")
+    graph = ctx.graph_for(claim, "claim")
+    box = claim.input_set.as_box()
+    for i, (v, lo, hi) in enumerate(zip(claim.point, box.lo, box.hi)):
+        if not lo <= v <= hi:
+            raise refuse("counterexample", f"claim.point[{i}]", f"the point is outside the input "
+                         f"set: {v} not in [{lo}, {hi}]")
+    shape = graph.the_input("counterexample", "claim").shape
+    y = evaluate(graph, point_interval(claim.point, shape), upto=claim.node)[claim.node]
+    reasons = []
+    for k, poly in enumerate(claim.unsafe):
+        for i, (row, b) in enumerate(zip(poly.a, poly.b)):
+            m = row_max(row, y)
+            if m > b:
+                reasons.append(f"polytope {k} row {i}: A.y = {m} > b = {b}")
+                break
+        else:
+            return _derive(claim, "counterexample")
+    raise refuse("counterexample", "claim.unsafe", "the point's output lies in no unsafe "
+                 "polytope: " + "; ".join(reasons))
+
+
+def rule_assume(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
+    """An explicit named assumption: the claim is shape-checked, not proved."""
+    _cert_keys(cert, "assume", path, {"name", "evidence"})
+    name = cert["name"]
+    if name not in ASSUMPTIONS:
+        raise refuse("assume", f"{path}.name", f"expected a registered assumption name "
+                     f"{sorted(ASSUMPTIONS)}, found {name!r}")
+    evidence = cert["evidence"]
+    if not isinstance(evidence, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in evidence.items()):
+        raise refuse("assume", f"{path}.evidence", "expected an object of strings (provenance: "
+                     "tool, version, command, input hash, reason)")
+    ctx.graph_for(claim, "claim")
+    assumption = Assumption(name, tuple(sorted(evidence.items())))
+    return _derive(claim, "assume", {assumption}, level=Level.SHAPE_CHECKED)
+
+
+RULES: dict[str, Callable[[Context, Claim, dict, str], Theorem]] = {
+    "ibp": rule_ibp,
+    "counterexample": rule_counterexample,
+    "assume": rule_assume,
+}
+
+
+def derive(ctx: Context, claim: Claim, cert: object, path: str = "certificate") -> Theorem:
+    """Check `cert` for `claim` with the rule it names."""
+    if not isinstance(cert, dict) or cert.get("rule") not in RULES:
+        found = cert.get("rule") if isinstance(cert, dict) else cert
+        raise refuse("derive", f"{path}.rule", f"expected one of {sorted(RULES)}, found {found!r}")
+    return RULES[cert["rule"]](ctx, claim, cert, path)

@@ -1,0 +1,204 @@
+"""Exact tensors: integer numerators over one shared positive denominator.
+
+A value tensor of float32 weights is a list of integers with denominator 2^k, so a matrix product
+is one exact FLINT integer matrix product (fmpz_mat). Interval tensors carry `lo` and `hi`
+numerators over the same denominator; a point is an interval whose `lo` is `hi`.
+
+Tensors enter the kernel from a safetensors file (read here with the standard library: an 8-byte
+little-endian header length, a JSON header, raw little-endian data) or from base64 bytes, and are
+bound by sha256 before they are decoded.
+"""
+
+import base64
+import binascii
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from flint import fmpq, fmpz, fmpz_mat
+
+from kernel_checker.errors import refuse
+from kernel_checker.exact import decode_rational, float_bits_to_dyadic
+
+# dtype -> (struct code, bytes per element, float kind or None for integers)
+DTYPES = {
+    "F64": ("Q", 8, "f64"), "F32": ("I", 4, "f32"), "F16": ("H", 2, "f16"),
+    "BF16": ("H", 2, "bf16"), "I64": ("q", 8, None), "I32": ("i", 4, None),
+    "I8": ("b", 1, None), "U8": ("B", 1, None),
+}
+MAX_ELEMENTS = 200_000_000
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def lcm(a: int, b: int) -> int:
+    a, b = fmpz(a), fmpz(b)
+    return int(a * b // a.gcd(b))
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """Exact tensor: element i is nums[i] / den, row-major over `shape`."""
+
+    shape: tuple[int, ...]
+    nums: list
+    den: int
+
+    def value(self, i: int) -> fmpq:
+        return fmpq(self.nums[i], self.den)
+
+    def values(self) -> list[fmpq]:
+        return [fmpq(n, self.den) for n in self.nums]
+
+    def to_matrix(self) -> fmpz_mat:
+        """A 2-D tensor's numerators as an integer matrix."""
+        rows, cols = self.shape
+        return fmpz_mat(rows, cols, self.nums)
+
+
+def rescale(nums: list, den: int, new_den: int) -> list:
+    """Numerators over `den` re-expressed over a multiple `new_den` of it."""
+    if new_den == den:
+        return nums
+    factor = new_den // den
+    return [n * factor for n in nums]
+
+
+def tensor_from_rationals(shape: tuple[int, ...], values: list[fmpq]) -> Tensor:
+    den = fmpz(1)
+    for v in values:
+        if v.q != 1:
+            den = den * v.q // den.gcd(v.q)
+    den = int(den)
+    return Tensor(tuple(shape), [int(v.p) * (den // int(v.q)) for v in values], den)
+
+
+def decode_raw(data: bytes, dtype: str, shape: tuple[int, ...], rule: str, path: str) -> Tensor:
+    """Little-endian raw bytes of a float or integer dtype to an exact tensor."""
+    if dtype not in DTYPES:
+        raise refuse(rule, f"{path}.dtype", f"expected one of {sorted(DTYPES)}, found {dtype!r}")
+    code, width, kind = DTYPES[dtype]
+    n = numel(shape)
+    if n > MAX_ELEMENTS:
+        raise refuse(rule, f"{path}.shape", f"{n} elements exceed the limit {MAX_ELEMENTS}")
+    if len(data) != n * width:
+        raise refuse(rule, path, f"expected {n * width} bytes for {dtype} {list(shape)}, "
+                     f"found {len(data)}")
+    raw = struct.unpack(f"<{n}{code}", data)
+    if kind is None:
+        return Tensor(tuple(shape), list(raw), 1)
+    if kind == "bf16":
+        kind_bits = "f32"
+        raw = [b << 16 for b in raw]  # bfloat16 is the top half of a binary32
+    else:
+        kind_bits = kind
+    mants, exps = [], []
+    emin = None
+    exp_all = {"f32": 255 << 23, "f64": 2047 << 52, "f16": 31 << 10}[kind_bits]
+    for i, bits in enumerate(raw):
+        if bits & exp_all == exp_all:  # NaN or Inf: let the decoder name it
+            float_bits_to_dyadic(kind_bits, bits, rule, f"{path}[{i}]")
+        m, e = float_bits_to_dyadic(kind_bits, bits, rule, path)
+        mants.append(m)
+        exps.append(e)
+        if m and (emin is None or e < emin):
+            emin = e
+    if emin is None:
+        return Tensor(tuple(shape), [0] * n, 1)
+    nums = [m << (e - emin) for m, e in zip(mants, exps)]
+    if emin >= 0:
+        return Tensor(tuple(shape), [v << emin for v in nums], 1)
+    return Tensor(tuple(shape), nums, 1 << -emin)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_sha256(data: bytes, expected: object, rule: str, path: str) -> None:
+    if not isinstance(expected, str) or len(expected) != 64:
+        raise refuse(rule, path, f"expected a 64-hex-digit sha256, found {expected!r}")
+    found = sha256_hex(data)
+    if found != expected.lower():
+        raise refuse(rule, path, f"sha256 mismatch: expected {expected}, found {found}")
+
+
+def _shape_field(value: object, rule: str, path: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        raise refuse(rule, path, f"expected a list of non-negative integers, found {value!r}")
+    return tuple(value)
+
+
+def decode_inline_tensor(obj: object, rule: str, path: str) -> Tensor:
+    """{"dtype","shape","b64","sha256"} (sha256 of the raw bytes) or {"shape","values"}."""
+    if not isinstance(obj, dict):
+        raise refuse(rule, path, f"expected a tensor object, found {type(obj).__name__}")
+    shape = _shape_field(obj.get("shape"), rule, f"{path}.shape")
+    if "values" in obj:
+        if set(obj) != {"shape", "values"}:
+            raise refuse(rule, path, "a values tensor has exactly the keys shape, values")
+        vals = obj["values"]
+        if not isinstance(vals, list) or len(vals) != numel(shape):
+            raise refuse(rule, f"{path}.values", f"expected {numel(shape)} numbers")
+        return tensor_from_rationals(shape, [decode_rational(v, f"{path}.values[{i}]", rule)
+                                             for i, v in enumerate(vals)])
+    if set(obj) != {"dtype", "shape", "b64", "sha256"}:
+        raise refuse(rule, path, f"expected keys dtype, shape, b64, sha256, found {sorted(obj)}")
+    try:
+        data = base64.b64decode(obj["b64"], validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise refuse(rule, f"{path}.b64", "expected base64 text") from None
+    check_sha256(data, obj["sha256"], rule, f"{path}.sha256")
+    return decode_raw(data, obj["dtype"], shape, rule, path)
+
+
+class SafetensorsFile:
+    """A safetensors file already bound by sha256; tensors decode on first use and are cached."""
+
+    def __init__(self, data: bytes, rule: str, path: str):
+        self._rule, self._path = rule, path
+        if len(data) < 8:
+            raise refuse(rule, path, "expected a safetensors file, found fewer than 8 bytes")
+        (hlen,) = struct.unpack("<Q", data[:8])
+        if hlen > len(data) - 8:
+            raise refuse(rule, path, f"header length {hlen} exceeds the file size {len(data)}")
+        from kernel_checker.exact import load_json
+
+        header = load_json(data[8:8 + hlen], rule, f"{path}:header")
+        if not isinstance(header, dict):
+            raise refuse(rule, f"{path}:header", "expected a JSON object")
+        header.pop("__metadata__", None)
+        self._payload = data[8 + hlen:]
+        self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        for name, info in header.items():
+            ipath = f"{path}:{name}"
+            if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+                raise refuse(rule, ipath, "expected keys dtype, shape, data_offsets")
+            shape = _shape_field(info["shape"], rule, f"{ipath}.shape")
+            offs = info["data_offsets"]
+            if (not isinstance(offs, list) or len(offs) != 2
+                    or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
+                    or not 0 <= offs[0] <= offs[1] <= len(self._payload)):
+                raise refuse(rule, f"{ipath}.data_offsets", f"expected [begin, end] inside the "
+                             f"{len(self._payload)}-byte payload, found {offs!r}")
+            if info["dtype"] not in DTYPES:
+                raise refuse(rule, f"{ipath}.dtype",
+                             f"expected one of {sorted(DTYPES)}, found {info['dtype']!r}")
+            self.entries[name] = (info["dtype"], shape, offs[0], offs[1])
+        self._cache: dict[str, Tensor] = {}
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.entries[name][1]
+
+    def tensor(self, name: str) -> Tensor:
+        if name not in self._cache:
+            dtype, shape, begin, end = self.entries[name]
+            self._cache[name] = decode_raw(self._payload[begin:end], dtype, shape, self._rule,
+                                           f"{self._path}:{name}")
+        return self._cache[name]
