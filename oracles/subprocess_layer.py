@@ -179,14 +179,14 @@ def is_available(tool: str, default: str) -> bool:
     return True
 
 
-class _NonFinite(Exception):
+class _NonFiniteError(Exception):
     def __init__(self, token: str):
         super().__init__(token)
         self.token = token
 
 
 def _reject_constant(token: str) -> Any:
-    raise _NonFinite(token)
+    raise _NonFiniteError(token)
 
 
 _DECODER = json.JSONDecoder(parse_float=DecimalText, parse_constant=_reject_constant, strict=True)
@@ -391,7 +391,7 @@ def _parse_document(data: bytes, fail: Callable[[str, str], ToolError]) -> objec
         raise fail("not JSON", "stdout is not JSON (it is empty)")
     try:
         value, end = _DECODER.raw_decode(text, start)
-    except _NonFinite as exc:
+    except _NonFiniteError as exc:
         raise fail(
             "non-finite number", f"stdout JSON contains {exc.token}, which is not JSON"
         ) from None
