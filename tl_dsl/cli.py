@@ -1,0 +1,97 @@
+"""The `tl` command: demo, check, audit, graph."""
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+import kernel_checker
+from kernel_checker.tensor import numel
+
+
+def cmd_demo(args) -> int:
+    from tl_dsl.demo import run_demo
+
+    return run_demo(args.out)
+
+
+def cmd_check(args) -> int:
+    try:
+        theorem, _ = kernel_checker.check_bundle(args.bundle)
+    except kernel_checker.KernelError as err:
+        print(f"rejected: rule {err.rule}: {err.path}: {err.message}", file=sys.stderr)
+        return 1
+    name = f" {theorem.claim.name}" if theorem.claim.name else ""
+    print(f"holds:{name} {theorem.claim.kind} on graph {theorem.claim.graph[:12]} by "
+          f"{theorem.rule}; level {theorem.level.label}; {len(theorem.assumptions)} assumption(s)")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from tl_dsl.audit import audit_bundle, format_audit
+
+    try:
+        report = audit_bundle(args.bundle, args.permit)
+    except kernel_checker.KernelError as err:
+        print(f"rejected: rule {err.rule}: {err.path}: {err.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=1))
+    else:
+        print(format_audit(report))
+    if not report["permitted"]:
+        bad = [a["name"] for a in report["assumptions"] if not a["permitted"]]
+        print(f"audit failed: assumptions not permitted by {args.permit or '[]'}: {bad}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_graph(args) -> int:
+    try:
+        graph = kernel_checker.load_graph(args.graph)
+    except kernel_checker.KernelError as err:
+        print(f"invalid graph: {err.path}: {err.message}", file=sys.stderr)
+        return 1
+    ops = Counter(n.op for n in graph.nodes)
+    print(f"graph {args.graph}: tl.graph.v1, {len(graph.nodes)} nodes, sha256 {graph.sha256}")
+    if graph.weights_sha256:
+        print(f"weights sha256 {graph.weights_sha256}, {graph.parameter_count()} parameters")
+    print("ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(ops.items())))
+    for n in graph.nodes:
+        print(f"  {n.id:<16} {n.op:<10} {str(list(n.shape)):<16} <- {', '.join(n.inputs) or '-'}")
+    outs = ", ".join(f"{o} {list(graph.by_id[o].shape)} ({numel(graph.by_id[o].shape)} values)"
+                     for o in graph.outputs)
+    print(f"outputs: {outs}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tl", description="tl-verify: claims about neural networks, "
+                                "checked by a small exact kernel")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="run the main example end to end on built-in data")
+    d.add_argument("--out", default="tl-out/demo", help="folder for graphs and bundles")
+    d.set_defaults(func=cmd_demo)
+    c = sub.add_parser("check", help="re-derive a bundle's theorem with the kernel")
+    c.add_argument("bundle")
+    c.set_defaults(func=cmd_check)
+    a = sub.add_parser("audit", help="claim, level, assumptions and trusted base of a bundle")
+    a.add_argument("bundle")
+    a.add_argument("--json", action="store_true", help="print the audit as JSON")
+    a.add_argument("--permit", nargs="*", default=[], metavar="PATTERN",
+                   help="assumption name patterns that are allowed (fnmatch, e.g. 'oracle.arb.*')")
+    a.set_defaults(func=cmd_audit)
+    g = sub.add_parser("graph", help="validate a tl.graph.v1 file and its weights, and summarise")
+    g.add_argument("graph")
+    g.set_defaults(func=cmd_graph)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
