@@ -159,3 +159,14 @@ def common_denominator(values: list[fmpq]) -> tuple[list[int], int]:
 def encode_rational(value: fmpq) -> str:
     """The canonical text of a rational: "n" or "p/q" (lowest terms)."""
     return str(value.p) if value.q == 1 else f"{value.p}/{value.q}"
+
+
+def approx_text(value: fmpq, digits: int = 6) -> str:
+    """A short decimal rendering for messages only (truncated toward zero, integer arithmetic)."""
+    p, q = int(value.p), int(value.q)
+    sign = "-" if p < 0 else ""
+    p = abs(p)
+    whole, rem = divmod(p, q)
+    frac = (rem * 10**digits) // q
+    text = f"{sign}{whole}.{frac:0{digits}d}".rstrip("0").rstrip(".")
+    return text if value.q == 1 else f"~{text}"

@@ -12,8 +12,14 @@ from dataclasses import dataclass, field
 from kernel_checker.errors import refuse
 from kernel_checker.exact import decode_rational, load_json
 from kernel_checker.ops import OPS, REQUIRED
-from kernel_checker.tensor import SafetensorsFile, Tensor, check_sha256, decode_inline_tensor
-from kernel_checker.tensor import numel, sha256_hex
+from kernel_checker.tensor import (
+    SafetensorsFile,
+    Tensor,
+    check_sha256,
+    decode_inline_tensor,
+    numel,
+    sha256_hex,
+)
 
 RULE = "graph"
 _ID_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/-]*\Z")

@@ -10,7 +10,7 @@ from flint import fmpq
 
 from kernel_checker.claims import Box, Claim, check_claim_shapes
 from kernel_checker.errors import refuse
-from kernel_checker.exact import common_denominator
+from kernel_checker.exact import approx_text, common_denominator
 from kernel_checker.graph import Graph
 from kernel_checker.semantics import Interval, evaluate
 from kernel_checker.tensor import lcm
@@ -85,16 +85,16 @@ def check_output_box(claim: Claim, y: Interval, rule: str, path: str) -> None:
             ylo, yhi = y.bounds(i)
             if ylo < lo:
                 raise refuse(rule, f"{path}.lo[{i}]", f"claimed lower bound {lo} is above the "
-                             f"kernel's bound {ylo}")
+                             f"kernel's bound {ylo} ({approx_text(ylo)})")
             if yhi > hi:
                 raise refuse(rule, f"{path}.hi[{i}]", f"claimed upper bound {hi} is below the "
-                             f"kernel's bound {yhi}")
+                             f"kernel's bound {yhi} ({approx_text(yhi)})")
     elif claim.kind == "linear_bound":
         for i, (row, d) in enumerate(zip(claim.rows, claim.rhs)):
             m = row_min(row, y)
             if m < d:
                 raise refuse(rule, f"{path}.rhs[{i}]", f"claimed bound {d} is above the kernel's "
-                             f"minimum {m} of row {i} over the output enclosure")
+                             f"minimum {approx_text(m)} of row {i} over the output enclosure")
     elif claim.kind == "unsat":
         for k, poly in enumerate(claim.unsafe):
             best = None
@@ -106,7 +106,7 @@ def check_output_box(claim: Claim, y: Interval, rule: str, path: str) -> None:
             else:
                 raise refuse(rule, f"{path}.unsafe[{k}]", f"polytope {k} is not excluded: every "
                              f"row i has min(A[i].y) - b[i] <= 0 over the output enclosure (best "
-                             f"{best})")
+                             f"{approx_text(best)})")
     else:
         raise refuse(rule, f"{path}.kind", f"rule {rule} cannot conclude a {claim.kind} claim")
 
@@ -140,7 +140,7 @@ def rule_counterexample(ctx: Context, claim: Claim, cert: dict, path: str) -> Th
         for i, (row, b) in enumerate(zip(poly.a, poly.b)):
             m = row_max(row, y)
             if m > b:
-                reasons.append(f"polytope {k} row {i}: A.y = {m} > b = {b}")
+                reasons.append(f"polytope {k} row {i}: A.y = {approx_text(m)} > b = {b}")
                 break
         else:
             return _derive(claim, "counterexample")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from flint import fmpq, fmpz, fmpz_mat
 
 from kernel_checker.errors import refuse
-from kernel_checker.graph import Graph, Node, broadcast_shape
+from kernel_checker.graph import Graph, Node
 from kernel_checker.ops import OPS
 from kernel_checker.tensor import Tensor, lcm, numel, rescale
 

@@ -110,7 +110,7 @@ def decode_raw(data: bytes, dtype: str, shape: tuple[int, ...], rule: str, path:
             emin = e
     if emin is None:
         return Tensor(tuple(shape), [0] * n, 1)
-    nums = [m << (e - emin) for m, e in zip(mants, exps)]
+    nums = [m << (e - emin) if m else 0 for m, e in zip(mants, exps)]
     if emin >= 0:
         return Tensor(tuple(shape), [v << emin for v in nums], 1)
     return Tensor(tuple(shape), nums, 1 << -emin)

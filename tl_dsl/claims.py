@@ -82,3 +82,11 @@ def counterexample(claim: Claim, point) -> Claim:
     unsafe union."""
     return Claim("counterexample", claim.graph, claim.input_set, claim.node, unsafe=claim.unsafe,
                  point=to_vector(point, "point"), name=claim.name)
+
+
+def clamp_into(point, box: Box) -> tuple:
+    """A producer's float point, read exactly, then moved into the box (exact clamping)."""
+    out = []
+    for v, lo, hi in zip(to_vector(point, "point"), box.lo, box.hi):
+        out.append(lo if v < lo else hi if v > hi else v)
+    return tuple(out)

@@ -15,8 +15,7 @@ from oracles.numpy_forward import NumpyGraph
 from stdlib.robustness import robust
 from tl_dsl import claims, proof
 from tl_dsl.audit import audit_bundle, format_audit
-from tl_dsl.builder import Sequential
-from tl_dsl.builder import Linear, ReLU
+from tl_dsl.builder import Linear, ReLU, Sequential
 from tl_dsl.printing import format_theorem
 
 CENTRES = np.array([[0.25, 0.25], [0.75, 0.3], [0.5, 0.75]])
@@ -91,9 +90,9 @@ def run_demo(out_dir: str = "tl-out/demo") -> int:
     if cand is None:
         print("    the attack found no counterexample")
         return 1
-    cex = claims.counterexample(big, np.float32(cand))
+    cex = claims.counterexample(big, claims.clamp_into(cand, box))
     thm_cex = proof.check(cex, proof.counterexample_cert(), graph)
-    print(f"    attack found x* = {np.float32(cand).tolist()}; the kernel checked it exactly:")
+    print(f"    attack found x* = {cand.tolist()}; the kernel checked it exactly:")
     print("    " + format_theorem(thm_cex).replace("\n", "\n    "))
     bundles.append(proof.write_bundle(os.path.join(out_dir, "robust_big.cex.bundle.json"), cex,
                                       proof.counterexample_cert(), graph_path, graph,
