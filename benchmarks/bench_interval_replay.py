@@ -66,7 +66,7 @@ def build_mlp(seed: int) -> tuple[GraphBuilder, list[tuple[np.ndarray, np.ndarra
     """He-like float32 weights (N(0, 2/fan_in)), small float32 biases, and a random input."""
     rng = np.random.default_rng(seed)
     params = []
-    for fan_in, fan_out in zip(SIZES[:-1], SIZES[1:]):
+    for fan_in, fan_out in zip(SIZES[:-1], SIZES[1:], strict=True):
         w = (rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
         b = (rng.standard_normal(fan_out) * 0.01).astype(np.float32)
         params.append((w, b))
@@ -139,9 +139,9 @@ def fraction_replay(layers, center: np.ndarray, eps: Fraction) -> tuple[list, li
     last = len(layers) - 1
     for i, (w_rows, bias) in enumerate(layers):
         new_lo, new_hi = [], []
-        for row, bj in zip(w_rows, bias):
+        for row, bj in zip(w_rows, bias, strict=True):
             s_lo = s_hi = bj
-            for w, xl, xh in zip(row, lo, hi):
+            for w, xl, xh in zip(row, lo, hi, strict=True):
                 if w > 0:
                     s_lo += w * xl
                     s_hi += w * xh
@@ -190,7 +190,7 @@ def print_table(rows: list[tuple[str, str, str, str]], title: str) -> None:
         print(title)
         widths = [max(len(r[k]) for r in rows) for k in range(4)]
         for r in rows:
-            print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+            print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
         return
     table = Table(title=title)
     for k, head in enumerate(rows[0]):
@@ -233,7 +233,7 @@ def main(argv=None) -> int:
     exact_hi = [Fraction(int(v), int(y.den)) for v in y.hi]
 
     # the full robustness claim check through the DSL (claim built outside the timing)
-    exact_mid = [(a + b) / 2 for a, b in zip(exact_lo, exact_hi)]
+    exact_mid = [(a + b) / 2 for a, b in zip(exact_lo, exact_hi, strict=True)]
     label = max(range(SIZES[-1]), key=lambda j: exact_mid[j])
     claim = robust(graph, center, EPS, label, clamp=CLAMP)
     ibp = proof.ibp()
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     assert np_err <= NUMPY_TOLERANCE, f"numpy bounds differ from the kernel's by {np_err}"
     den_bits = max(b.denominator.bit_length() for b in exact_lo + exact_hi)
     common_den_bits = int(y.den).bit_length()
-    width_max = float(max(h - lo for lo, h in zip(exact_lo, exact_hi)))
+    width_max = float(max(h - lo for lo, h in zip(exact_lo, exact_hi, strict=True)))
 
     replay_ms, check_ms, numpy_ms, frac_ms = (1e3 * replay_s, 1e3 * check_s, 1e3 * numpy_s,
                                               1e3 * frac_s)
@@ -300,6 +300,7 @@ def main(argv=None) -> int:
          pf(targets["fraction_over_exact>=100"])),
         ("max output-bound denominator", f"{den_bits} bits", "", f"common den {common_den_bits} "
          "bits"),
+        ("max output-bound width (IBP)", f"{width_max:.3g}", "", ""),
         ("max |numpy - exact| bound", f"{np_err:.1e}", "<= 1e-6", "PASS"),
         ("Fraction bounds == exact bounds", "yes", "exact", "PASS"),
     ]
