@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from flint import fmpq
 
+from kernel_checker import crown
 from kernel_checker.claims import Box, Claim, check_claim_shapes
 from kernel_checker.errors import refuse
 from kernel_checker.exact import approx_text, common_denominator
@@ -165,8 +166,26 @@ def rule_assume(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
     return _derive(claim, "assume", {assumption}, level=Level.SHAPE_CHECKED)
 
 
+def rule_crown(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
+    """Backward linear bounds with certified intermediate bounds (kernel_checker/crown.py)."""
+    graph = ctx.graph_for(claim, "claim")
+    box = box_interval(claim.input_set.as_box(), graph.the_input("crown", "claim").shape)
+    crown.check_crown(graph, claim, cert, crown.Domain(box), path)
+    return _derive(claim, "crown")
+
+
+def rule_split(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
+    """Branch and bound: children cover the domain exactly and each leaf holds on its piece."""
+    graph = ctx.graph_for(claim, "claim")
+    box = box_interval(claim.input_set.as_box(), graph.the_input("split", "claim").shape)
+    crown.check_split(graph, claim, cert, crown.Domain(box), path, {"leaves": 0})
+    return _derive(claim, "split")
+
+
 RULES: dict[str, Callable[[Context, Claim, dict, str], Theorem]] = {
     "ibp": rule_ibp,
+    "crown": rule_crown,
+    "split": rule_split,
     "counterexample": rule_counterexample,
     "assume": rule_assume,
 }
