@@ -143,11 +143,19 @@ def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
     return graph._cache[key]
 
 
+def _unit(n: int, j: int, sign: int) -> list:
+    row = [0] * n
+    row[j] = sign
+    return row
+
+
 def _rationals_common(values: list) -> tuple[list, int]:
+    """Numbers (ints or fmpq) to integer numerators over their least common denominator."""
     den = 1
     for v in values:
-        den = lcm(den, int(v.q))
-    return [int(v.p) * (den // int(v.q)) for v in values], den
+        if not isinstance(v, int) and v.q != 1 and den % int(v.q):
+            den = lcm(den, int(v.q))
+    return [v * den if isinstance(v, int) else int(v.p) * (den // int(v.q)) for v in values], den
 
 
 def _upper_lines(rule, path, relu_id, lo, hi, den, unstable, cert_upper):
@@ -329,28 +337,40 @@ def check_crown(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) 
     last = -1
     for i, entry in enumerate(inter):
         p = f"{path}.intermediate[{i}]"
-        _keys(entry, "crown", p, {"node", "lo", "hi", "alpha", "upper"})
+        _keys(entry, "crown", p, {"node", "indices", "lo", "hi", "alpha", "upper"})
         nid = entry.get("node")
         if nid not in order or order[nid] <= last or nid == claim.node:
             raise refuse("crown", f"{p}.node", f"expected a node of the chain before "
                          f"{claim.node!r}, after the previous entry; found {nid!r}")
         last = order[nid]
         n = numel(graph.by_id[nid].shape)
-        lo = decode_vector(entry.get("lo"), f"{p}.lo", "crown", n)
-        hi = decode_vector(entry.get("hi"), f"{p}.hi", "crown", n)
+        idx = entry.get("indices", list(range(n)))
+        if (not isinstance(idx, list) or len(set(idx)) != len(idx) or not all(
+                isinstance(j, int) and not isinstance(j, bool) and 0 <= j < n for j in idx)):
+            raise refuse("crown", f"{p}.indices", f"expected distinct neuron indices < {n}")
+        lo = decode_vector(entry.get("lo"), f"{p}.lo", "crown", len(idx))
+        hi = decode_vector(entry.get("hi"), f"{p}.hi", "crown", len(idx))
         sub_chain = chain[:order[nid] + 1]
         values = forward(graph, sub_chain, dom, certified)
         if values is None:
             return False
-        sub = Claim("bounds", claim.graph, claim.input_set, nid, lo=tuple(lo), hi=tuple(hi))
-        lows = backward_lower_bounds(graph, sub_chain, values, dom, spec_rows(sub, n), entry,
-                                     "crown", p)
-        try:
-            conclude(sub, lows, "crown")
-        except Exception as err:
-            raise refuse("crown", f"{p}.{err.path.split('.', 1)[1]}", err.message) from None
-        lo_nums, lo_den = _rationals_common(lo)
-        hi_nums, hi_den = _rationals_common(hi)
+        rows = [_unit(n, j, 1) for j in idx] + [_unit(n, j, -1) for j in idx]
+        lows = backward_lower_bounds(graph, sub_chain, values, dom, rows, entry, "crown", p)
+        m = len(idx)
+        for k, j in enumerate(idx):
+            if lows[k] < lo[k]:
+                raise refuse("crown", f"{p}.lo[{k}]", f"claimed lower bound {lo[k]} of neuron {j} "
+                             f"is above the kernel's bound {approx_text(lows[k])}")
+            if -lows[m + k] > hi[k]:
+                raise refuse("crown", f"{p}.hi[{k}]", f"claimed upper bound {hi[k]} of neuron {j} "
+                             f"is below the kernel's bound {approx_text(-lows[m + k])}")
+        cur = values[nid]
+        full_lo = [fmpq(v, cur.den) for v in cur.lo]
+        full_hi = [fmpq(v, cur.den) for v in cur.hi]
+        for k, j in enumerate(idx):
+            full_lo[j], full_hi[j] = lo[k], hi[k]
+        lo_nums, lo_den = _rationals_common(full_lo)
+        hi_nums, hi_den = _rationals_common(full_hi)
         d = lcm(lo_den, hi_den)
         certified[nid] = ([v * (d // lo_den) for v in lo_nums],
                           [v * (d // hi_den) for v in hi_nums], d)
