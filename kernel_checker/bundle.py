@@ -47,7 +47,8 @@ def check_bundle(path: str) -> tuple[Theorem, dict]:
     extra = set(doc) - {"format", "claim", "certificate", "artifacts", "producer"}
     missing = {"claim", "certificate", "artifacts"} - set(doc)
     if extra or missing:
-        raise refuse(RULE, "<bundle>", f"unexpected keys {sorted(extra)}, missing {sorted(missing)}")
+        raise refuse(RULE, "<bundle>", f"unexpected keys {sorted(extra)}, missing "
+                     f"{sorted(missing)}")
     arts = doc["artifacts"]
     if not isinstance(arts, dict):
         raise refuse(RULE, "artifacts", "expected an object")

@@ -219,7 +219,8 @@ def check_claim_shapes(claim: Claim, graph, path: str = "claim") -> None:
                      f"{claim.graph}")
     n_in = numel(graph.the_input(RULE, f"{path}.input_set").shape)
     s = claim.input_set
-    for key, vec in ((("lo", s.lo), ("hi", s.hi)) if isinstance(s, Box) else (("center", s.center),)):
+    vecs = (("lo", s.lo), ("hi", s.hi)) if isinstance(s, Box) else (("center", s.center),)
+    for key, vec in vecs:
         if len(vec) != n_in:
             raise refuse(RULE, f"{path}.input_set.{key}", f"expected {n_in} numbers (the input "
                          f"size), found {len(vec)}")

@@ -390,7 +390,7 @@ def check_ibp_on_domain(graph: Graph, claim: Claim, dom: Domain, path: str) -> b
     values = forward(graph, chain_to(graph, claim.node, "ibp"), dom, {})
     if values is None:
         return False
-    check_output_box(claim, values[claim.node], "ibp", "claim")
+    check_output_box(claim, values[claim.node], "ibp")
     return True
 
 

@@ -37,7 +37,8 @@ def load_json(text: str | bytes, rule: str, path: str = "") -> object:
     try:
         return json.loads(text, parse_float=DecimalText, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as err:
-        raise refuse(rule, path or "<document>", f"expected a JSON document, found: {err}") from None
+        raise refuse(rule, path or "<document>",
+                     f"expected a JSON document, found: {err}") from None
 
 
 def float_bits_to_dyadic(kind: str, bits: int, rule: str, path: str) -> tuple[int, int]:
@@ -79,7 +80,8 @@ def decode_rational(value: object, path: str, rule: str = "decode") -> fmpq:
             raise refuse(rule, path, "expected an exact number, found a ball of positive radius")
         return lo
     if not isinstance(value, str):
-        raise refuse(rule, path, f"expected a number or numeric string, found {type(value).__name__}")
+        raise refuse(rule, path, f"expected a number or numeric string, found "
+                     f"{type(value).__name__}")
     text = value.strip()
     if len(text) > MAX_INTEGER_DIGITS:
         raise refuse(rule, path, f"number text longer than {MAX_INTEGER_DIGITS} characters")
@@ -104,7 +106,8 @@ def decode_rational(value: object, path: str, rule: str = "decode") -> fmpq:
         sign, whole, frac, exp = m.group(1), m.group(2) or "", m.group(3) or "", m.group(4)
         e10 = (int(exp) if exp else 0) - len(frac)
         if abs(e10) > MAX_DECIMAL_EXPONENT:
-            raise refuse(rule, path, f"decimal exponent beyond the limit {MAX_DECIMAL_EXPONENT}: {text!r}")
+            raise refuse(rule, path, f"decimal exponent beyond the limit "
+                         f"{MAX_DECIMAL_EXPONENT}: {text!r}")
         digits = int(whole + frac)
         if sign == "-":
             digits = -digits
@@ -112,7 +115,8 @@ def decode_rational(value: object, path: str, rule: str = "decode") -> fmpq:
     lowered = text.lower().lstrip("+-")
     if lowered in ("nan", "inf", "infinity"):
         raise refuse(rule, path, f"expected a finite number, found {text!r}")
-    raise refuse(rule, path, f"expected an integer, 'p/q', exact decimal or 'f32:' bits, found {text!r}")
+    raise refuse(rule, path, f"expected an integer, 'p/q', exact decimal or 'f32:' bits, "
+                 f"found {text!r}")
 
 
 def decode_ball(value: object, path: str, rule: str = "decode") -> tuple[fmpq, fmpq]:
@@ -124,7 +128,8 @@ def decode_ball(value: object, path: str, rule: str = "decode") -> tuple[fmpq, f
         item = value[key]
         if isinstance(item, bool) or not isinstance(item, (int, str)) or (
                 isinstance(item, str) and not _INT_RE.match(item.strip())):
-            raise refuse(rule, f"{path}.{key}", f"expected a decimal integer string, found {item!r}")
+            raise refuse(rule, f"{path}.{key}",
+                         f"expected a decimal integer string, found {item!r}")
         parts[key] = int(item)
     if parts["rad"] < 0:
         raise refuse(rule, f"{path}.rad", f"expected rad >= 0, found {parts['rad']}")

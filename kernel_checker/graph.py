@@ -190,7 +190,8 @@ def infer_shape(node: Node, shapes: list[tuple], graph: Graph, path: str) -> tup
         if a.get("bias") is not None:
             need(pshape("bias") == (w[0],), f"expected bias shape [{w[0]}]")
         (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
-        return (w[0], _conv_out(x[1], w[2], sh, ph, dh, path), _conv_out(x[2], w[3], sw, pw, dw, path))
+        return (w[0], _conv_out(x[1], w[2], sh, ph, dh, path),
+                _conv_out(x[2], w[3], sw, pw, dw, path))
     if op in ("maxpool2d", "avgpool2d"):
         (x,) = shapes
         need(len(x) == 3, f"expected input [C, H, W], found {list(x)}")

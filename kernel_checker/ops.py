@@ -13,7 +13,7 @@ UNBOUNDED = None
 class OpSpec:
     min_inputs: int
     max_inputs: int | None
-    attrs: dict  # name -> (kind, default or REQUIRED); kinds: param, tensor, ints, int, bool, rational
+    attrs: dict  # name -> (kind, default or REQUIRED)
     evaluated: bool = True
 
 

@@ -322,7 +322,7 @@ def reduce_sum(x: Interval, node: Node, divide: bool) -> Interval:
     target = []
     for flat in range(numel(x.shape)):
         rem, o = flat, 0
-        for d, st_o, i in zip(x.shape, st_out, range(len(x.shape))):
+        for i, st_o in enumerate(st_out):
             sub = numel(x.shape[i + 1:])
             coord, rem = divmod(rem, sub)
             if i not in axes:
