@@ -3,7 +3,9 @@ bind the graph file, its weights file and the claim (spec). Plain JSON, so anoth
 can check it from the written format alone:
 
 {"format": "tl.bundle.v1", "claim": {...}, "certificate": {"rule": ...},
- "artifacts": {"graph": {"path", "sha256"}, "weights": {"sha256"} | null, "spec": {"sha256"}},
+ "artifacts": {"graph": {"path", "sha256"}, "weights": {"sha256"} | null, "spec": {"sha256"},
+               "premise_graphs": [{"path", "sha256"}, ...] (optional: graphs that premises of a
+               derivation mention, e.g. the blocks of a composition)},
  "producer": {...untrusted metadata...}}
 
 Paths are relative to the bundle's folder.
@@ -75,7 +77,20 @@ def check_bundle(path: str) -> tuple[Theorem, dict]:
     producer = doc.get("producer", {})
     if not isinstance(producer, dict):
         raise refuse(RULE, "producer", "expected an object")
-    theorem = derive(Context([graph]), claim, doc["certificate"], "certificate")
+    graphs = [graph]
+    extra = arts.get("premise_graphs", [])
+    if not isinstance(extra, list):
+        raise refuse(RULE, "artifacts.premise_graphs", "expected a list")
+    for i, g in enumerate(extra):
+        p = f"artifacts.premise_graphs[{i}]"
+        if not isinstance(g, dict) or not isinstance(g.get("path"), str):
+            raise refuse(RULE, p, "expected {\"path\": ..., \"sha256\": ...}")
+        loaded = load_graph(os.path.join(os.path.dirname(os.path.abspath(path)), g["path"]))
+        if loaded.sha256 != _sha_field(g, p):
+            raise refuse(RULE, f"{p}.sha256", f"sha256 mismatch: expected {g['sha256']}, found "
+                         f"{loaded.sha256}")
+        graphs.append(loaded)
+    theorem = derive(Context(graphs), claim, doc["certificate"], "certificate")
     return theorem, doc
 
 

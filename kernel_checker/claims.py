@@ -86,13 +86,16 @@ class Claim:
     unsafe: tuple = ()  # of Polytope
     point: Vec = ()
     name: str | None = None
+    parts: tuple = ()  # of Claim, for kind "all" (a conjunction on one graph and input set)
 
     def to_json(self) -> dict:
         doc = {"kind": self.kind, "graph": self.graph, "semantics": self.semantics,
                "input_set": self.input_set.to_json(), "node": self.node}
         if self.name is not None:
             doc["name"] = self.name
-        if self.kind == "bounds":
+        if self.kind == "all":
+            doc["parts"] = [p.to_json() for p in self.parts]
+        elif self.kind == "bounds":
             doc.update(lo=_enc(self.lo), hi=_enc(self.hi))
         elif self.kind == "linear_bound":
             doc.update(rows=[_enc(r) for r in self.rows], rhs=_enc(self.rhs))
@@ -176,7 +179,7 @@ def parse_claim(doc: object, path: str = "claim") -> Claim:
     common = {"kind", "graph", "semantics", "input_set", "node"}
     kind = doc.get("kind") if isinstance(doc, dict) else None
     fields = {"bounds": {"lo", "hi"}, "linear_bound": {"rows", "rhs"}, "unsat": {"unsafe"},
-              "counterexample": {"unsafe", "point"}}
+              "counterexample": {"unsafe", "point"}, "all": {"parts"}}
     if kind not in fields:
         raise refuse(RULE, f"{path}.kind", f"expected one of {sorted(fields)}, found {kind!r}")
     _obj(doc, path, common | fields[kind], {"name"})
@@ -192,6 +195,16 @@ def parse_claim(doc: object, path: str = "claim") -> Claim:
         raise refuse(RULE, f"{path}.name", "expected a string")
     base = dict(kind=kind, graph=doc["graph"], semantics=doc["semantics"], node=doc["node"],
                 input_set=parse_input_set(doc["input_set"], f"{path}.input_set"), name=name)
+    if kind == "all":
+        if not isinstance(doc["parts"], list) or not doc["parts"]:
+            raise refuse(RULE, f"{path}.parts", "expected a non-empty list of claims")
+        parts = tuple(parse_claim(p, f"{path}.parts[{i}]") for i, p in enumerate(doc["parts"]))
+        for i, p in enumerate(parts):
+            if (p.graph, p.input_set, p.semantics) != (base["graph"], base["input_set"],
+                                                       base["semantics"]):
+                raise refuse(RULE, f"{path}.parts[{i}]", "a conjunction's parts share the graph, "
+                             "input set and semantics of the conjunction")
+        return Claim(parts=parts, **base)
     if kind == "bounds":
         lo = decode_vector(doc["lo"], f"{path}.lo", RULE)
         hi = decode_vector(doc["hi"], f"{path}.hi", RULE, len(lo))
@@ -224,6 +237,10 @@ def check_claim_shapes(claim: Claim, graph, path: str = "claim") -> None:
         if len(vec) != n_in:
             raise refuse(RULE, f"{path}.input_set.{key}", f"expected {n_in} numbers (the input "
                          f"size), found {len(vec)}")
+    if claim.kind == "all":
+        for i, part in enumerate(claim.parts):
+            check_claim_shapes(part, graph, f"{path}.parts[{i}]")
+        return
     if claim.node not in graph.by_id:
         raise refuse(RULE, f"{path}.node", f"no node {claim.node!r} in the graph")
     n_out = numel(graph.by_id[claim.node].shape)

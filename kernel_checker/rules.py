@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from flint import fmpq
 
-from kernel_checker import crown
-from kernel_checker.claims import Box, Claim, check_claim_shapes
+from kernel_checker import crown, inference
+from kernel_checker.claims import Box, Claim, check_claim_shapes, parse_claim
 from kernel_checker.errors import refuse
 from kernel_checker.exact import approx_text, common_denominator
 from kernel_checker.graph import Graph
@@ -134,7 +134,7 @@ def rule_assume(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
         raise refuse("assume", f"{path}.evidence", "expected an object of strings (provenance: "
                      "tool, version, command, input hash, reason)")
     ctx.graph_for(claim, "claim")
-    assumption = Assumption(name, tuple(sorted(evidence.items())))
+    assumption = Assumption(name, tuple(sorted(evidence.items())), claim.spec_sha256())
     return _derive(claim, "assume", {assumption}, level=Level.SHAPE_CHECKED)
 
 
@@ -154,7 +154,61 @@ def rule_split(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
     return _derive(claim, "split")
 
 
+def premise(ctx: Context, doc: object, path: str) -> Theorem:
+    """A premise {"claim", "certificate"} inside a derivation, derived recursively."""
+    if not isinstance(doc, dict) or set(doc) != {"claim", "certificate"}:
+        raise refuse("derive", path, "expected a premise {claim, certificate}")
+    return derive(ctx, parse_claim(doc["claim"], f"{path}.claim"), doc["certificate"],
+                  f"{path}.certificate")
+
+
+def _premise_list(ctx: Context, cert: dict, path: str) -> list[Theorem]:
+    if not isinstance(cert.get("premises"), list) or not cert["premises"]:
+        raise refuse(cert["rule"], f"{path}.premises", "expected a non-empty list of premises")
+    return [premise(ctx, d, f"{path}.premises[{i}]") for i, d in enumerate(cert["premises"])]
+
+
+def _one_premise(fn):
+    def rule(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
+        _cert_keys(cert, cert["rule"], path, {"premise"})
+        return fn(premise(ctx, cert["premise"], f"{path}.premise"), claim)
+    return rule
+
+
+def rule_conjoin(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
+    _cert_keys(cert, "conjoin", path, {"premises"})
+    return inference.conjoin(_premise_list(ctx, cert, path), claim)
+
+
+def rule_cases(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
+    _cert_keys(cert, "cases", path, {"premises"})
+    return inference.cases(_premise_list(ctx, cert, path), claim)
+
+
+def rule_discharge(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
+    _cert_keys(cert, "discharge", path, {"premise", "proof"})
+    thm = inference.discharge(premise(ctx, cert["premise"], f"{path}.premise"),
+                              premise(ctx, cert["proof"], f"{path}.proof"))
+    if thm.claim != claim:
+        raise refuse("discharge", "claim", "the conclusion must be the premise's claim")
+    return thm
+
+
+def rule_compose(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
+    _cert_keys(cert, "compose", path, {"first", "second"})
+    ctx.graph_for(claim, "claim")
+    return inference.compose(premise(ctx, cert["first"], f"{path}.first"),
+                             premise(ctx, cert["second"], f"{path}.second"), claim, ctx.graphs)
+
+
 RULES: dict[str, Callable[[Context, Claim, dict, str], Theorem]] = {
+    "weaken": _one_premise(inference.weaken),
+    "project": _one_premise(inference.project),
+    "unsat_from_bounds": _one_premise(inference.unsat_from_bounds),
+    "conjoin": rule_conjoin,
+    "cases": rule_cases,
+    "discharge": rule_discharge,
+    "compose": rule_compose,
     "ibp": rule_ibp,
     "crown": rule_crown,
     "split": rule_split,

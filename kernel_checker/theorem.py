@@ -42,9 +42,11 @@ class Assumption:
 
     name: str
     provenance: tuple = ()  # sorted (key, value-text) pairs
+    statement: str = ""  # spec sha256 of the assumed claim, so a proof of it can discharge it
 
     def to_json(self) -> dict:
-        return {"name": self.name, "provenance": dict(self.provenance)}
+        return {"name": self.name, "statement": self.statement,
+                "provenance": dict(self.provenance)}
 
 
 _KERNEL_TOKEN = object()
@@ -69,15 +71,20 @@ class Theorem:
 
 
 def _derive(claim: Claim, rule: str, assumptions=frozenset(), premises: tuple = (),
-            level: Level | None = None) -> Theorem:
-    """The one constructor, for kernel rules only. With no assumptions the level is `proved`;
-    otherwise the minimum of the premises' levels and `level` (default replay-checked)."""
+            level: Level | None = None, discharged: str | None = None) -> Theorem:
+    """The one constructor, for kernel rules only. Assumptions are the union of the premises'
+    (less those whose statement is `discharged`). With none the level is `proved`; otherwise the
+    minimum of the premises' levels and `level` (default replay-checked)."""
     assumptions = frozenset(assumptions)
     for p in premises:
         assumptions |= p.assumptions
+    premises_for_level = premises
+    if discharged is not None:  # the rule passes the level of what remains
+        assumptions = frozenset(a for a in assumptions if a.statement != discharged)
+        premises_for_level = ()
     if not assumptions:
         lvl = Level.PROVED
     else:
         lvl = min([level if level is not None else Level.REPLAY_CHECKED]
-                  + [p.level for p in premises])
+                  + [p.level for p in premises_for_level])
     return Theorem(claim, assumptions, lvl, rule, tuple(premises), _KERNEL_TOKEN)

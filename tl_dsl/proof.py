@@ -24,20 +24,38 @@ def assume(name: str, **evidence: str) -> dict:
     return {"rule": "assume", "name": name, "evidence": {k: str(v) for k, v in evidence.items()}}
 
 
-def check(claim: Claim, certificate: dict, graph: kernel_checker.Graph) -> Theorem:
+def premise(claim: Claim, certificate: dict) -> dict:
+    """A premise of a derivation: a claim and the certificate that proves it."""
+    return {"claim": claim.to_json(), "certificate": certificate}
+
+
+def by_rule(rule: str, **premises) -> dict:
+    """Certificate of an inference rule, e.g. by_rule("weaken", premise=premise(c, cert)),
+    by_rule("cases", premises=[...]), by_rule("compose", first=..., second=...)."""
+    return {"rule": rule, **premises}
+
+
+def check(claim: Claim, certificate: dict, graph: kernel_checker.Graph,
+          *more_graphs: kernel_checker.Graph) -> Theorem:
     """Derive a theorem in this process (raises KernelError if the kernel refuses)."""
-    return kernel_checker.derive(Context([graph]), claim, certificate)
+    return kernel_checker.derive(Context([graph, *more_graphs]), claim, certificate)
 
 
 def write_bundle(path: str, claim: Claim, certificate: dict, graph_path: str,
-                 graph: kernel_checker.Graph, producer: dict | None = None) -> str:
+                 graph: kernel_checker.Graph, producer: dict | None = None,
+                 premise_graphs: list[tuple[str, kernel_checker.Graph]] = ()) -> str:
     """Write a bundle whose paths are relative to its own folder."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    artifacts = {"graph": {"path": os.path.relpath(os.path.abspath(graph_path), folder),
-                           "sha256": graph.sha256},
+
+    def ref(p, g):
+        return {"path": os.path.relpath(os.path.abspath(p), folder), "sha256": g.sha256}
+
+    artifacts = {"graph": ref(graph_path, graph),
                  "weights": ({"sha256": graph.weights_sha256} if graph.weights_sha256 else None),
                  "spec": {"sha256": claim.spec_sha256()}}
+    if premise_graphs:
+        artifacts["premise_graphs"] = [ref(p, g) for p, g in premise_graphs]
     doc = {"format": "tl.bundle.v1", "claim": claim.to_json(), "certificate": certificate,
            "artifacts": artifacts, "producer": producer or {"tool": "tl-verify"}}
     with open(path, "w") as f:
