@@ -4,6 +4,7 @@ import fnmatch
 
 import kernel_checker
 from kernel_checker.tensor import sha256_hex
+from tl_dsl.printing import derivation_to_json, format_derivation
 
 
 def audit_bundle(path: str, permit: list[str] | None = None) -> dict:
@@ -21,10 +22,11 @@ def audit_bundle(path: str, permit: list[str] | None = None) -> dict:
             "rule": theorem.rule, "level": theorem.level.label, "assumptions": assumptions,
             "permitted": all(a["permitted"] for a in assumptions), "permit": patterns,
             "artifacts": doc["artifacts"], "producer": doc.get("producer", {}),
-            "trusted_base": kernel_checker.trusted_base(), "_theorem": theorem}
+            "trusted_base": kernel_checker.trusted_base(), "_theorem": theorem,
+            "derivation": derivation_to_json(theorem)}
 
 
-def format_audit(report: dict) -> str:
+def format_audit(report: dict, tree: bool = False) -> str:
     from tl_dsl.printing import format_claim
 
     lines = [f"bundle     {report['bundle']} (sha256 {report['bundle_sha256'][:16]})",
@@ -48,4 +50,7 @@ def format_audit(report: dict) -> str:
     lines.append(f"trusted    tl-verify kernel {tb['kernel_version']}, python-flint "
                  f"{tb['python_flint_version']}, Python {tb['python']} "
                  f"({tb['python_implementation']})")
+    if tree:
+        lines.append("derivation:")
+        lines.append(format_derivation(report["_theorem"], "  "))
     return "\n".join(lines)

@@ -38,7 +38,7 @@ def cmd_audit(args) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=1))
     else:
-        print(format_audit(report))
+        print(format_audit(report, tree=args.tree))
     if not report["permitted"]:
         bad = [a["name"] for a in report["assumptions"] if not a["permitted"]]
         print(f"audit failed: assumptions not permitted by {args.permit or '[]'}: {bad}",
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="claim, level, assumptions and trusted base of a bundle")
     a.add_argument("bundle")
     a.add_argument("--json", action="store_true", help="print the audit as JSON")
+    a.add_argument("--tree", action="store_true", help="print the derivation tree")
     a.add_argument("--permit", nargs="*", default=[], metavar="PATTERN",
                    help="assumption name patterns that are allowed (fnmatch, e.g. 'oracle.arb.*')")
     a.set_defaults(func=cmd_audit)

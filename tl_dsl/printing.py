@@ -348,3 +348,24 @@ def claim_to_latex(claim: Claim, env: dict | None = None) -> str:
     else:
         raise ValueError(f"no LaTeX form for claim kind {claim.kind!r}")
     return f"\\forall x \\in {s}:\\ {prop}"
+
+
+def format_derivation(theorem, indent: str = "") -> str:
+    """The derivation tree: each line a rule, the claim's kind and node, its level and the
+    assumptions it adds; premises indented below their conclusion."""
+    c = theorem.claim
+    what = f"{c.kind}" + (f" on {c.node}" if c.node else "") + f" graph {c.graph[:12]}"
+    if c.name:
+        what = f"{c.name}: {what}"
+    own = sorted(a.name for a in theorem.assumptions
+                 if not any(a in p.assumptions for p in theorem.premises))
+    line = f"{indent}{theorem.rule:<18} {what} [{theorem.level.label}]"
+    if own:
+        line += " assumes " + ", ".join(own)
+    return "\n".join([line] + [format_derivation(p, indent + "  ") for p in theorem.premises])
+
+
+def derivation_to_json(theorem) -> dict:
+    return {"rule": theorem.rule, "claim_sha256": theorem.claim.spec_sha256(),
+            "kind": theorem.claim.kind, "level": theorem.level.label,
+            "premises": [derivation_to_json(p) for p in theorem.premises]}
