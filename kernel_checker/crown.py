@@ -125,7 +125,7 @@ def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
         b_den = bias.den if bias else 1
     else:  # avgpool2d
         wins = _window_indices(in_shape, node.shape, a["kernel"], a["stride"], a["padding"],
-                               [1, 1])
+                               a["dilation"])
         full = a["kernel"][0] * a["kernel"][1]
         counts = [full if a["count_include_pad"] else sum(1 for i in w if i is not None)
                   for w in wins]

@@ -15,7 +15,7 @@ from flint import fmpq, fmpz
 from kernel_checker.errors import refuse
 
 MAX_DECIMAL_EXPONENT = 4096  # resource limit: 10^4096 is far beyond any float and still cheap
-MAX_INTEGER_DIGITS = 20000
+MAX_INTEGER_DIGITS = 4000  # below CPython's int/str conversion limit (4300 digits)
 
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
 _FRACTION_RE = re.compile(r"([+-]?[0-9]+)/([0-9]+)\Z")
@@ -127,7 +127,8 @@ def decode_ball(value: object, path: str, rule: str = "decode") -> tuple[fmpq, f
     for key in ("mid", "rad", "exp"):
         item = value[key]
         if isinstance(item, bool) or not isinstance(item, (int, str)) or (
-                isinstance(item, str) and not _INT_RE.match(item.strip())):
+                isinstance(item, str) and (not _INT_RE.match(item.strip())
+                                           or len(item) > MAX_INTEGER_DIGITS)):
             raise refuse(rule, f"{path}.{key}",
                          f"expected a decimal integer string, found {item!r}")
         parts[key] = int(item)

@@ -70,7 +70,8 @@ class Graph:
             for key in _ATTRS_OF_PARAMS:
                 if isinstance(node.attrs.get(key), str):
                     names.add(node.attrs[key])
-        return sum(numel(self.weights.shape(n)) for n in names)
+        return sum(numel(self.param(n).shape if n.startswith("const:") else
+                         self.weights.shape(n)) for n in names)
 
 
 def _attr(node: dict, spec_kind: str, value: object, path: str, params: SafetensorsFile | None):
@@ -279,7 +280,7 @@ def parse_graph(doc: object, weights: SafetensorsFile | None, sha256: str,
         if nid in shapes:
             raise refuse(RULE, f"{path}.id", f"duplicate node id {nid!r}")
         op = nd.get("op")
-        if op not in OPS:
+        if not isinstance(op, str) or op not in OPS:
             raise refuse(RULE, f"{path}.op", f"unknown op {op!r}; supported ops: {sorted(OPS)}")
         spec = OPS[op]
         path = f"nodes[{i}] (id {nid!r}, op {op})"
@@ -330,7 +331,8 @@ def parse_graph(doc: object, weights: SafetensorsFile | None, sha256: str,
         graph.nodes.append(node)
         graph.by_id[nid] = node
     outputs = doc.get("outputs")
-    if not isinstance(outputs, list) or not outputs or not all(o in shapes for o in outputs):
+    if not isinstance(outputs, list) or not outputs or not all(
+            isinstance(o, str) and o in shapes for o in outputs):
         raise refuse(RULE, "outputs", f"expected a non-empty list of node ids, found {outputs!r}")
     graph.outputs = tuple(outputs)
     return graph

@@ -292,6 +292,9 @@ def maxpool2d(x: Interval, node: Node) -> Interval:
     a = node.attrs
     wins = _window_indices(x.shape, node.shape, a["kernel"], a["stride"], a["padding"],
                            a["dilation"])
+    if any(all(i is None for i in win) for win in wins):
+        raise refuse("semantics", f"node {node.id!r}", "a maxpool2d window lies entirely in the "
+                     "padding (its maximum is undefined)")
     lo = [max(x.lo[i] for i in win if i is not None) for win in wins]
     hi = lo if x.is_point else [max(x.hi[i] for i in win if i is not None) for win in wins]
     return _make(node.shape, lo, hi, x.den, x.is_point)
@@ -299,7 +302,8 @@ def maxpool2d(x: Interval, node: Node) -> Interval:
 
 def avgpool2d(x: Interval, node: Node) -> Interval:
     a = node.attrs
-    wins = _window_indices(x.shape, node.shape, a["kernel"], a["stride"], a["padding"], [1, 1])
+    wins = _window_indices(x.shape, node.shape, a["kernel"], a["stride"], a["padding"],
+                           a["dilation"])
     full = a["kernel"][0] * a["kernel"][1]
     counts = [full if a["count_include_pad"] else sum(1 for i in w if i is not None) for w in wins]
     big = 1

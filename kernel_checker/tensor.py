@@ -80,7 +80,7 @@ def tensor_from_rationals(shape: tuple[int, ...], values: list[fmpq]) -> Tensor:
 
 def decode_raw(data: bytes, dtype: str, shape: tuple[int, ...], rule: str, path: str) -> Tensor:
     """Little-endian raw bytes of a float or integer dtype to an exact tensor."""
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise refuse(rule, f"{path}.dtype", f"expected one of {sorted(DTYPES)}, found {dtype!r}")
     code, width, kind = DTYPES[dtype]
     n = numel(shape)
@@ -187,7 +187,7 @@ class SafetensorsFile:
                     or not 0 <= offs[0] <= offs[1] <= len(self._payload)):
                 raise refuse(rule, f"{ipath}.data_offsets", f"expected [begin, end] inside the "
                              f"{len(self._payload)}-byte payload, found {offs!r}")
-            if info["dtype"] not in DTYPES:
+            if not isinstance(info["dtype"], str) or info["dtype"] not in DTYPES:
                 raise refuse(rule, f"{ipath}.dtype",
                              f"expected one of {sorted(DTYPES)}, found {info['dtype']!r}")
             self.entries[name] = (info["dtype"], shape, offs[0], offs[1])
