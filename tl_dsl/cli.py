@@ -12,7 +12,7 @@ from kernel_checker.tensor import numel
 def cmd_demo(args) -> int:
     from tl_dsl.demo import run_demo
 
-    return run_demo(args.out)
+    return run_demo(args.out, images=args.images)
 
 
 def cmd_check(args) -> int:
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the main example end to end on built-in data")
     d.add_argument("--out", default="tl-out/demo", help="folder for graphs and bundles")
+    d.add_argument("--images", type=int, default=100, help="test images per model and radius")
     d.set_defaults(func=cmd_demo)
     c = sub.add_parser("check", help="re-derive a bundle's theorem with the kernel")
     c.add_argument("bundle")

@@ -1,0 +1,112 @@
+"""`prove_robust`: the escalating tactic. Attack first (a checked counterexample ends it), then
+the kernel's own interval replay, then CROWN, alpha-CROWN and branch and bound from the torch
+producer; every step's certificate is checked by the kernel, and the first that holds wins.
+Untrusted: the tactic only proposes; `Outcome.theorem` is always a kernel theorem."""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kernel_checker import Claim, Graph, KernelError, Theorem
+from stdlib.robustness import robust
+from tl_dsl import claims, proof
+
+METHODS = ("attack", "ibp", "crown", "alpha", "bab")
+
+
+@dataclass
+class Outcome:
+    status: str  # certified | counterexample | unknown
+    method: str | None = None  # which step decided it
+    claim: Claim | None = None  # what the theorem states (robustness or its counterexample)
+    certificate: dict | None = None
+    theorem: Theorem | None = None
+    producer_s: float = 0.0
+    kernel_s: float = 0.0
+    proved_by: dict = field(default_factory=dict)  # method -> kernel accepted? (exhaustive mode)
+    leaves: int = 0
+
+
+class _Clock:
+    def __init__(self, outcome: Outcome):
+        self.o = outcome
+
+    def produce(self, fn, *a, **kw):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            self.o.producer_s += time.perf_counter() - t
+
+    def check(self, claim: Claim, cert: dict, graph: Graph) -> Theorem | None:
+        t = time.perf_counter()
+        try:
+            return proof.check(claim, cert, graph)
+        except KernelError:
+            return None
+        finally:
+            self.o.kernel_s += time.perf_counter() - t
+
+
+def _attack(graph_path: str, claim: Claim, seed: int):
+    from oracles.pgd import pgd_attack
+
+    return pgd_attack(graph_path, claim, steps=30, restarts=3, seed=seed)
+
+
+def prove_robust(graph: Graph, graph_path: str, x0, eps, label: int, clamp=(0, 1),
+                 methods=METHODS, bab_timeout_s: float = 5.0, exhaustive: bool = False,
+                 chain=None, seed: int = 0) -> Outcome:
+    """Escalate through `methods` until the kernel accepts a certificate or a counterexample.
+    With `exhaustive`, ibp and crown are both tried (for reporting what each proves alone)."""
+    claim = robust(graph, x0, eps, label, clamp=clamp)
+    out = Outcome("unknown", claim=claim)
+    clock = _Clock(out)
+    if "attack" in methods:
+        centre = claims.clamp_into(x0, claim.input_set.as_box())
+        cands = [centre]
+        point = clock.produce(_attack, graph_path, claim, seed)
+        if point is not None:
+            cands.append(claims.clamp_into(point, claim.input_set.as_box()))
+        for cand in cands:
+            cex = claims.counterexample(claim, cand)
+            thm = clock.check(cex, proof.counterexample_cert(), graph)
+            if thm is not None:
+                out.status, out.method, out.claim, out.theorem = "counterexample", "attack", cex, thm
+                out.certificate = proof.counterexample_cert()
+                return out
+    for method in ("ibp", "crown", "alpha", "bab"):
+        if method not in methods:
+            continue
+        if out.status == "certified" and not (exhaustive and method in ("ibp", "crown")):
+            break
+        if method == "ibp":
+            cert = proof.ibp()
+        elif method in ("crown", "alpha"):
+            from oracles.bounds_torch import crown_certificate
+
+            kw = {"chain": chain} if chain is not None else {}
+            cert, lows = clock.produce(crown_certificate, graph_path, claim, method, **kw)
+        else:
+            from oracles.bab import prove_with_bab
+
+            res = clock.produce(prove_with_bab, graph_path, claim, bab_timeout_s, method="alpha")
+            if res.status == "counterexample" and res.point is not None:
+                cex = claims.counterexample(claim, claims.clamp_into(
+                    np.asarray(res.point).reshape(-1), claim.input_set.as_box()))
+                thm = clock.check(cex, proof.counterexample_cert(), graph)
+                if thm is not None:
+                    out.status, out.method, out.claim, out.theorem = ("counterexample", "bab",
+                                                                      cex, thm)
+                    out.certificate = proof.counterexample_cert()
+                    return out
+            if res.status != "proved":
+                continue
+            cert = res.certificate
+            out.leaves = res.stats.get("leaves", 0) if hasattr(res, "stats") else 0
+        thm = clock.check(claim, cert, graph)
+        out.proved_by[method] = thm is not None
+        if thm is not None and out.status != "certified":
+            out.status, out.method, out.theorem, out.certificate = "certified", method, thm, cert
+    return out

@@ -1,0 +1,181 @@
+"""Shared fixtures for the kernel tests: small graphs built with GraphBuilder into temporary
+folders, and a `kit` of helpers to parse documents and evaluate graphs with the kernel.
+
+Everything here is a fixture (tests never import this module); session-scoped ones are safe to
+use from Hypothesis tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from flint import fmpq
+from safetensors.numpy import save as save_safetensors
+
+from kernel_checker.graph import Graph, load_graph, parse_graph
+from kernel_checker.rules import box_interval, point_interval
+from kernel_checker.semantics import evaluate
+from kernel_checker.tensor import SafetensorsFile
+from tl_dsl.builder import GraphBuilder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures", "kernel")
+
+
+@dataclass
+class Built:
+    """A graph saved by GraphBuilder and loaded back by the kernel."""
+
+    path: str  # graph.json
+    folder: str
+    graph: Graph
+    doc: dict  # graph.json as written
+    weights: dict  # parameter name -> ndarray (what the builder wrote)
+
+    @property
+    def weights_path(self) -> str:
+        return os.path.join(self.folder, "weights.safetensors")
+
+
+def to_fmpq(value) -> fmpq:
+    """A Fraction / int / fmpq as an fmpq, exactly."""
+    if isinstance(value, fmpq):
+        return value
+    f = Fraction(value)
+    return fmpq(f.numerator, f.denominator)
+
+
+def to_frac(value) -> Fraction:
+    return Fraction(int(value.p), int(value.q)) if hasattr(value, "q") else Fraction(value)
+
+
+class Kit:
+    """Helpers shared by the kernel tests."""
+
+    def __init__(self, tmp_path_factory):
+        self._tmp = tmp_path_factory
+        self.repo = REPO
+        self.fixtures = FIXTURES
+
+    to_fmpq = staticmethod(to_fmpq)
+    to_frac = staticmethod(to_frac)
+
+    def folder(self, name: str = "g") -> str:
+        return str(self._tmp.mktemp(name))
+
+    def save(self, builder: GraphBuilder, name: str = "g") -> Built:
+        """Save with the builder into a fresh folder and load it back with the kernel."""
+        folder = self.folder(name)
+        path = builder.save(folder)
+        graph = load_graph(path)
+        with open(path) as f:
+            doc = json.load(f)
+        return Built(path, folder, graph, doc, dict(builder.params))
+
+    @staticmethod
+    def parse(doc: dict, params: dict | None = None) -> Graph:
+        """Parse a graph document in memory, with `params` (name -> ndarray) as its weights."""
+        weights = None
+        wsha = None
+        if params:
+            data = save_safetensors({k: np.ascontiguousarray(v) for k, v in params.items()})
+            weights = SafetensorsFile(data, "graph", "weights")
+            wsha = hashlib.sha256(data).hexdigest()
+        text = json.dumps(doc, sort_keys=True).encode()
+        return parse_graph(doc, weights, hashlib.sha256(text).hexdigest(), wsha)
+
+    @staticmethod
+    def point(graph: Graph, x, upto: str | None = None) -> dict:
+        """Exact kernel values of every node at the point x (flat): id -> list of fmpq.
+        Asserts that the kernel kept the value a point (lo is hi)."""
+        shape = graph.the_input("test", "input").shape
+        vals = evaluate(graph, point_interval(tuple(to_fmpq(v) for v in x), shape), upto)
+        out = {}
+        for nid, iv in vals.items():
+            assert iv.is_point, f"point evaluation of {nid} is not a point"
+            out[nid] = [fmpq(n, iv.den) for n in iv.lo]
+        return out
+
+    @staticmethod
+    def enclosure(graph: Graph, x, upto: str | None = None) -> dict:
+        """Kernel enclosures at a point x (for ops like batchnorm): id -> (lo list, hi list)."""
+        shape = graph.the_input("test", "input").shape
+        vals = evaluate(graph, point_interval(tuple(to_fmpq(v) for v in x), shape), upto)
+        return {nid: ([fmpq(n, iv.den) for n in iv.lo], [fmpq(n, iv.den) for n in iv.hi])
+                for nid, iv in vals.items()}
+
+    @staticmethod
+    def ibp(graph: Graph, lo, hi, upto: str | None = None) -> dict:
+        """Kernel interval bounds of every node over the box [lo, hi]: id -> (lo, hi) lists."""
+        from kernel_checker.claims import Box
+
+        shape = graph.the_input("test", "input").shape
+        box = Box(tuple(to_fmpq(v) for v in lo), tuple(to_fmpq(v) for v in hi))
+        vals = evaluate(graph, box_interval(box, shape), upto)
+        return {nid: ([fmpq(n, iv.den) for n in iv.lo], [fmpq(n, iv.den) for n in iv.hi])
+                for nid, iv in vals.items()}
+
+
+@pytest.fixture(scope="session")
+def kit(tmp_path_factory) -> Kit:
+    return Kit(tmp_path_factory)
+
+
+def _randn(rng, *shape, scale=0.5):
+    """Random float32 weights that are never exactly zero."""
+    w = (rng.standard_normal(shape) * scale).astype(np.float32)
+    w[w == 0] = np.float32(0.125)
+    return w
+
+
+def build_mlp(seed: int = 0, sizes=(6, 10, 8, 3)) -> GraphBuilder:
+    """A small 'trained-looking' ReLU MLP with float32 weights."""
+    rng = np.random.default_rng(seed)
+    g = GraphBuilder()
+    h = g.input([sizes[0]])
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        h = g.linear(h, _randn(rng, b, a, scale=1.0 / np.sqrt(a)), _randn(rng, b, scale=0.1),
+                     name=f"fc{i + 1}")
+        if i < len(sizes) - 2:
+            h = g.relu(h)
+    g.output(h)
+    return g
+
+
+def build_cnn(seed: int = 1) -> GraphBuilder:
+    """conv(pad) -> relu -> maxpool -> grouped conv (stride 2, dilation) -> avgpool -> flatten
+    -> linear."""
+    rng = np.random.default_rng(seed)
+    g = GraphBuilder()
+    x = g.input([2, 8, 8])
+    h = g.relu(g.conv2d(x, _randn(rng, 4, 2, 3, 3), _randn(rng, 4, scale=0.1), padding=(1, 1),
+                        name="conv1"))
+    h = g.maxpool2d(h, (2, 2))
+    h = g.conv2d(h, _randn(rng, 4, 2, 2, 2), _randn(rng, 4, scale=0.1), stride=(1, 1),
+                 padding=(1, 1), dilation=(2, 2), groups=2, name="conv2")
+    h = g.avgpool2d(h, (2, 2), stride=(1, 1), padding=(1, 1), count_include_pad=False)
+    h = g.flatten(g.relu(h))
+    h = g.linear(h, _randn(rng, 3, h.shape[0], scale=0.2), _randn(rng, 3, scale=0.1), name="fc")
+    g.output(h)
+    return g
+
+
+@pytest.fixture(scope="session")
+def mlp(kit) -> Built:
+    return kit.save(build_mlp(), "mlp")
+
+
+@pytest.fixture(scope="session")
+def cnn(kit) -> Built:
+    return kit.save(build_cnn(), "cnn")
+
+
+@pytest.fixture(scope="session")
+def builders():
+    """The graph-builder recipes, for tests that need a fresh copy on disk (e.g. to tamper)."""
+    return {"mlp": build_mlp, "cnn": build_cnn}

@@ -1,0 +1,114 @@
+"""The kernel's boundary (DESIGN.md): kernel_checker imports only the standard library,
+python-flint and itself; it does no floating point (no float constants, no float(), no math);
+and it stays small."""
+
+import ast
+import io
+import os
+import sys
+import tokenize
+
+import pytest
+
+KERNEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "kernel_checker")
+FILES = sorted(f for f in os.listdir(KERNEL) if f.endswith(".py"))
+ALLOWED_THIRD_PARTY = {"flint", "kernel_checker"}
+FORBIDDEN = {"numpy", "torch", "tl_dsl", "oracles", "gpu", "stdlib", "math", "cmath", "scipy",
+             "sympy", "jax", "mpmath"}
+MAX_KERNEL_LINES = 2000
+
+
+def _tree(name: str) -> ast.Module:
+    with open(os.path.join(KERNEL, name)) as f:
+        return ast.parse(f.read(), filename=name)
+
+
+def _imports(tree: ast.Module):
+    """(top-level module name, line) for every import anywhere in the file."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name.split(".")[0], node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import: inside kernel_checker
+                yield "kernel_checker", node.lineno
+            else:
+                yield node.module.split(".")[0], node.lineno
+
+
+def test_kernel_files_found():
+    assert {"exact.py", "tensor.py", "graph.py", "semantics.py", "rules.py", "bundle.py",
+            "theorem.py", "claims.py", "ops.py", "errors.py"} <= set(FILES)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_imports_only_stdlib_flint_and_kernel(name):
+    bad = [(mod, line) for mod, line in _imports(_tree(name))
+           if mod not in sys.stdlib_module_names and mod not in ALLOWED_THIRD_PARTY]
+    assert not bad, f"{name} imports non-stdlib modules: {bad}"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_no_forbidden_imports(name):
+    bad = [(mod, line) for mod, line in _imports(_tree(name)) if mod in FORBIDDEN]
+    assert not bad, f"{name} imports forbidden modules: {bad}"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_no_float_or_complex_constants(name):
+    bad = [(node.lineno, node.value) for node in ast.walk(_tree(name))
+           if isinstance(node, ast.Constant) and isinstance(node.value, (float, complex))]
+    assert not bad, f"{name} has float/complex constants: {bad}"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_no_float_calls(name):
+    bad = [node.lineno for node in ast.walk(_tree(name))
+           if isinstance(node, ast.Call) and (
+               (isinstance(node.func, ast.Name) and node.func.id in ("float", "complex"))
+               or (isinstance(node.func, ast.Attribute) and node.func.attr == "__float__"))]
+    assert not bad, f"{name} calls float()/complex() at lines {bad}"
+
+
+def test_the_checks_catch_violations():
+    """The detectors themselves work (so a silent pass means something)."""
+    src = "import math\nfrom numpy import x\nimport flint\nfrom . import y\ny = float(2) * 0.5\n"
+    tree = ast.parse(src)
+    mods = [m for m, _ in _imports(tree)]
+    assert mods == ["math", "numpy", "flint", "kernel_checker"]
+    assert [n for n in ast.walk(tree) if isinstance(n, ast.Constant)
+            and isinstance(n.value, float)]
+    assert [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "")
+            == "float"]
+
+
+def _code_lines(text: str) -> int:
+    """Non-blank lines that are not only a comment (docstrings count: they are code)."""
+    comment_only = set()
+    code = set()
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type == tokenize.COMMENT:
+            comment_only.add(tok.start[0])
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+                              tokenize.ENDMARKER):
+            for line in range(tok.start[0], tok.end[0] + 1):
+                code.add(line)
+    lines = text.splitlines()
+    return sum(1 for i in code if lines[i - 1].strip())
+
+
+def test_line_counter():
+    text = '"""doc\n\nstring"""\n\n# comment\nx = 1  # trailing\n\n    \ny = (\n  2)\n'
+    assert _code_lines(text) == 5  # doc, string, x = 1, y = (, 2)
+
+
+def test_kernel_is_small():
+    total = 0
+    per_file = {}
+    for name in FILES:
+        with open(os.path.join(KERNEL, name)) as f:
+            per_file[name] = _code_lines(f.read())
+        total += per_file[name]
+    assert total < MAX_KERNEL_LINES, f"kernel has {total} code lines (limit {MAX_KERNEL_LINES})" \
+                                     f": {per_file}"
