@@ -133,30 +133,51 @@ def parse_input_set(doc: object, path: str) -> InputSet:
         _obj(doc, path, {"kind", "lo", "hi"})
         lo = decode_vector(doc["lo"], f"{path}.lo", RULE)
         hi = decode_vector(doc["hi"], f"{path}.hi", RULE, len(lo))
-        for i, (a, b) in enumerate(zip(lo, hi)):
-            if a > b:
-                raise refuse(RULE, f"{path}.lo[{i}]", f"expected lo <= hi, found {a} > {b}")
-        return Box(tuple(lo), tuple(hi))
+        return check_input_set(Box(tuple(lo), tuple(hi)), path)
     if kind == "linf_ball":
         _obj(doc, path, {"kind", "center", "eps"}, {"clamp"})
         center = decode_vector(doc["center"], f"{path}.center", RULE)
         eps = decode_rational(doc["eps"], f"{path}.eps", RULE)
-        if eps < 0:
-            raise refuse(RULE, f"{path}.eps", f"expected eps >= 0, found {eps}")
         clamp = None
         if doc.get("clamp") is not None:
             c = decode_vector(doc["clamp"], f"{path}.clamp", RULE, 2)
-            if c[0] > c[1]:
-                raise refuse(RULE, f"{path}.clamp", f"expected lo <= hi, found {c[0]} > {c[1]}")
             clamp = (c[0], c[1])
-        ball = LinfBall(tuple(center), eps, clamp)
-        box = ball.as_box()
-        for i, (a, b) in enumerate(zip(box.lo, box.hi)):
-            if a > b:
-                raise refuse(RULE, f"{path}.center[{i}]", f"the ball misses the clamp domain "
-                             f"(empty set): {a} > {b}")
-        return ball
+        return check_input_set(LinfBall(tuple(center), eps, clamp), path)
     raise refuse(RULE, f"{path}.kind", f"expected 'box' or 'linf_ball', found {kind!r}")
+
+
+def _exact(values, path: str) -> None:
+    for i, v in enumerate(values):
+        if not isinstance(v, fmpq):
+            raise refuse(RULE, f"{path}[{i}]", f"expected an exact rational (fmpq), found "
+                         f"{type(v).__name__}")
+
+
+def check_input_set(s: InputSet, path: str) -> InputSet:
+    """A well-formed, non-empty input set of exact numbers (claims built in Python included)."""
+    if isinstance(s, LinfBall):
+        _exact(s.center, f"{path}.center")
+        _exact((s.eps,), f"{path}.eps")
+        if s.eps < 0:
+            raise refuse(RULE, f"{path}.eps", f"expected eps >= 0, found {s.eps}")
+        if s.clamp is not None:
+            _exact(s.clamp, f"{path}.clamp")
+            if s.clamp[0] > s.clamp[1]:
+                raise refuse(RULE, f"{path}.clamp", f"expected lo <= hi, found {s.clamp}")
+        key = "center"
+    elif isinstance(s, Box):
+        _exact(s.lo, f"{path}.lo")
+        _exact(s.hi, f"{path}.hi")
+        key = "lo"
+    else:
+        raise refuse(RULE, path, f"expected a Box or LinfBall, found {type(s).__name__}")
+    box = s.as_box()
+    for i, (a, b) in enumerate(zip(box.lo, box.hi, strict=True)):
+        if a > b:
+            why = ("the ball misses the clamp domain" if key == "center"
+                   else "expected lo <= hi")
+            raise refuse(RULE, f"{path}.{key}[{i}]", f"{why} (empty set): {a} > {b}")
+    return s
 
 
 def _parse_polytopes(doc: object, path: str) -> tuple:
@@ -178,6 +199,7 @@ def parse_claim(doc: object, path: str = "claim") -> Claim:
     """A claim document to a Claim; shapes are checked against the graph by `check_claim_shapes`."""
     common = {"kind", "graph", "semantics", "input_set", "node"}
     kind = doc.get("kind") if isinstance(doc, dict) else None
+    kind = kind if isinstance(kind, str) else repr(kind)
     fields = {"bounds": {"lo", "hi"}, "linear_bound": {"rows", "rhs"}, "unsat": {"unsafe"},
               "counterexample": {"unsafe", "point"}, "all": {"parts"}}
     if kind not in fields:
@@ -227,6 +249,18 @@ def check_claim_shapes(claim: Claim, graph, path: str = "claim") -> None:
     """Every vector in the claim has the length the graph says (input and output node sizes)."""
     from kernel_checker.tensor import numel
 
+    if claim.semantics not in SEMANTICS:
+        raise refuse(RULE, f"{path}.semantics", f"expected one of {list(SEMANTICS)}, found "
+                     f"{claim.semantics!r}")
+    check_input_set(claim.input_set, f"{path}.input_set")
+    for key in ("lo", "hi", "rhs", "point"):
+        _exact(getattr(claim, key), f"{path}.{key}")
+    for i, row in enumerate(claim.rows):
+        _exact(row, f"{path}.rows[{i}]")
+    for k, poly in enumerate(claim.unsafe):
+        _exact(poly.b, f"{path}.unsafe[{k}].b")
+        for i, row in enumerate(poly.a):
+            _exact(row, f"{path}.unsafe[{k}].A[{i}]")
     if claim.graph != graph.sha256:
         raise refuse(RULE, f"{path}.graph", f"expected the graph's sha256 {graph.sha256}, found "
                      f"{claim.graph}")

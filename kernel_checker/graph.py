@@ -58,20 +58,20 @@ class Graph:
                          f"{len(inputs)}")
         return inputs[0]
 
-    def param(self, name: str) -> Tensor:
-        """A parameter tensor by name (inline consts are stored under their node id)."""
-        if name in self._cache:
-            return self._cache[name]
-        return self.weights.tensor(name)
+    def param(self, ref) -> Tensor:
+        """A parameter tensor: a name in the weights file, or an inline const's tensor."""
+        return ref if isinstance(ref, Tensor) else self.weights.tensor(ref)
 
     def parameter_count(self) -> int:
-        names = set()
+        names, inline = set(), 0
         for node in self.nodes:
             for key in _ATTRS_OF_PARAMS:
-                if isinstance(node.attrs.get(key), str):
-                    names.add(node.attrs[key])
-        return sum(numel(self.param(n).shape if n.startswith("const:") else
-                         self.weights.shape(n)) for n in names)
+                ref = node.attrs.get(key)
+                if isinstance(ref, str):
+                    names.add(ref)
+                elif isinstance(ref, Tensor):
+                    inline += numel(ref.shape)
+        return inline + sum(numel(self.weights.shape(n)) for n in names)
 
 
 def _attr(node: dict, spec_kind: str, value: object, path: str, params: SafetensorsFile | None):
@@ -324,9 +324,6 @@ def parse_graph(doc: object, weights: SafetensorsFile | None, sha256: str,
         if tuple(inferred) != node.shape:
             raise refuse(RULE, f"{path}.shape", f"expected shape {list(inferred)} (inferred), "
                          f"found {declared}")
-        if op == "const" and isinstance(attrs["value"], Tensor):
-            graph._cache[f"const:{nid}"] = attrs["value"]
-            attrs["value"] = f"const:{nid}"
         shapes[nid] = node.shape
         graph.nodes.append(node)
         graph.by_id[nid] = node

@@ -177,7 +177,8 @@ def _node_equal(n1, g1: Graph, n2, g2: Graph, rename: dict) -> bool:
         return False
     for key, v1 in n1.attrs.items():
         v2 = n2.attrs[key]
-        if key in ("weight", "bias", "running_mean", "running_var", "value") and v1 is not None:
+        if key in ("weight", "bias", "running_mean", "running_var", "value") and (
+                v1 is not None and v2 is not None):
             t1, t2 = g1.param(v1), g2.param(v2)
             if t1.shape != t2.shape or any(a * t2.den != b * t1.den
                                            for a, b in zip(t1.nums, t2.nums, strict=True)):

@@ -125,7 +125,7 @@ def rule_assume(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
     """An explicit named assumption: the claim is shape-checked, not proved."""
     _cert_keys(cert, "assume", path, {"name", "evidence"})
     name = cert["name"]
-    if name not in ASSUMPTIONS:
+    if not isinstance(name, str) or name not in ASSUMPTIONS:
         raise refuse("assume", f"{path}.name", f"expected a registered assumption name "
                      f"{sorted(ASSUMPTIONS)}, found {name!r}")
     evidence = cert["evidence"]
@@ -219,7 +219,8 @@ RULES: dict[str, Callable[[Context, Claim, dict, str], Theorem]] = {
 
 def derive(ctx: Context, claim: Claim, cert: object, path: str = "certificate") -> Theorem:
     """Check `cert` for `claim` with the rule it names."""
-    if not isinstance(cert, dict) or cert.get("rule") not in RULES:
+    if not isinstance(cert, dict) or not isinstance(cert.get("rule"), str) or (
+            cert["rule"] not in RULES):
         found = cert.get("rule") if isinstance(cert, dict) else cert
         raise refuse("derive", f"{path}.rule", f"expected one of {sorted(RULES)}, found {found!r}")
     return RULES[cert["rule"]](ctx, claim, cert, path)
