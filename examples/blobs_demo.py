@@ -1,4 +1,5 @@
-"""A small end-to-end run on built-in data (the first `tl demo`; run `python examples/blobs_demo.py`). A 2-16-16-3 ReLU classifier is trained in
+"""A small end-to-end run on built-in data (the first `tl demo`): `python examples/blobs_demo.py`.
+A 2-16-16-3 ReLU classifier is trained in
 NumPy on three Gaussian blobs (fixed seed), then: a robustness claim at a small radius is proved
 by the kernel's interval replay; at a large radius the kernel refuses it, an attack finds a
 point, and the kernel checks that counterexample exactly. Bundles are written, re-checked in a

@@ -24,7 +24,7 @@ class Outcome:
     theorem: Theorem | None = None
     producer_s: float = 0.0
     kernel_s: float = 0.0
-    proved_by: dict = field(default_factory=dict)  # method -> kernel accepted? (exhaustive mode)
+    proved_by: dict = field(default_factory=dict)  # method tried -> kernel accepted?
     leaves: int = 0
 
 
@@ -56,10 +56,9 @@ def _attack(graph_path: str, claim: Claim, seed: int):
 
 
 def prove_robust(graph: Graph, graph_path: str, x0, eps, label: int, clamp=(0, 1),
-                 methods=METHODS, bab_timeout_s: float = 5.0, exhaustive: bool = False,
-                 chain=None, seed: int = 0) -> Outcome:
-    """Escalate through `methods` until the kernel accepts a certificate or a counterexample.
-    With `exhaustive`, ibp and crown are both tried (for reporting what each proves alone)."""
+                 methods=METHODS, bab_timeout_s: float = 5.0, chain=None, seed: int = 0
+                 ) -> Outcome:
+    """Escalate through `methods` until the kernel accepts a certificate or a counterexample."""
     claim = robust(graph, x0, eps, label, clamp=clamp)
     out = Outcome("unknown", claim=claim)
     clock = _Clock(out)
@@ -73,14 +72,13 @@ def prove_robust(graph: Graph, graph_path: str, x0, eps, label: int, clamp=(0, 1
             cex = claims.counterexample(claim, cand)
             thm = clock.check(cex, proof.counterexample_cert(), graph)
             if thm is not None:
-                out.status, out.method, out.claim, out.theorem = "counterexample", "attack", cex, thm
+                out.status, out.method, out.claim = "counterexample", "attack", cex
+                out.theorem = thm
                 out.certificate = proof.counterexample_cert()
                 return out
     for method in ("ibp", "crown", "alpha", "bab"):
         if method not in methods:
             continue
-        if out.status == "certified" and not (exhaustive and method in ("ibp", "crown")):
-            break
         if method == "ibp":
             cert = proof.ibp()
         elif method in ("crown", "alpha"):
@@ -107,6 +105,7 @@ def prove_robust(graph: Graph, graph_path: str, x0, eps, label: int, clamp=(0, 1
             out.leaves = res.stats.get("leaves", 0) if hasattr(res, "stats") else 0
         thm = clock.check(claim, cert, graph)
         out.proved_by[method] = thm is not None
-        if thm is not None and out.status != "certified":
+        if thm is not None:
             out.status, out.method, out.theorem, out.certificate = "certified", method, thm, cert
+            break
     return out
