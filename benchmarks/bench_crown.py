@@ -71,7 +71,7 @@ def main() -> int:
         source = os.path.basename(args.onnx)
     else:
         graph_path = random_mlp(folder, args.seed)
-        source = "random float32 784-256-256-10 (seed %d)" % args.seed
+        source = f"random float32 784-256-256-10 (seed {args.seed})"
     graph = kernel_checker.load_graph(graph_path)
     rng = np.random.default_rng(args.seed)
     x0 = rng.uniform(0, 1, 784).astype(np.float32)
