@@ -221,11 +221,14 @@ def parse_claim(doc: object, path: str = "claim") -> Claim:
         if not isinstance(doc["parts"], list) or not doc["parts"]:
             raise refuse(RULE, f"{path}.parts", "expected a non-empty list of claims")
         parts = tuple(parse_claim(p, f"{path}.parts[{i}]") for i, p in enumerate(doc["parts"]))
+        outer = base["input_set"].as_box()
         for i, p in enumerate(parts):
-            if (p.graph, p.input_set, p.semantics) != (base["graph"], base["input_set"],
-                                                       base["semantics"]):
-                raise refuse(RULE, f"{path}.parts[{i}]", "a conjunction's parts share the graph, "
-                             "input set and semantics of the conjunction")
+            inner = p.input_set.as_box()
+            if (p.graph, p.semantics) != (base["graph"], base["semantics"]) or not all(
+                    o_lo <= i_lo and i_hi <= o_hi for i_lo, i_hi, o_lo, o_hi in
+                    zip(inner.lo, inner.hi, outer.lo, outer.hi, strict=True)):
+                raise refuse(RULE, f"{path}.parts[{i}]", "a conjunction's parts share its graph "
+                             "and semantics, and their input sets lie inside its input set")
         return Claim(parts=parts, **base)
     if kind == "bounds":
         lo = decode_vector(doc["lo"], f"{path}.lo", RULE)
@@ -272,8 +275,15 @@ def check_claim_shapes(claim: Claim, graph, path: str = "claim") -> None:
             raise refuse(RULE, f"{path}.input_set.{key}", f"expected {n_in} numbers (the input "
                          f"size), found {len(vec)}")
     if claim.kind == "all":
+        outer = claim.input_set.as_box()
         for i, part in enumerate(claim.parts):
             check_claim_shapes(part, graph, f"{path}.parts[{i}]")
+            inner = part.input_set.as_box()
+            if part.semantics != claim.semantics or not all(
+                    o_lo <= i_lo and i_hi <= o_hi for i_lo, i_hi, o_lo, o_hi in
+                    zip(inner.lo, inner.hi, outer.lo, outer.hi, strict=True)):
+                raise refuse(RULE, f"{path}.parts[{i}]", "a part's input set must lie inside the "
+                             "conjunction's, with the same semantics")
         return
     if claim.node not in graph.by_id:
         raise refuse(RULE, f"{path}.node", f"no node {claim.node!r} in the graph")

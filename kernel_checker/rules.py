@@ -223,4 +223,6 @@ def derive(ctx: Context, claim: Claim, cert: object, path: str = "certificate") 
             cert["rule"] not in RULES):
         found = cert.get("rule") if isinstance(cert, dict) else cert
         raise refuse("derive", f"{path}.rule", f"expected one of {sorted(RULES)}, found {found!r}")
+    claim_path = path[:-len("certificate")] + "claim" if path.endswith("certificate") else "claim"
+    ctx.graph_for(claim, claim_path)  # every conclusion is well-formed, shaped and exact
     return RULES[cert["rule"]](ctx, claim, cert, path)

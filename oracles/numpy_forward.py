@@ -3,6 +3,7 @@ Untrusted and approximate by design: the kernel re-evaluates every point it is h
 
 import json
 import os
+from fractions import Fraction
 
 import numpy as np
 from safetensors.numpy import load_file
@@ -27,7 +28,8 @@ class NumpyGraph:
         if isinstance(attr, str):
             return self.params[attr]
         if "values" in attr:
-            return np.array([float(v) for v in attr["values"]]).reshape(attr["shape"])
+            return np.array([float(Fraction(str(v))) for v in attr["values"]]
+                            ).reshape(attr["shape"])
         raise ValueError("inline base64 constants are not supported by the numpy forward")
 
     def forward(self, x: np.ndarray, node: str | None = None) -> np.ndarray:

@@ -66,6 +66,13 @@ def cmd_graph(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from tl_dsl.verify import verify
+
+    word = verify(args.model, args.property, args.timeout, args.bundle, args.cex, args.jobs)
+    return 0 if word in ("unsat", "sat") else (2 if word == "timeout" else 3)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tl", description="tl-verify: claims about neural networks, "
                                 "checked by a small exact kernel")
@@ -87,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("graph", help="validate a tl.graph.v1 file and its weights, and summarise")
     g.add_argument("graph")
     g.set_defaults(func=cmd_graph)
+    v = sub.add_parser("verify", help="decide a VNN-LIB property on an ONNX model, every "
+                       "answer checked by the kernel")
+    v.add_argument("model", help="MODEL.onnx or a tl.graph.v1 graph.json")
+    v.add_argument("property", help="PROP.vnnlib")
+    v.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    v.add_argument("--bundle", help="write the proof bundle here when the answer is unsat")
+    v.add_argument("--cex", help="write the counterexample here (VNN-COMP format) when sat")
+    v.add_argument("--jobs", type=int, default=1, help="processes for branch and bound")
+    v.set_defaults(func=cmd_verify)
+    from tl_dsl.cli_export import register
+
+    register(sub)
     return p
 
 

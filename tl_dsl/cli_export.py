@@ -18,7 +18,7 @@ TORCH_HINT = "tl export needs PyTorch: pip install 'tl-verify[torch]' (or pip in
 
 def parse_shape(text: str) -> tuple[int, ...]:
     try:
-        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+        dims = tuple(int(d) for d in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, found {text!r}"
                                          ) from None

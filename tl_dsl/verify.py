@@ -1,0 +1,252 @@
+"""`tl verify MODEL PROP.vnnlib`: decide a VNN-LIB property on an ONNX (or tl.graph.v1) model,
+and answer only what the kernel checked: `unsat` when the kernel derived Unsat from the
+certificate (bundle written, re-checkable with `tl check`), `sat` when the kernel checked the
+counterexample exactly. Producers (attacks, IBP/CROWN/alpha-CROWN, branch and bound) only
+propose."""
+
+import concurrent.futures
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from flint import fmpq
+
+import kernel_checker
+from kernel_checker.claims import Box, Claim
+from stdlib.vnnlib import VnnlibError, read_vnnlib
+from tl_dsl import claims as dsl_claims
+from tl_dsl import proof
+
+
+@dataclass
+class Decision:
+    status: str  # unsat | sat | unknown | timeout
+    certificate: dict | None = None
+    point: np.ndarray | None = None
+    producer_s: float = 0.0
+    leaves: int = 0
+    method: str = ""
+    notes: list = field(default_factory=list)
+
+
+def load_model(model: str, workdir: str) -> str:
+    """The tl.graph.v1 path for an ONNX file (imported into workdir) or a graph.json."""
+    if model.endswith(".onnx"):
+        from oracles.onnx_import import import_onnx
+
+        return import_onnx(model, workdir, check=False).graph_path
+    return model
+
+
+def region_claim(graph: kernel_checker.Graph, region) -> Claim:
+    node = graph.outputs[0]
+    return Claim("unsat", graph.sha256, Box(region.lo, region.hi), node, unsafe=region.unsafe)
+
+
+def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0) -> Decision:
+    """Propose: an attack point, or a certificate (ibp / crown / alpha / branch and bound).
+    Runs in a worker process with --jobs, so it takes and returns plain data."""
+    import torch
+
+    from oracles.bab import prove_with_bab
+    from oracles.bounds_torch import crown_certificate, ibp_bounds, load_chain, spec_of
+    from oracles.pgd import pgd_attack
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    claim = kernel_checker.parse_claim(claim_doc)
+    point = pgd_attack(graph_path, claim, steps=40, restarts=4, seed=seed)
+    if point is not None:
+        return Decision("sat", point=np.asarray(point, dtype=np.float64).reshape(-1),
+                        producer_s=time.perf_counter() - t0, method="attack")
+    chain = load_chain(graph_path, claim.node)
+    spec = spec_of(claim, chain.n_out)
+    if spec.holds(ibp_bounds(graph_path, claim), 1e-6):
+        return Decision("unsat", {"rule": "ibp"}, producer_s=time.perf_counter() - t0,
+                        method="ibp")
+    for method in ("crown", "alpha"):
+        cert, lows = crown_certificate(graph_path, claim, method, chain=chain)
+        if spec.holds(lows):
+            return Decision("unsat", cert, producer_s=time.perf_counter() - t0, method=method,
+                            leaves=1)
+    left = budget_s - (time.perf_counter() - t0)
+    if left <= 0:
+        return Decision("timeout", producer_s=time.perf_counter() - t0)
+    res = prove_with_bab(graph_path, claim, left, method="alpha", seed=seed)
+    dt = time.perf_counter() - t0
+    leaves = res.stats.get("leaves", 0)
+    if res.status == "proved":
+        return Decision("unsat", res.certificate, producer_s=dt, method="bab", leaves=leaves)
+    if res.status == "counterexample":
+        return Decision("sat", point=np.asarray(res.point, dtype=np.float64).reshape(-1),
+                        producer_s=dt, method="bab", leaves=leaves)
+    return Decision(res.status, producer_s=dt, leaves=leaves, method="bab")
+
+
+def _pieces(claim: Claim, jobs: int) -> list[tuple[int, fmpq, fmpq]]:
+    """Split the widest input dimension into `jobs` pieces at dyadic cut points."""
+    box = claim.input_set.as_box()
+    dim = max(range(len(box.lo)), key=lambda i: box.hi[i] - box.lo[i])
+    lo, hi = box.lo[dim], box.hi[dim]
+    cuts = [lo]
+    for k in range(1, jobs):
+        c = lo + (hi - lo) * k / jobs
+        cuts.append(fmpq((c * 2**40).floor(), 2**40))
+    cuts.append(hi)
+    return [(dim, a, b) for a, b in zip(cuts, cuts[1:]) if a < b]
+
+
+def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int) -> Decision:
+    if jobs <= 1:
+        return produce(graph_path, claim.to_json(), budget_s)
+    pieces = _pieces(claim, jobs)
+    subclaims = []
+    for dim, a, b in pieces:
+        box = claim.input_set.as_box()
+        lo, hi = list(box.lo), list(box.hi)
+        lo[dim], hi[dim] = a, b
+        subclaims.append(Claim(**{**claim.__dict__, "input_set": Box(tuple(lo), tuple(hi))}))
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
+        futs = [pool.submit(produce, graph_path, c.to_json(), budget_s, i)
+                for i, c in enumerate(subclaims)]
+        results = [f.result() for f in futs]
+    out = Decision("unsat", producer_s=sum(r.producer_s for r in results),
+                   leaves=sum(max(r.leaves, 1) for r in results), method="split")
+    for r in results:
+        if r.status == "sat":
+            return r
+    for r in results:
+        if r.status != "unsat":
+            out.status = r.status
+            return out
+    dim = pieces[0][0]
+    out.certificate = {"rule": "split", "split": {"kind": "input", "dim": dim, "pieces": [
+        [str(a), str(b)] for _, a, b in pieces]}, "children": [r.certificate for r in results]}
+    return out
+
+
+def _decimal(q: fmpq, digits: int = 40) -> str:
+    """Exact decimal of a dyadic rational; other rationals to `digits` significant digits."""
+    p, d = int(q.p), int(q.q)
+    if d & (d - 1) == 0:
+        k = d.bit_length() - 1
+        text = str(abs(p) * 5**k).rjust(k + 1, "0")
+        whole, frac = text[:len(text) - k] or "0", text[len(text) - k:]
+        out = whole + ("." + frac.rstrip("0") if frac.rstrip("0") else "")
+        return ("-" if p < 0 else "") + out
+    return f"{float(q):.{digits}g}"
+
+
+def write_cex(path: str, x: tuple, y: list) -> None:
+    """VNN-COMP format: ((X_0 v) ... (Y_0 v) ...)."""
+    lines = [f"(X_{i} {_decimal(v)})" for i, v in enumerate(x)]
+    lines += [f"(Y_{j} {_decimal(v)})" for j, v in enumerate(y)]
+    with open(path, "w") as f:
+        f.write("(" + "\n ".join(lines) + ")\n")
+
+
+def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | None = None,
+           cex: str | None = None, jobs: int = 1, out=sys.stdout, err=sys.stderr) -> str:
+    """Run the whole job; print the result word first, then a summary; return the word."""
+    from rich.console import Console
+
+    t0 = time.perf_counter()
+    console = Console(file=err)
+    workdir = (os.path.splitext(bundle)[0] + ".model" if bundle else tempfile.mkdtemp())
+    try:
+        prop = read_vnnlib(prop_path)
+        graph_path = load_model(model, workdir)
+        graph = kernel_checker.load_graph(graph_path)
+    except (VnnlibError, kernel_checker.KernelError, ValueError, OSError) as e:
+        print("unknown", file=out)
+        print(f"error: {e}", file=out)
+        return "unknown"
+    setup_s = time.perf_counter() - t0
+    claims = [region_claim(graph, r) for r in prop.regions]
+    decisions, kernel_s, result = [], 0.0, "unsat"
+    with console.status("deciding", spinner="dots"):
+        for k, claim in enumerate(claims):
+            left = timeout_s - (time.perf_counter() - t0)
+            if left <= 0:
+                result = "timeout"
+                break
+            console.log(f"region {k + 1}/{len(claims)}: producing") if len(claims) > 1 else None
+            d = decide_region(graph_path, claim, left, jobs)
+            decisions.append(d)
+            if d.status == "sat":
+                tk = time.perf_counter()
+                point = dsl_claims.clamp_into(d.point, claim.input_set.as_box())
+                cex_claim = dsl_claims.counterexample(claim, point)
+                try:
+                    proof.check(cex_claim, proof.counterexample_cert(), graph)
+                except kernel_checker.KernelError as e:
+                    d.notes.append(f"kernel refused the counterexample: {e}")
+                    d.status = "unknown"
+                kernel_s += time.perf_counter() - tk
+                if d.status == "sat":
+                    result = "sat"
+                    break
+            if d.status != "unsat":
+                result = d.status if result == "unsat" else result
+    theorem = None
+    if result == "unsat":
+        tk = time.perf_counter()
+        if len(claims) == 1:
+            final, cert = claims[0], decisions[0].certificate
+        else:
+            hull = Box(tuple(min(c.input_set.lo[i] for c in claims) for i in range(prop.n_inputs)),
+                       tuple(max(c.input_set.hi[i] for c in claims) for i in range(prop.n_inputs)))
+            final = Claim("all", graph.sha256, hull, "", parts=tuple(claims))
+            cert = proof.by_rule("conjoin", premises=[proof.premise(c, d.certificate)
+                                                      for c, d in zip(claims, decisions)])
+        try:
+            theorem = proof.check(final, cert, graph)
+        except kernel_checker.KernelError as e:
+            result = "unknown"
+            decisions[-1].notes.append(f"kernel refused the certificate: {e}")
+        kernel_s += time.perf_counter() - tk
+    producer_s = sum(d.producer_s for d in decisions)
+    print(result, file=out)
+    total = time.perf_counter() - t0
+    leaves = sum(d.leaves for d in decisions)
+    methods = ", ".join(d.method for d in decisions if d.method)
+    print(f"time {total:.2f} s: setup {setup_s:.2f} s, producing {producer_s:.2f} s, "
+          f"kernel checking {kernel_s:.2f} s; regions {len(claims)}, leaves {leaves}, "
+          f"methods {methods or '-'}", file=out)
+    if theorem is not None:
+        print(f"kernel: {theorem.claim.kind} by {theorem.rule}, level {theorem.level.label}, "
+              f"assumptions {len(theorem.assumptions)}", file=out)
+        if bundle:
+            proof.write_bundle(bundle, final, cert, graph_path, graph,
+                               {"tool": "tl verify", "model": os.path.abspath(model),
+                                "property": os.path.abspath(prop_path)})
+            print(f"bundle {bundle} (re-check: tl check {bundle})", file=out)
+    if result == "sat":
+        x = cex_claim.point
+        y_iv = kernel_checker.semantics.evaluate(
+            graph, kernel_checker.rules.point_interval(x, graph.the_input("v", "v").shape),
+            upto=claim.node)[claim.node]
+        y = [fmpq(v, y_iv.den) for v in y_iv.lo]
+        exact_point = all(a == b for a, b in zip(y_iv.lo, y_iv.hi))
+        print(f"kernel: counterexample checked exactly (outputs {'exact' if exact_point else 'enclosed'})"
+              + ("; strict comparisons read as non-strict" if prop.has_strict else ""), file=out)
+        from oracles.float32_reference import forward_float32
+
+        y32 = forward_float32(graph_path, np.array([float(v) for v in x]))
+        if y32 is None:
+            print("float32 reference execution: not checked (op outside its set)", file=out)
+        else:
+            inside = any(all(sum(float(a) * float(v) for a, v in zip(row, y32)) <= float(b)
+                             for row, b in zip(p.a, p.b)) for p in claim.unsafe)
+            print(f"float32 reference execution (left-to-right sums, no FMA): "
+                  f"{'also a counterexample' if inside else 'NOT a counterexample'}", file=out)
+        if cex:
+            write_cex(cex, x, y)
+            print(f"counterexample written to {cex}", file=out)
+    for d in decisions:
+        for note in d.notes:
+            print(note, file=out)
+    return result
