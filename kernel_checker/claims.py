@@ -261,6 +261,9 @@ def check_claim_shapes(claim: Claim, graph, path: str = "claim") -> None:
     for i, row in enumerate(claim.rows):
         _exact(row, f"{path}.rows[{i}]")
     for k, poly in enumerate(claim.unsafe):
+        if not poly.a or len(poly.a) != len(poly.b):
+            raise refuse(RULE, f"{path}.unsafe[{k}]", "expected at least one row, and one b per "
+                         "row")
         _exact(poly.b, f"{path}.unsafe[{k}].b")
         for i, row in enumerate(poly.a):
             _exact(row, f"{path}.unsafe[{k}].A[{i}]")

@@ -38,6 +38,9 @@ def chain_to(graph: Graph, target: str, rule: str) -> list[Node]:
     """The nodes from the input (exclusive) to `target`, refusing anything but a chain."""
     chain = []
     node = graph.by_id[target]
+    if node.op == "input":
+        raise refuse(rule, "claim.node", f"{rule} needs at least one op between the input and the "
+                     "claim's node; use ibp for claims about the input itself")
     while node.op != "input":
         if node.op not in CHAIN_OPS or len(node.inputs) != 1:
             raise refuse(rule, f"node {node.id!r}", f"op {node.op!r} is not supported in {rule} "
@@ -163,6 +166,8 @@ def _upper_lines(rule, path, relu_id, lo, hi, den, unstable, cert_upper):
     endpoints (relu is convex, so the endpoints suffice), or computed with outward rounding."""
     s_all, t_all = {}, {}
     given = None
+    if cert_upper is not None and not isinstance(cert_upper, dict):
+        raise refuse(rule, f"{path}.upper", "expected an object keyed by relu node id")
     if cert_upper is not None and relu_id in cert_upper:
         entry = cert_upper[relu_id]
         if not isinstance(entry, dict) or set(entry) != {"slope", "intercept"}:
@@ -189,6 +194,8 @@ def _upper_lines(rule, path, relu_id, lo, hi, den, unstable, cert_upper):
 
 def _alphas(rule, path, cert_alpha, relu_id, n, rows, lo, hi, den):
     """Per-row lower slopes for one relu: a list of n or a list of `rows` lists of n."""
+    if cert_alpha is not None and not isinstance(cert_alpha, dict):
+        raise refuse(rule, f"{path}.alpha", "expected an object keyed by relu node id")
     if cert_alpha is None or relu_id not in cert_alpha:
         default = [fmpq(0) if -lo[j] >= hi[j] else fmpq(1) for j in range(n)]
         return [default] * rows
@@ -339,15 +346,17 @@ def check_crown(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) 
         p = f"{path}.intermediate[{i}]"
         _keys(entry, "crown", p, {"node", "indices", "lo", "hi", "alpha", "upper"})
         nid = entry.get("node")
-        if nid not in order or order[nid] <= last or nid == claim.node:
+        if not isinstance(nid, str) or nid not in order or order[nid] <= last or (
+                nid == claim.node):
             raise refuse("crown", f"{p}.node", f"expected a node of the chain before "
                          f"{claim.node!r}, after the previous entry; found {nid!r}")
         last = order[nid]
         n = numel(graph.by_id[nid].shape)
         idx = entry.get("indices", list(range(n)))
-        if (not isinstance(idx, list) or len(set(idx)) != len(idx) or not all(
+        if (not isinstance(idx, list) or not idx or len(set(idx)) != len(idx) or not all(
                 isinstance(j, int) and not isinstance(j, bool) and 0 <= j < n for j in idx)):
-            raise refuse("crown", f"{p}.indices", f"expected distinct neuron indices < {n}")
+            raise refuse("crown", f"{p}.indices", f"expected distinct neuron indices < {n} (at "
+                         "least one)")
         lo = decode_vector(entry.get("lo"), f"{p}.lo", "crown", len(idx))
         hi = decode_vector(entry.get("hi"), f"{p}.hi", "crown", len(idx))
         sub_chain = chain[:order[nid] + 1]
@@ -394,9 +403,14 @@ def check_ibp_on_domain(graph: Graph, claim: Claim, dom: Domain, path: str) -> b
     return True
 
 
+MAX_SPLIT_DEPTH = 400  # deeper trees are refused (Python's recursion limit is near 1000)
+
+
 def check_split(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
-                stats: dict) -> None:
+                stats: dict, depth: int = 0) -> None:
     """Every child holds on its piece of the domain, and the pieces cover the domain."""
+    if depth > MAX_SPLIT_DEPTH:
+        raise refuse("split", path, f"split tree deeper than {MAX_SPLIT_DEPTH}")
     rule = cert.get("rule") if isinstance(cert, dict) else None
     if rule == "crown":
         stats["leaves"] += 1
@@ -437,7 +451,7 @@ def check_split(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
             reach = max(reach, hi)
             child_box = _with_dim(dom.box, dim, lo, hi)
             check_split(graph, claim, children[i], Domain(child_box, dom.phases),
-                        f"{path}.children[{i}]", stats)
+                        f"{path}.children[{i}]", stats, depth + 1)
         if reach < phi:
             raise refuse("split", f"{path}.split.pieces", f"gap: the pieces leave ({reach}, "
                          f"{phi}] uncovered")
@@ -446,7 +460,7 @@ def check_split(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
         nid, j = spec.get("node"), spec.get("index")
         chain = chain_to(graph, claim.node, "split")
         pre = {chain[i - 1].id for i, node in enumerate(chain) if node.op == "relu" and i > 0}
-        if nid not in pre:
+        if not isinstance(nid, str) or nid not in pre:
             raise refuse("split", f"{path}.split.node", f"expected the input node of a relu on "
                          f"the chain {sorted(pre)}, found {nid!r}")
         n = numel(graph.by_id[nid].shape)
@@ -464,7 +478,7 @@ def check_split(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
                 continue
             phases[nid][j] = sign
             check_split(graph, claim, children[i], Domain(dom.box, phases),
-                        f"{path}.children[{i}]", stats)
+                        f"{path}.children[{i}]", stats, depth + 1)
         return
     raise refuse("split", f"{path}.split.kind", f"expected 'input' or 'relu', found {kind!r}")
 

@@ -22,7 +22,8 @@ from kernel_checker.claims import Box, Claim
 from kernel_checker.errors import KernelError, refuse
 from kernel_checker.exact import approx_text
 from kernel_checker.graph import Graph
-from kernel_checker.theorem import Level, Theorem, _derive
+from kernel_checker.tensor import numel
+from kernel_checker.theorem import Theorem, _derive
 
 
 def box_inside(inner: Box, outer: Box) -> bool:
@@ -58,8 +59,8 @@ def implies(p: Claim, c: Claim, rule: str) -> None:
     if c.kind == "bounds" and p.kind == "bounds":
         for i, (a, b, pa, pb) in enumerate(zip(c.lo, c.hi, p.lo, p.hi, strict=True)):
             if not (a <= pa and pb <= b):
-                raise refuse(rule, f"claim.lo[{i}]", f"[{a}, {b}] does not contain the premise's "
-                             f"[{pa}, {pb}]")
+                raise refuse(rule, f"claim.{'lo' if a > pa else 'hi'}[{i}]", f"[{a}, {b}] does "
+                             f"not contain the premise's [{pa}, {pb}]")
         return
     known = _rows_of(p)
     if c.kind == "linear_bound":
@@ -130,6 +131,9 @@ def project(premise: Theorem, conclusion: Claim) -> Theorem:
 def cases(premises: list[Theorem], conclusion: Claim) -> Theorem:
     """The premises are the conclusion on boxes S1..Sk whose union is exactly S (closed boxes:
     every elementary cell of the breakpoint grid lies in some Si)."""
+    if conclusion.kind not in ("bounds", "linear_bound", "unsat"):
+        raise refuse("cases", "claim.kind", f"cases combine universal claims (bounds, "
+                     f"linear_bound, unsat), not {conclusion.kind!r}")
     target = conclusion.input_set.as_box()
     boxes = []
     for i, p in enumerate(premises):
@@ -163,10 +167,7 @@ def discharge(premise: Theorem, proof: Theorem) -> Theorem:
     if not any(a.statement == sha for a in premise.assumptions):
         raise refuse("discharge", "proof.claim", "the premise assumes no statement with this "
                      "claim's hash")
-    rest = [a for a in premise.assumptions if a.statement != sha]
-    level = min(proof.level, premise.level if rest else Level.PROVED, Level.REPLAY_CHECKED)
-    return _derive(premise.claim, "discharge", premises=(premise, proof), discharged=sha,
-                   level=level)
+    return _derive(premise.claim, "discharge", premises=(premise, proof), discharged=sha)
 
 
 def _node_equal(n1, g1: Graph, n2, g2: Graph, rename: dict) -> bool:
@@ -195,10 +196,13 @@ def compose(first: Theorem, second: Theorem, conclusion: Claim, graphs: dict) ->
         raise refuse("compose", "first.claim.kind", "expected Bounds on F and Bounds, "
                      "LinearBound or Unsat on G")
     gf, gg, gh = graphs[f.graph], graphs[s.graph], graphs[conclusion.graph]
+    g_in = gg.the_input("compose", "second")
+    if len(f.lo) != numel(g_in.shape):
+        raise refuse("compose", "second.claim.input_set", f"F's node has {len(f.lo)} values, "
+                     f"G's input {numel(g_in.shape)}")
     if not box_inside(Box(f.lo, f.hi), s.input_set.as_box()):
         raise refuse("compose", "second.claim.input_set", "G's input set does not contain F's "
                      "proven output box")
-    g_in = gg.the_input("compose", "second")
     glued = [n for n in gf.nodes] + [n for n in gg.nodes if n.op != "input"]
     if len(glued) != len(gh.nodes):
         raise refuse("compose", "claim.graph", f"H has {len(gh.nodes)} nodes, F then G has "

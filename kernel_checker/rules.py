@@ -84,8 +84,15 @@ def check_output_box(claim: Claim, y: Interval, rule: str) -> None:
     crown.conclude(claim, [row_min(r, y) for r in crown.spec_rows(claim, len(y.lo))], rule)
 
 
+def _universal(claim: Claim, rule: str) -> None:
+    if claim.kind not in ("bounds", "linear_bound", "unsat"):
+        raise refuse(rule, "claim.kind", f"rule {rule} cannot conclude a {claim.kind} claim "
+                     f"(it proves bounds, linear_bound or unsat claims)")
+
+
 def rule_ibp(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
     """Interval bound propagation, computed by the kernel itself (nothing to carry)."""
+    _universal(claim, "ibp")
     _cert_keys(cert, "ibp", path, set())
     graph = ctx.graph_for(claim, "claim")
     x = box_interval(claim.input_set.as_box(), graph.the_input("ibp", "claim").shape)
@@ -140,6 +147,7 @@ def rule_assume(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
 
 def rule_crown(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
     """Backward linear bounds with certified intermediate bounds (kernel_checker/crown.py)."""
+    _universal(claim, "crown")
     graph = ctx.graph_for(claim, "claim")
     box = box_interval(claim.input_set.as_box(), graph.the_input("crown", "claim").shape)
     crown.check_crown(graph, claim, cert, crown.Domain(box), path)
@@ -148,6 +156,7 @@ def rule_crown(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
 
 def rule_split(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
     """Branch and bound: children cover the domain exactly and each leaf holds on its piece."""
+    _universal(claim, "split")
     graph = ctx.graph_for(claim, "claim")
     box = box_interval(claim.input_set.as_box(), graph.the_input("split", "claim").shape)
     crown.check_split(graph, claim, cert, crown.Domain(box), path, {"leaves": 0})

@@ -76,12 +76,14 @@ def _derive(claim: Claim, rule: str, assumptions=frozenset(), premises: tuple = 
     (less those whose statement is `discharged`). With none the level is `proved`; otherwise the
     minimum of the premises' levels and `level` (default replay-checked)."""
     assumptions = frozenset(assumptions)
-    for p in premises:
-        assumptions |= p.assumptions
     premises_for_level = premises
-    if discharged is not None:  # the rule passes the level of what remains
-        assumptions = frozenset(a for a in assumptions if a.statement != discharged)
-        premises_for_level = ()
+    if discharged is not None:  # premises = (theorem, proof of its assumption `discharged`)
+        kept = frozenset(a for a in premises[0].assumptions if a.statement != discharged)
+        assumptions |= kept | premises[1].assumptions  # the proof's own assumptions all stay
+        premises_for_level = (premises[1],) + ((premises[0],) if kept else ())
+    else:
+        for p in premises:
+            assumptions |= p.assumptions
     if not assumptions:
         lvl = Level.PROVED
     else:

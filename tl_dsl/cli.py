@@ -69,7 +69,8 @@ def cmd_graph(args) -> int:
 def cmd_verify(args) -> int:
     from tl_dsl.verify import verify
 
-    word = verify(args.model, args.property, args.timeout, args.bundle, args.cex, args.jobs)
+    word = verify(args.model, args.property, args.timeout, args.bundle, args.cex,
+                  args.jobs)["result"]
     return 0 if word in ("unsat", "sat") else (2 if word == "timeout" else 3)
 
 

@@ -149,8 +149,8 @@ def write_cex(path: str, x: tuple, y: list) -> None:
 
 
 def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | None = None,
-           cex: str | None = None, jobs: int = 1, out=sys.stdout, err=sys.stderr) -> str:
-    """Run the whole job; print the result word first, then a summary; return the word."""
+           cex: str | None = None, jobs: int = 1, out=sys.stdout, err=sys.stderr) -> dict:
+    """Run the whole job; print the result word first, then a summary; return the figures."""
     from rich.console import Console
 
     t0 = time.perf_counter()
@@ -163,7 +163,7 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
     except (VnnlibError, kernel_checker.KernelError, ValueError, OSError) as e:
         print("unknown", file=out)
         print(f"error: {e}", file=out)
-        return "unknown"
+        return {"result": "unknown", "error": str(e)}
     setup_s = time.perf_counter() - t0
     claims = [region_claim(graph, r) for r in prop.regions]
     decisions, kernel_s, result = [], 0.0, "unsat"
@@ -249,4 +249,6 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
     for d in decisions:
         for note in d.notes:
             print(note, file=out)
-    return result
+    return {"result": result, "total_s": total, "setup_s": setup_s, "producer_s": producer_s,
+            "kernel_s": kernel_s, "regions": len(claims), "leaves": leaves, "methods": methods,
+            "bundle_bytes": os.path.getsize(bundle) if bundle and theorem is not None else 0}

@@ -1,0 +1,148 @@
+"""Run `tl verify` on the VNN-COMP 2021 instances in ../shared/benchmarks/vnncomp2021 with the
+competition timeouts from the instance lists, one fresh process per instance (as a user would
+run it), and write a table plus totals beside the 2021 competition times.
+
+Run: python benchmarks/vnncomp2021/run.py [--bench acasxu mnistfc] [--parallel 2] [--limit N]
+Results: benchmarks/results/vnncomp2021.jsonl (one line per instance, resumable) and
+benchmarks/results/vnncomp2021.json (totals), benchmarks/results/vnncomp2021.md (table)."""
+
+import argparse
+import concurrent.futures
+import csv
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "benchmarks", "vnncomp2021")
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+OUT = os.path.join(RESULTS, "vnncomp2021_bundles")
+
+
+def instances(bench: str) -> list[dict]:
+    expected = {}
+    with open(os.path.join(SHARED, "expected_verdicts.csv")) as f:
+        for row in csv.DictReader(f):
+            expected[(row["benchmark"], row["onnx"], row["vnnlib"])] = row
+    out = []
+    with open(os.path.join(SHARED, bench, f"{bench}_instances.csv")) as f:
+        for onnx, vnnlib, timeout in csv.reader(f):
+            exp = expected.get((bench, onnx, vnnlib), {})
+            out.append({"benchmark": bench, "onnx": onnx, "vnnlib": vnnlib,
+                        "timeout": float(timeout), "expected": exp.get("expected", "?"),
+                        "abcrown_2021_s": exp.get("abcrown_2021_s"),
+                        "nnenum_2021_s": exp.get("nnenum_2021_s")})
+    return out
+
+
+def run_one(inst: dict) -> dict:
+    name = f"{inst['benchmark']}_{inst['onnx'][:-5]}_{inst['vnnlib'][:-7]}"
+    bundle = os.path.join(OUT, name + ".bundle.json")
+    cex = os.path.join(OUT, name + ".cex")
+    cmd = [sys.executable, "-m", "tl_dsl.cli", "verify",
+           os.path.join(SHARED, inst["benchmark"], inst["onnx"]),
+           os.path.join(SHARED, inst["benchmark"], inst["vnnlib"]),
+           "--timeout", str(inst["timeout"]), "--bundle", bundle, "--cex", cex]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=inst["timeout"] + 120)
+    wall = time.perf_counter() - t
+    lines = proc.stdout.splitlines()
+    verdict = lines[0] if lines else "error"
+    m = re.search(r"setup ([0-9.]+) s, producing ([0-9.]+) s, kernel checking ([0-9.]+) s", proc.stdout)
+    leaves = re.search(r"leaves (\d+)", proc.stdout)
+    recheck = None
+    if verdict == "unsat" and os.path.exists(bundle):
+        r = subprocess.run([sys.executable, "-m", "kernel_checker", bundle], capture_output=True,
+                           text=True)
+        recheck = r.returncode == 0
+    return {**inst, "verdict": verdict, "wall_s": wall,
+            "setup_s": float(m.group(1)) if m else None,
+            "producer_s": float(m.group(2)) if m else None,
+            "kernel_s": float(m.group(3)) if m else None,
+            "leaves": int(leaves.group(1)) if leaves else None,
+            "bundle_bytes": os.path.getsize(bundle) if verdict == "unsat" and os.path.exists(
+                bundle) else 0, "bundle_rechecked": recheck,
+            "wrong": verdict in ("sat", "unsat") and inst["expected"] in ("sat", "unsat")
+            and verdict != inst["expected"], "stderr_tail": proc.stderr[-300:]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", nargs="*", default=["acasxu", "mnistfc"])
+    ap.add_argument("--parallel", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=0)
+    args = ap.parse_args()
+    os.makedirs(OUT, exist_ok=True)
+    log = os.path.join(RESULTS, "vnncomp2021.jsonl")
+    done = {}
+    if os.path.exists(log):
+        with open(log) as f:
+            for line in f:
+                r = json.loads(line)
+                done[(r["benchmark"], r["onnx"], r["vnnlib"])] = r
+    todo = [i for b in args.bench for i in instances(b)
+            if (i["benchmark"], i["onnx"], i["vnnlib"]) not in done]
+    if args.limit:
+        todo = todo[:args.limit]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        for r in pool.map(run_one, todo):
+            done[(r["benchmark"], r["onnx"], r["vnnlib"])] = r
+            with open(log, "a") as f:
+                f.write(json.dumps(r) + "\n")
+            print(f"{r['benchmark']:8} {r['onnx']:34} {r['vnnlib']:22} {r['verdict']:8} "
+                  f"(expected {r['expected']:6}) {r['wall_s']:7.2f} s"
+                  + ("  WRONG" if r["wrong"] else ""), flush=True)
+    write_report(list(done.values()))
+    return 0
+
+
+def write_report(rows: list[dict]) -> None:
+    totals = {}
+    for b in sorted({r["benchmark"] for r in rows}):
+        rs = [r for r in rows if r["benchmark"] == b]
+        solved = [r for r in rs if r["verdict"] in ("sat", "unsat") and not r["wrong"]]
+        kern = sum(r["kernel_s"] or 0 for r in rs)
+        tot = sum(r["wall_s"] for r in rs)
+        totals[b] = {"instances": len(rs), "solved": len(solved),
+                     "unsat": sum(r["verdict"] == "unsat" for r in rs),
+                     "sat": sum(r["verdict"] == "sat" for r in rs),
+                     "wrong": sum(bool(r["wrong"]) for r in rs),
+                     "unsat_bundles_rechecked": sum(bool(r["bundle_rechecked"]) for r in rs),
+                     "total_wall_s": tot, "kernel_s": kern,
+                     "kernel_share": kern / tot if tot else 0,
+                     "median_setup_s": sorted(r["setup_s"] or 0 for r in rs)[len(rs) // 2],
+                     "abcrown_2021_total_s": sum(float(r["abcrown_2021_s"] or 0) for r in rs),
+                     "nnenum_2021_total_s": sum(float(r["nnenum_2021_s"] or 0) for r in rs)}
+    meta = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "cpus": os.cpu_count(), "python": platform.python_version()},
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "command": "python benchmarks/vnncomp2021/run.py",
+            "note": "2021 competition times ran on other hardware (the competition's AWS "
+                    "instances), so they are context, not a same-machine comparison"}
+    with open(os.path.join(RESULTS, "vnncomp2021.json"), "w") as f:
+        json.dump({"totals": totals, **meta}, f, indent=1)
+    lines = ["| benchmark | network | property | verdict | expected | wall s | producer s | "
+             "kernel s | leaves | bundle bytes |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["benchmark"], r["onnx"], r["vnnlib"])):
+        lines.append(f"| {r['benchmark']} | {r['onnx']} | {r['vnnlib']} | {r['verdict']}"
+                     f"{' WRONG' if r['wrong'] else ''} | {r['expected']} | {r['wall_s']:.2f} | "
+                     f"{r['producer_s'] or 0:.2f} | {r['kernel_s'] or 0:.2f} | "
+                     f"{r['leaves'] or 0} | {r['bundle_bytes']} |")
+    lines.append("")
+    for b, t in totals.items():
+        lines.append(f"**{b}**: {t['solved']}/{t['instances']} solved ({t['unsat']} unsat, "
+                     f"{t['sat']} sat), {t['wrong']} wrong, total {t['total_wall_s']:.0f} s, "
+                     f"kernel share {t['kernel_share']:.0%}; 2021 competition totals (other "
+                     f"hardware): alpha-beta-CROWN {t['abcrown_2021_total_s']:.0f} s, nnenum "
+                     f"{t['nnenum_2021_total_s']:.0f} s.")
+    with open(os.path.join(RESULTS, "vnncomp2021.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,880 @@
+"""IBP, CROWN and alpha-CROWN in torch (untrusted producer) and `crown` certificates for the
+kernel (docs/crown_certificate.md). Everything here is float arithmetic; soundness comes from the
+kernel's exact replay. To make that replay succeed, every intermediate bound sent is rounded
+outward to a multiple of 2^-20 after a safety margin, alphas are multiples of 2^-16, and the float
+computation uses exactly those rounded bounds (and the kernel's rounded upper lines), so the float
+final bound tracks the kernel's exact one closely.
+
+Chains only: input -> ... -> claim node, single-input nodes with ops in `SUPPORTED_OPS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from safetensors.numpy import load_file
+
+SUPPORTED_OPS = ("linear", "conv2d", "relu", "flatten", "reshape", "avgpool2d")
+BOUND_BITS = 20  # intermediate bounds: multiples of 2^-20
+ALPHA_BITS = 16  # lower slopes: multiples of 2^-16
+UPPER_BITS = 32  # the kernel's default upper lines: multiples of 2^-32, rounded up
+MARGIN_REL = 1e-7  # safety margin before rounding: MARGIN_REL * (1 + |v|) + MARGIN_SCALE * scale
+MARGIN_SCALE = 1e-11
+DECIDE_TOL = 1e-8  # a float row bound counts as proving only with this relative slack
+
+_POOL_DEFAULTS = {"stride": None, "padding": [0, 0], "dilation": [1, 1], "count_include_pad": True}
+
+
+def pick_device(device=None) -> torch.device:
+    """`device` if given, else CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_float(value) -> float:
+    """An exact rational (fmpq, Fraction, int, float, decimal string) to the nearest float."""
+    if isinstance(value, str):
+        return float(Fraction(value))
+    return float(value)
+
+
+_TEXT_CACHE: dict = {}
+
+
+def _texts(bits: int) -> list[str]:
+    """"k/2^bits" for k = 0 .. 2^bits (unreduced; the kernel reads any "p/q")."""
+    if bits not in _TEXT_CACHE:
+        den = 1 << bits
+        _TEXT_CACHE[bits] = ["0"] + [f"{k}/{den}" for k in range(1, den)] + ["1"]
+    return _TEXT_CACHE[bits]
+
+
+def encode_dyadic(values: torch.Tensor, bits: int) -> list[str]:
+    """Floats that are multiples of 2^-bits (or integers, when large) as exact "k/2^bits" text
+    (any other float exactly as its binary value)."""
+    den = 1 << bits
+    arr = values.detach().reshape(-1).cpu().numpy().astype(np.float64)
+    scaled = arr * den
+    small = np.abs(scaled) < 2.0 ** 53
+    ks = np.where(small, np.rint(np.where(small, scaled, 0)), 0).astype(np.int64)
+    exact = small & (ks == scaled)
+    if bits <= 16 and exact.all() and (ks >= 0).all() and (ks <= den).all():
+        table = _texts(bits)
+        return [table[k] for k in ks.tolist()]
+    out = []
+    for v, k, ok in zip(arr.tolist(), ks.tolist(), exact.tolist()):
+        if ok:
+            out.append(str(k) if k == 0 or den == 1 else f"{k}/{den}")
+        else:  # not a multiple (or huge): exact binary value
+            f = Fraction(v)
+            out.append(str(f.numerator) if f.denominator == 1 else
+                       f"{f.numerator}/{f.denominator}")
+    return out
+
+
+def round_down(v: torch.Tensor, scale: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """v minus the safety margin, rounded down to a multiple of 2^-BOUND_BITS. The margin grows
+    with the float type's epsilon (float32 computations get a wider one)."""
+    eps = torch.finfo(v.dtype).eps
+    rel, sc = max(MARGIN_REL, 1e3 * eps), max(MARGIN_SCALE, 1e2 * eps)
+    m = rel * (1 + v.abs()) + sc * scale
+    return torch.floor((v - m) * 2.0 ** BOUND_BITS) / 2.0 ** BOUND_BITS
+
+
+def round_up(v: torch.Tensor, scale: torch.Tensor | float = 0.0) -> torch.Tensor:
+    return -round_down(-v, scale)
+
+
+def _ceil_to(v: torch.Tensor, bits: int) -> torch.Tensor:
+    return torch.ceil(v * 2.0 ** bits) / 2.0 ** bits
+
+
+# --------------------------------------------------------------------------------------------
+# The chain as torch layers
+
+
+class _Layer:
+    """One chain node: an affine map (linear, conv2d, avgpool2d, flatten, reshape) or a relu.
+    Tensors are batched: forward maps [B, *in_shape] -> [B, *out_shape]; `bwd` maps coefficient
+    rows [m, *out_shape] -> [m, *in_shape] (the transpose of the linear part)."""
+
+    def __init__(self, node: dict, in_shape: tuple, params: dict, device, dtype):
+        self.id = node["id"]
+        self.op = node["op"]
+        self.in_shape = tuple(in_shape)
+        self.out_shape = tuple(node["shape"])
+        self.n_in = math.prod(self.in_shape)
+        self.n_out = math.prod(self.out_shape)
+        a = node.get("attrs") or {}
+        self.bias = None
+        self.weight = None
+
+        def param(name):
+            return torch.as_tensor(np.asarray(params[name], dtype=np.float64), dtype=dtype,
+                                   device=device)
+
+        if self.op == "linear":
+            if len(self.in_shape) != 1:
+                raise ValueError(f"node {self.id!r}: linear on a non-vector input "
+                                 f"{list(self.in_shape)} is not supported in crown (flatten first)")
+            self.weight = param(a["weight"])
+            self.weight_abs = self.weight.abs()
+            if a.get("bias"):
+                self.bias = param(a["bias"])
+        elif self.op == "conv2d":
+            self.weight = param(a["weight"])
+            self.weight_abs = self.weight.abs()
+            if a.get("bias"):
+                self.bias = param(a["bias"])
+            self.stride = tuple(a.get("stride") or (1, 1))
+            self.padding = tuple(a.get("padding") or (0, 0))
+            self.dilation = tuple(a.get("dilation") or (1, 1))
+            self.groups = int(a.get("groups") or 1)
+            self._set_output_padding(self.weight.shape[2:], self.dilation)
+        elif self.op == "avgpool2d":
+            attrs = dict(_POOL_DEFAULTS, **{k: v for k, v in a.items() if v is not None})
+            kernel = tuple(attrs["kernel"])
+            self.stride = tuple(attrs["stride"] or kernel)
+            self.padding = tuple(attrs["padding"])
+            if tuple(attrs["dilation"]) != (1, 1):
+                raise ValueError(f"node {self.id!r}: avgpool2d with dilation "
+                                 f"{attrs['dilation']} is not supported in crown")
+            self.dilation = (1, 1)
+            c = self.in_shape[0]
+            self.groups = c
+            self.weight = torch.ones((c, 1) + kernel, dtype=dtype, device=device)
+            self.weight_abs = self.weight
+            self._set_output_padding(kernel, (1, 1))
+            if attrs["count_include_pad"]:
+                self.divisor = float(kernel[0] * kernel[1])
+            else:
+                ones = torch.ones((1, 1) + self.in_shape[1:], dtype=dtype, device=device)
+                k1 = torch.ones((1, 1) + kernel, dtype=dtype, device=device)
+                self.divisor = F.conv2d(ones, k1, None, self.stride, self.padding)[0]
+        elif self.op not in ("relu", "flatten", "reshape"):
+            raise AssertionError(self.op)
+        # A . f(0), per bias: the bias as a full output tensor
+        self.bias_full = None
+        if self.bias is not None:
+            if self.op == "linear":
+                self.bias_full = self.bias
+            else:
+                self.bias_full = self.bias.reshape(-1, 1, 1).expand(self.out_shape).reshape(-1)
+
+    def _set_output_padding(self, kernel, dilation):
+        op = []
+        for i in range(2):
+            size = self.in_shape[1 + i]
+            base = (self.out_shape[1 + i] - 1) * self.stride[i] - 2 * self.padding[i] + \
+                dilation[i] * (kernel[i] - 1) + 1
+            op.append(size - base)
+        self.output_padding = tuple(op)
+
+    @property
+    def is_affine(self) -> bool:
+        return self.op != "relu"
+
+    def lin(self, x: torch.Tensor, absolute: bool = False) -> torch.Tensor:
+        """The linear part (no bias), or with |W| when `absolute` (for interval radii)."""
+        b = x.shape[0]
+        if self.op == "linear":
+            return x @ (self.weight_abs if absolute else self.weight).T
+        if self.op in ("flatten", "reshape"):
+            return x.reshape((b,) + self.out_shape)
+        w = self.weight_abs if absolute else self.weight
+        y = F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
+        if self.op == "avgpool2d":
+            y = y / self.divisor
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op == "relu":
+            return torch.relu(x)
+        y = self.lin(x)
+        if self.bias is not None:
+            y = y + (self.bias if self.op == "linear" else self.bias.reshape(-1, 1, 1))
+        return y
+
+    def ibp(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat bounds [n_in] -> flat bounds [n_out]."""
+        if self.op == "relu":
+            return lo.clamp(min=0), hi.clamp(min=0)
+        if self.op in ("flatten", "reshape"):
+            return lo, hi
+        shape = (1,) + self.in_shape
+        mid = ((lo + hi) / 2).reshape(shape)
+        rad = ((hi - lo) / 2).reshape(shape)
+        c = self.forward(mid).reshape(-1)
+        r = self.lin(rad, absolute=True).reshape(-1)
+        return c - r, c + r
+
+    def bwd(self, a: torch.Tensor) -> torch.Tensor:
+        """[m, *out] -> [m, *in]: rows times the linear part."""
+        m = a.shape[0]
+        if self.op == "linear":
+            return a @ self.weight
+        if self.op in ("flatten", "reshape"):
+            return a.reshape((m,) + self.in_shape)
+        a = a.reshape((m,) + self.out_shape)
+        if self.op == "avgpool2d":
+            a = a / self.divisor
+        return F.conv_transpose2d(a, self.weight, None, self.stride, self.padding,
+                                  self.output_padding, self.groups, self.dilation)
+
+    def bias_dot(self, a: torch.Tensor) -> torch.Tensor | None:
+        """[m, *out] -> [m]: rows dotted with the bias (None without bias)."""
+        if self.bias_full is None:
+            return None
+        return a.reshape(a.shape[0], -1) @ self.bias_full
+
+
+class TorchChain:
+    """The chain from a graph's input to `node` (default: its first output) as torch layers."""
+
+    def __init__(self, graph_path: str, node: str | None = None, device=None,
+                 dtype=torch.float64):
+        self.device = pick_device(device)
+        self.dtype = dtype
+        with open(graph_path) as f:
+            doc = json.load(f)
+        params = {}
+        if doc.get("weights"):
+            wpath = os.path.join(os.path.dirname(os.path.abspath(graph_path)),
+                                 doc["weights"]["path"])
+            params = load_file(wpath)
+        by_id = {n["id"]: n for n in doc["nodes"]}
+        target = node or doc["outputs"][0]
+        if target not in by_id:
+            raise ValueError(f"no node {target!r} in the graph")
+        chain = []
+        cur = by_id[target]
+        while cur["op"] != "input":
+            if cur["op"] not in SUPPORTED_OPS or len(cur.get("inputs", [])) != 1:
+                raise ValueError(f"op {cur['op']!r} at node {cur['id']!r} is not supported by "
+                                 f"crown (a chain of single-input nodes); supported: "
+                                 f"{list(SUPPORTED_OPS)}")
+            chain.append(cur)
+            cur = by_id[cur["inputs"][0]]
+        chain.reverse()
+        self.input_id = cur["id"]
+        self.input_shape = tuple(cur["shape"])
+        self.n_in = math.prod(self.input_shape)
+        self.node = target
+        self.layers: list[_Layer] = []
+        shape = self.input_shape
+        for nd in chain:
+            layer = _Layer(nd, shape, params, self.device, dtype)
+            self.layers.append(layer)
+            shape = layer.out_shape
+        self.out_shape = shape
+        self.n_out = math.prod(shape)
+        self.ids = [self.input_id] + [layer.id for layer in self.layers]
+        # position of each node: 0 = input, k = layers[k - 1]
+        self.pos = {nid: k for k, nid in enumerate(self.ids)}
+        # relu layer index -> node position of its input (the pre-activation)
+        self.relus = [k for k, layer in enumerate(self.layers) if layer.op == "relu"]
+
+    def tensor(self, values) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=self.dtype,
+                               device=self.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, *input shape] (or [B, n_in]) -> [B, *out shape]."""
+        x = x.reshape((x.shape[0],) + self.input_shape)
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def ibp(self, lo: torch.Tensor, hi: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Plain interval bounds of every node (flat), input first."""
+        out = [(lo.reshape(-1), hi.reshape(-1))]
+        for layer in self.layers:
+            out.append(layer.ibp(*out[-1]))
+        return out
+
+
+_CACHE: dict = {}
+
+
+def load_chain(graph_path: str, node: str | None = None, device=None,
+               dtype=torch.float64) -> TorchChain:
+    """A TorchChain, cached by (file, mtime, node, device, dtype)."""
+    path = os.path.abspath(graph_path)
+    dev = pick_device(device)
+    key = (path, os.path.getmtime(path), node, str(dev), dtype)
+    if key not in _CACHE:
+        if len(_CACHE) > 16:
+            _CACHE.clear()
+        _CACHE[key] = TorchChain(path, node, dev, dtype)
+    return _CACHE[key]
+
+
+# --------------------------------------------------------------------------------------------
+# Specs from claims
+
+
+@dataclass
+class Spec:
+    """Spec rows C (lower bounds of C.y decide the claim) and how they decide it."""
+
+    kind: str  # bounds | linear_bound | unsat
+    c: np.ndarray  # [m, n_out]
+    thr: np.ndarray  # [m]: row i holds when lower_i >= thr_i (unsat: > thr_i)
+    groups: list  # unsat: row ranges (start, stop) per polytope
+
+    def row_ok(self, lower: np.ndarray, tol: float = DECIDE_TOL) -> np.ndarray:
+        slack = lower - self.thr - tol * (1 + np.abs(self.thr))
+        return slack > 0 if self.kind == "unsat" else slack >= 0
+
+    def holds(self, lower: np.ndarray, tol: float = DECIDE_TOL) -> bool:
+        ok = self.row_ok(lower, tol)
+        if self.kind == "unsat":
+            return all(ok[a:b].any() for a, b in self.groups)
+        return bool(ok.all())
+
+    def margin(self, lower: np.ndarray) -> float:
+        """How far the bounds are from proving the claim (> 0: proved); +inf when vacuous."""
+        gap = lower - self.thr
+        if self.kind == "unsat":
+            return float(min(gap[a:b].max() for a, b in self.groups))
+        return float(gap.min())
+
+    def open_rows(self, lower: np.ndarray, tol: float = DECIDE_TOL) -> np.ndarray:
+        """Rows still to improve: failing rows; for unsat, the best row of each open polytope."""
+        ok = self.row_ok(lower, tol)
+        if self.kind != "unsat":
+            return np.nonzero(~ok)[0]
+        rows = []
+        for a, b in self.groups:
+            if not ok[a:b].any():
+                rows.append(a + int(np.argmax(lower[a:b] - self.thr[a:b])))
+        return np.array(rows, dtype=int)
+
+    def violated(self, y: np.ndarray) -> np.ndarray:
+        """Per float output y [B, n_out]: slack >= 0 (unsat) or > 0 means the point breaks the
+        claim; returns that slack (max over polytopes / rows)."""
+        v = y.reshape(y.shape[0], -1) @ self.c.T  # [B, m]
+        if self.kind == "unsat":
+            best = np.full(y.shape[0], -np.inf)
+            for a, b in self.groups:
+                best = np.maximum(best, (self.thr[a:b] - v[:, a:b]).min(axis=1))
+            return best
+        return (self.thr[None, :] - v).max(axis=1)
+
+    def is_violation(self, slack: np.ndarray) -> np.ndarray:
+        return slack >= 0 if self.kind == "unsat" else slack > 0
+
+
+def spec_of(claim, n_out: int) -> Spec:
+    """The spec rows of a kernel Claim, in the certificate's order."""
+    if claim.kind == "linear_bound":
+        c = np.array([[to_float(v) for v in r] for r in claim.rows], dtype=np.float64)
+        thr = np.array([to_float(v) for v in claim.rhs])
+        return Spec("linear_bound", c.reshape(len(c), n_out), thr, [])
+    if claim.kind == "bounds":
+        eye = np.eye(n_out)
+        thr = np.concatenate([[to_float(v) for v in claim.lo], [-to_float(v) for v in claim.hi]])
+        return Spec("bounds", np.concatenate([eye, -eye]), thr, [])
+    if claim.kind == "unsat":
+        rows, thr, groups = [], [], []
+        for poly in claim.unsafe:
+            start = len(rows)
+            rows.extend([[to_float(v) for v in r] for r in poly.a])
+            thr.extend(to_float(v) for v in poly.b)
+            groups.append((start, len(rows)))
+        return Spec("unsat", np.array(rows, dtype=np.float64).reshape(len(rows), n_out),
+                    np.array(thr), groups)
+    raise ValueError(f"claims of kind {claim.kind!r} have no crown spec rows")
+
+
+def claim_box(claim) -> tuple[list, list]:
+    """The claim's input box as exact rationals (fmpq)."""
+    box = claim.input_set.as_box()
+    return list(box.lo), list(box.hi)
+
+
+# --------------------------------------------------------------------------------------------
+# Bound computation
+
+
+@dataclass
+class _Relax:
+    """ReLU relaxation on [l, u] (flat): fixed part of the lower slope, unstable mask, upper
+    line (the kernel's rounding unless differentiable), CROWN's default alpha."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    active: torch.Tensor  # float 0/1
+    unstable: torch.Tensor  # float 0/1
+    up_slope: torch.Tensor
+    up_int: torch.Tensor
+    default_alpha: torch.Tensor
+
+
+def _relax(lo: torch.Tensor, hi: torch.Tensor, exact: bool = True) -> _Relax:
+    """exact: upper lines rounded up as the kernel does; else unrounded and differentiable."""
+    with torch.no_grad():
+        act = lo >= 0
+        uns = (lo < 0) & (hi > 0)
+        default = (act | (uns & (hi > -lo))).to(lo.dtype)
+    denom = torch.where(uns, hi - lo, torch.ones_like(lo))
+    s = torch.where(uns, hi / denom, torch.zeros_like(lo))
+    if exact:
+        s = _ceil_to(s, UPPER_BITS)
+    t = torch.where(uns, -s * lo, torch.zeros_like(lo))
+    if exact:
+        t = _ceil_to(t, UPPER_BITS)
+    slope = torch.where(act, torch.ones_like(lo), s)
+    return _Relax(lo, hi, act.to(lo.dtype), uns.to(lo.dtype), slope, t, default)
+
+
+@dataclass
+class BoundsResult:
+    """What one CROWN / alpha-CROWN run found on a domain."""
+
+    lower: np.ndarray  # float lower bounds of the spec rows (+inf everywhere when vacuous)
+    vacuous: bool  # some interval is empty: the domain holds no point
+    entries: list  # certificate `intermediate` entries (JSON-ready)
+    alpha: dict  # certificate `alpha` (JSON-ready)
+    relax: dict = field(default_factory=dict)  # relu layer index -> _Relax used
+    alpha_rows: dict = field(default_factory=dict)  # relu layer index -> [m, n] tensor used
+    a_input: torch.Tensor | None = None  # [m, n_in] coefficients at the input
+    scores: dict = field(default_factory=dict)  # relu layer index -> [m, n] relaxation gaps
+    method: str = "crown"
+    stage: str = "crown"  # crown | alpha (final slopes) | alpha+intermediate
+
+    def certificate(self) -> dict:
+        cert = {"rule": "crown"}
+        if self.entries:
+            cert["intermediate"] = self.entries
+        if self.alpha:
+            cert["alpha"] = self.alpha
+        return cert
+
+
+def _backward(chain: TorchChain, a: torch.Tensor, end: int, relax: dict, alphas: dict | None,
+              lo: torch.Tensor, hi: torch.Tensor, const: torch.Tensor | None = None,
+              record: dict | None = None, start_layer: int | None = None):
+    """Lower bounds of the rows `a` [m, *shape of node `end`] over the domain: walk back through
+    layers end-1 .. 0 (or from start_layer) with the relaxations; `alphas` {relu layer index:
+    [m, n] or [n]} replaces CROWN's default lower slopes. Returns (lower [m], a_input [m, n_in],
+    scale [m]) where scale bounds the magnitude of the terms (for margins)."""
+    m = a.shape[0]
+    if const is None:
+        const = torch.zeros(m, dtype=a.dtype, device=a.device)
+    top = end - 1 if start_layer is None else start_layer
+    for k in range(top, -1, -1):
+        layer = chain.layers[k]
+        if layer.op == "relu":
+            r = relax[k]
+            af = a.reshape(m, -1)
+            apos, aneg = af.clamp(min=0), af.clamp(max=0)
+            al = alphas.get(k) if alphas else None
+            ga = r.default_alpha if al is None else al
+            low = r.active + r.unstable * ga
+            if record is not None:
+                gap = apos * torch.maximum((1 - ga) * r.hi, -ga * r.lo) - aneg * r.up_int
+                record[k] = (gap * r.unstable).detach()
+            const = const + aneg @ r.up_int
+            a = (apos * low + aneg * r.up_slope).reshape((m,) + layer.in_shape)
+        else:
+            bd = layer.bias_dot(a)
+            if bd is not None:
+                const = const + bd
+            a = layer.bwd(a)
+    af = a.reshape(m, -1)
+    mid, rad = (lo + hi) / 2, (hi - lo) / 2
+    lower = af @ mid - af.abs() @ rad + const
+    scale = af.abs() @ (mid.abs() + rad) + const.abs()
+    return lower, af, scale
+
+
+def _pointless(chain: TorchChain, pos: int) -> bool:
+    """CROWN cannot beat IBP at node `pos`: a relu output, or one affine map from the input."""
+    if pos == 0 or chain.layers[pos - 1].op == "relu":
+        return True
+    maps = [ly for ly in chain.layers[:pos] if ly.op not in ("flatten", "reshape")]
+    return len(maps) <= 1
+
+
+def _phase_masks(chain: TorchChain, phases: dict | None) -> dict:
+    """{node position: (force_active bool [n], force_inactive bool [n])}."""
+    out = {}
+    for nid, signs in (phases or {}).items():
+        if nid not in chain.pos:
+            raise ValueError(f"phase constraint on {nid!r}, which is not on the chain")
+        pos = chain.pos[nid]
+        n = math.prod(chain.layers[pos - 1].out_shape) if pos else chain.n_in
+        act = torch.zeros(n, dtype=torch.bool, device=chain.device)
+        ina = torch.zeros(n, dtype=torch.bool, device=chain.device)
+        for j, s in signs.items():
+            if s in ("active", 1, "+", ">=0"):
+                act[int(j)] = True
+            elif s in ("inactive", -1, "-", "<=0"):
+                ina[int(j)] = True
+            else:
+                raise ValueError(f"phase {s!r} for {nid}[{j}]: expected 'active' or 'inactive'")
+        out[pos] = (act, ina)
+    return out
+
+
+def _apply_phase(lo, hi, masks):
+    act, ina = masks
+    return torch.where(act, lo.clamp(min=0), lo), torch.where(ina, hi.clamp(max=0), hi)
+
+
+def _intermediate_rows(chain: TorchChain, pos: int, idx: torch.Tensor, relax: dict,
+                       alphas: dict | None, lo, hi):
+    """CROWN lower bounds of rows e_j then -e_j (j in idx) of node `pos`: (lower [2n], scale)."""
+    layer = chain.layers[pos - 1]
+    n = len(idx)
+    if layer.op == "linear":  # rows e_j W are rows of W: skip the identity product
+        w = layer.weight[idx]
+        a = torch.cat([w, -w])
+        const = None
+        if layer.bias is not None:
+            const = torch.cat([layer.bias[idx], -layer.bias[idx]])
+        lower, _, scale = _backward(chain, a, pos, relax, alphas, lo, hi, const=const,
+                                    start_layer=pos - 2)
+        return lower, scale
+    size = math.prod(layer.out_shape)
+    a = torch.zeros(2 * n, size, dtype=lo.dtype, device=lo.device)
+    ar = torch.arange(n, device=lo.device)
+    a[ar, idx] = 1
+    a[ar + n, idx] = -1
+    lower, _, scale = _backward(chain, a.reshape((2 * n,) + layer.out_shape), pos, relax, alphas,
+                                lo, hi)
+    return lower, scale
+
+
+@dataclass
+class _Pass:
+    relax: dict  # relu layer index -> _Relax
+    inter: list  # (pos, idx, lb_lo, lb_hi, alphas {k: [2n, n_k]} or None)
+    vacuous: bool
+
+
+def _bounds_pass(chain: TorchChain, lo, hi, masks: dict, tables: dict | None = None,
+                 sets: dict | None = None, diff: bool = False) -> _Pass:
+    """Forward over the chain: IBP, and CROWN bounds of the unstable neurons of every relu input
+    (rounded outward unless `diff`), intersected, with the phase constraints. `tables` {pos:
+    {k: [2|S|, n_k]}} gives per-row lower slopes for the neurons S = sets[pos] (rows e_j then
+    -e_j); `diff` (differentiable, for optimisation) uses exactly the neurons S."""
+    relax: dict = {}
+    inter: list = []
+    cur_lo, cur_hi = lo, hi
+    n_layers = len(chain.layers)
+    idx_none = torch.zeros(0, dtype=torch.long, device=lo.device)
+    for pos in range(1, n_layers + 1):
+        layer = chain.layers[pos - 1]
+        if layer.op == "relu":
+            relax[pos - 1] = _relax(cur_lo, cur_hi, exact=not diff)
+        cur_lo, cur_hi = layer.ibp(cur_lo, cur_hi)
+        if pos == n_layers or chain.layers[pos].op != "relu":
+            continue
+        # CROWN on the neurons unstable before the phases (a phase that contradicts a CROWN
+        # bound empties the domain), then the phases, as the kernel does
+        if not _pointless(chain, pos):
+            if diff:
+                idx = sets.get(pos, idx_none)
+            else:
+                idx = torch.nonzero((cur_lo < 0) & (cur_hi > 0)).reshape(-1)
+            if len(idx):
+                al = _table_rows(tables, sets, pos, idx, relax) if tables else None
+                lower, scale = _intermediate_rows(chain, pos, idx, relax, al, lo, hi)
+                n = len(idx)
+                if diff:
+                    lb_lo, lb_hi = lower[:n], -lower[n:]
+                else:
+                    lb_lo, lb_hi = round_down(lower[:n], scale[:n]), round_up(-lower[n:], scale[n:])
+                inter.append((pos, idx, lb_lo, lb_hi, al))
+                cur_lo = cur_lo.index_put((idx,), torch.maximum(cur_lo[idx], lb_lo))
+                cur_hi = cur_hi.index_put((idx,), torch.minimum(cur_hi[idx], lb_hi))
+        if pos in masks:
+            cur_lo, cur_hi = _apply_phase(cur_lo, cur_hi, masks[pos])
+        if diff:
+            cur_hi = torch.maximum(cur_hi, cur_lo)
+            continue
+        gap = cur_lo - cur_hi
+        if (gap > 0).any():
+            tiny = gap <= 1e-9 * (1 + cur_lo.abs())
+            if bool(((gap > 0) & ~tiny).any()):
+                return _Pass(relax, inter, True)
+            cur_lo = torch.where(gap > 0, (cur_lo + cur_hi) / 2, cur_lo)
+            cur_hi = torch.maximum(cur_hi, cur_lo)
+    return _Pass(relax, inter, False)
+
+
+def _table_rows(tables, sets, pos, idx, relax) -> dict | None:
+    """Per-row slopes for the neurons idx of node pos from a table over sets[pos] (rows of
+    neurons outside the set: CROWN's default)."""
+    if pos not in tables:
+        return None
+    table, s = tables[pos], sets[pos]
+    if len(idx) == len(s) and bool((idx == s).all()):
+        return table
+    where = {j: i for i, j in enumerate(s.tolist())}
+    rows = [where.get(j, -1) for j in idx.tolist()]
+    n_s = len(s)
+    pick = torch.tensor(rows + [r + n_s if r >= 0 else -1 for r in rows], device=idx.device)
+    out = {}
+    for k, t in table.items():
+        fill = relax[k].default_alpha.expand(len(pick), -1)
+        out[k] = torch.where((pick >= 0)[:, None], t[pick.clamp(min=0)], fill)
+    return out
+
+
+def _entries(chain: TorchChain, p: _Pass, per_row: bool) -> list:
+    """`intermediate` entries (JSON) of an exact pass: shared default slopes, or per-row ones."""
+    out = []
+    for pos, idx, lb_lo, lb_hi, al in p.inter:
+        entry = {"node": chain.ids[pos], "indices": idx.tolist(),
+                 "lo": encode_dyadic(lb_lo, BOUND_BITS), "hi": encode_dyadic(lb_hi, BOUND_BITS)}
+        alpha = {}
+        for k, r in p.relax.items():
+            if k < pos:
+                if per_row and al is not None and k in al:
+                    alpha[chain.layers[k].id] = [encode_dyadic(row, ALPHA_BITS) for row in al[k]]
+                else:
+                    alpha[chain.layers[k].id] = encode_dyadic(r.default_alpha, 0)
+        if alpha:
+            entry["alpha"] = alpha
+        out.append(entry)
+    return out
+
+
+def compute_bounds(chain: TorchChain, lo, hi, spec_c, method: str = "crown",
+                   phases: dict | None = None, iterations: int = 30, lr: float = 0.25,
+                   stop=None, alpha_init: dict | None = None, want_scores: bool = False,
+                   optimize_intermediate: bool = True) -> BoundsResult:
+    """CROWN (method "crown") or alpha-CROWN ("alpha") lower bounds of spec_c . y over the box
+    [lo, hi] (flat floats) with relu phase constraints {pre-activation id: {index: phase}}.
+    Intermediate bounds of the unstable neurons of every relu input are computed by CROWN,
+    rounded outward and intersected with IBP. alpha-CROWN optimises per-row lower slopes of
+    the final rows, then (optimize_intermediate) also those of the intermediate bounds jointly,
+    keeping that only where it is no worse row by row or proves what the first could not.
+    `stop(lower ndarray) -> bool` ends the optimisation early (e.g. when the claim is proved)."""
+    if method not in ("crown", "alpha"):
+        raise ValueError(f"method must be 'crown' or 'alpha', found {method!r}")
+    with torch.no_grad():
+        lo = chain.tensor(lo).reshape(-1) if not torch.is_tensor(lo) else lo.reshape(-1)
+        hi = chain.tensor(hi).reshape(-1) if not torch.is_tensor(hi) else hi.reshape(-1)
+        c = chain.tensor(spec_c).reshape(-1, chain.n_out)
+        m = c.shape[0]
+        masks = _phase_masks(chain, phases)
+        base = _bounds_pass(chain, lo, hi, masks)
+        if base.vacuous or bool((lo > hi).any()):
+            return BoundsResult(np.full(m, np.inf), True, _entries(chain, base, False), {},
+                                base.relax, method=method)
+        a0 = c.reshape((m,) + chain.out_shape)
+        lower, a_in, _ = _backward(chain, a0, len(chain.layers), base.relax, None, lo, hi)
+    chosen, alpha_rows, stage = base, {}, "crown"
+    if method == "alpha" and base.relax:
+        lower_a, rows_a, a_in_a = _optimise(chain, a0, base.relax, lo, hi, lower, iterations,
+                                            lr, stop, alpha_init)
+        lower, alpha_rows, a_in, stage = lower_a, rows_a, a_in_a, "alpha"
+        done = stop is not None and stop(lower.cpu().numpy())
+        if optimize_intermediate and base.inter and not done:
+            got = _optimise_joint(chain, a0, base, masks, lo, hi, iterations, lr, stop, rows_a)
+            if got is not None and got[1] is None:
+                return BoundsResult(np.full(m, np.inf), True, _entries(chain, got[0], True), {},
+                                    got[0].relax, method=method, stage="alpha+intermediate")
+            if got is not None:
+                p, lower_b, rows_b, a_in_b = got
+                better = bool((lower_b >= lower - 1e-12).all()) or (
+                    stop is not None and stop(lower_b.cpu().numpy()))
+                if better:
+                    chosen, lower, alpha_rows, a_in = p, lower_b, rows_b, a_in_b
+                    stage = "alpha+intermediate"
+    scores: dict = {}
+    if want_scores:
+        with torch.no_grad():
+            _backward(chain, a0, len(chain.layers), chosen.relax, alpha_rows or None, lo, hi,
+                      record=scores)
+    alpha_out = {chain.layers[k].id: encode_dyadic(r.default_alpha, 0)
+                 for k, r in chosen.relax.items()}
+    for k, al in alpha_rows.items():
+        alpha_out[chain.layers[k].id] = [encode_dyadic(row, ALPHA_BITS) for row in al]
+    entries = _entries(chain, chosen, per_row=stage == "alpha+intermediate")
+    return BoundsResult(lower.detach().cpu().numpy().astype(np.float64), False, entries,
+                        alpha_out, chosen.relax, alpha_rows, a_in.detach(), scores, method, stage)
+
+
+def _round_alpha(v: torch.Tensor) -> torch.Tensor:
+    scale = 2.0 ** ALPHA_BITS
+    return (torch.round(v * scale) / scale).clamp(0, 1)
+
+
+def _optimise(chain, a0, relax, lo, hi, lower0, iterations, lr, stop, alpha_init):
+    """alpha-CROWN on the final rows: per-row lower slopes by projected Adam, best kept per row,
+    rounded to multiples of 2^-16; rows where rounding lost against CROWN fall back to CROWN."""
+    m = a0.shape[0]
+    n_layers = len(chain.layers)
+    params = {}
+    for k, r in relax.items():
+        init = r.default_alpha.expand(m, -1)
+        if alpha_init and k in alpha_init and alpha_init[k].shape == init.shape:
+            init = alpha_init[k]
+        params[k] = init.detach().clone().requires_grad_(True)
+    best = lower0.detach().clone()
+    best_alpha = {k: r.default_alpha.expand(m, -1).clone() for k, r in relax.items()}
+    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    for _ in range(iterations):
+        lower, _, _ = _backward(chain, a0, n_layers, relax, params, lo, hi)
+        with torch.no_grad():
+            better = lower > best
+            if better.any():
+                best = torch.where(better, lower, best)
+                for k, p in params.items():
+                    best_alpha[k] = torch.where(better[:, None], p.detach(), best_alpha[k])
+            if stop is not None and stop(best.cpu().numpy()):
+                break
+        opt.zero_grad(set_to_none=True)
+        (-lower.sum()).backward()
+        opt.step()
+        with torch.no_grad():
+            for p in params.values():
+                p.clamp_(0, 1)
+    with torch.no_grad():
+        rounded = {k: _round_alpha(v) for k, v in best_alpha.items()}
+        lower_r, a_in, _ = _backward(chain, a0, n_layers, relax, rounded, lo, hi)
+        worse = lower_r < lower0
+        if worse.any():
+            for k, r in relax.items():
+                rounded[k] = torch.where(worse[:, None], r.default_alpha.expand(m, -1),
+                                         rounded[k])
+            lower_r, a_in, _ = _backward(chain, a0, n_layers, relax, rounded, lo, hi)
+    return lower_r, rounded, a_in
+
+
+def _optimise_joint(chain, a0, base: _Pass, masks, lo, hi, iterations, lr, stop, final_init):
+    """alpha-CROWN with the intermediate bounds' slopes too (one lower slope per relu neuron per
+    row of every intermediate bound and of the final spec), optimised jointly for the sum of the
+    final bounds; per row, the best slopes seen are kept. Then an exact pass with those slopes
+    (rounded), and the final slopes re-optimised on its bounds. None if nothing to optimise."""
+    sets = {pos: idx for pos, idx, *_ in base.inter}
+    n_layers = len(chain.layers)
+    tables, best_inter = {}, {}
+    for pos, idx, *_ in base.inter:
+        ks = [k for k in base.relax if k < pos]
+        if ks:
+            tables[pos] = {k: base.relax[k].default_alpha.expand(2 * len(idx), -1).clone()
+                           .requires_grad_(True) for k in ks}
+            best_inter[pos] = (torch.full((2 * len(idx),), -np.inf, dtype=lo.dtype,
+                                          device=lo.device),
+                               {k: t.detach().clone() for k, t in tables[pos].items()})
+    if not tables:
+        return None
+    final = {k: v.detach().clone().requires_grad_(True) for k, v in final_init.items()}
+    params = [t for tab in tables.values() for t in tab.values()] + list(final.values())
+    opt = torch.optim.Adam(params, lr=lr)
+    m = a0.shape[0]
+    best = torch.full((m,), -np.inf, dtype=lo.dtype, device=lo.device)
+    best_final = {k: v.detach().clone() for k, v in final.items()}
+    for _ in range(max(1, (2 * iterations) // 3)):
+        p = _bounds_pass(chain, lo, hi, masks, tables, sets, diff=True)
+        lower, _, _ = _backward(chain, a0, n_layers, p.relax, final, lo, hi)
+        with torch.no_grad():
+            for pos, _, lb_lo, lb_hi, _ in p.inter:
+                if pos not in best_inter:
+                    continue
+                vals = torch.cat([lb_lo, -lb_hi])
+                prev, tab = best_inter[pos]
+                imp = vals > prev
+                if imp.any():
+                    best_inter[pos] = (torch.where(imp, vals, prev),
+                                       {k: torch.where(imp[:, None], tables[pos][k].detach(),
+                                                       tab[k]) for k in tab})
+            better = lower > best
+            if better.any():
+                best = torch.where(better, lower, best)
+                for k, v in final.items():
+                    best_final[k] = torch.where(better[:, None], v.detach(), best_final[k])
+            if stop is not None and stop(lower.detach().cpu().numpy()):
+                break
+        opt.zero_grad(set_to_none=True)
+        (-lower.sum()).backward()
+        opt.step()
+        with torch.no_grad():
+            for t in params:
+                t.clamp_(0, 1)
+    with torch.no_grad():
+        rounded = {pos: {k: _round_alpha(t) for k, t in tab.items()}
+                   for pos, (_, tab) in best_inter.items()}
+        p = _bounds_pass(chain, lo, hi, masks, rounded, sets)
+        if p.vacuous:  # the tighter bounds show the domain is empty
+            return p, None, None, None
+        lower0, _, _ = _backward(chain, a0, n_layers, p.relax, None, lo, hi)
+    lower_b, rows_b, a_in_b = _optimise(chain, a0, p.relax, lo, hi, lower0,
+                                        max(3, iterations // 6), lr, stop, best_final)
+    return p, lower_b, rows_b, a_in_b
+
+
+# --------------------------------------------------------------------------------------------
+# Certificates for claims
+
+
+def domain_box(claim, domain: dict | None) -> tuple[list, list]:
+    """The (exact or float) box of a domain: its lo/hi override, else the claim's box."""
+    domain = domain or {}
+    if domain.get("lo") is None or domain.get("hi") is None:
+        lo, hi = claim_box(claim)
+    if domain.get("lo") is not None:
+        lo = list(np.asarray(domain["lo"], dtype=object).reshape(-1))
+    if domain.get("hi") is not None:
+        hi = list(np.asarray(domain["hi"], dtype=object).reshape(-1))
+    return lo, hi
+
+
+def bounds_for_claim(graph_path: str, claim, method: str = "crown", domain: dict | None = None,
+                     device=None, dtype=torch.float64, iterations: int = 30, lr: float = 0.25,
+                     early_stop: bool = True, alpha_init: dict | None = None,
+                     want_scores: bool = False, chain: TorchChain | None = None,
+                     tol: float = DECIDE_TOL, optimize_intermediate: bool = True
+                     ) -> tuple[BoundsResult, Spec]:
+    """Run CROWN / alpha-CROWN for a kernel Claim on a domain; see `crown_certificate`."""
+    chain = chain or load_chain(graph_path, claim.node, device, dtype)
+    spec = spec_of(claim, chain.n_out)
+    lo, hi = domain_box(claim, domain)
+    lo_f = [to_float(v) for v in lo]
+    hi_f = [to_float(v) for v in hi]
+    phases = (domain or {}).get("relu") or (domain or {}).get("phases")
+    stop = (lambda lb: spec.holds(lb, tol)) if early_stop else None
+    res = compute_bounds(chain, lo_f, hi_f, spec.c, method, phases, iterations, lr, stop,
+                         alpha_init, want_scores, optimize_intermediate)
+    return res, spec
+
+
+def crown_certificate(graph_path: str, claim, method: str = "crown", domain: dict | None = None,
+                      **kw) -> tuple[dict, np.ndarray]:
+    """A `crown` certificate for a kernel Claim (bounds / linear_bound / unsat) and the float
+    lower bounds of its spec rows (docs/crown_certificate.md order). `method`: "crown" or
+    "alpha" (per-row optimised lower slopes). `domain` (branch and bound): {"lo": [...],
+    "hi": [...]} overrides the input box; {"relu": {pre-activation id: {index: "active" |
+    "inactive"}}} adds phase constraints. Keyword options: device, dtype, iterations, lr,
+    early_stop, alpha_init, chain, tol, optimize_intermediate. The bounds are floats: the caller
+    decides (e.g. with `Spec.holds`), the kernel re-checks exactly."""
+    res, _ = bounds_for_claim(graph_path, claim, method, domain, **kw)
+    return res.certificate(), res.lower
+
+
+def ibp_bounds(graph_path: str, claim, domain: dict | None = None, device=None,
+               dtype=torch.float64) -> np.ndarray:
+    """Float IBP lower bounds of the claim's spec rows (for comparison)."""
+    chain = load_chain(graph_path, claim.node, device, dtype)
+    spec = spec_of(claim, chain.n_out)
+    lo, hi = domain_box(claim, domain)
+    with torch.no_grad():
+        ylo, yhi = chain.ibp(chain.tensor([to_float(v) for v in lo]),
+                             chain.tensor([to_float(v) for v in hi]))[-1]
+        c = chain.tensor(spec.c)
+        out = c.clamp(min=0) @ ylo + c.clamp(max=0) @ yhi
+    return out.cpu().numpy()

@@ -1,0 +1,84 @@
+"""`prove_robust` (stdlib/tactics.py) on the shipped digits MLP: certified at radius 1/200 on a
+correctly classified test image, and a kernel-checked counterexample at radius 1/2. The outcome's
+theorem is a kernel theorem whose claim and certificate re-derive independently."""
+
+import json
+import os
+from fractions import Fraction
+
+import pytest
+import torch
+
+from kernel_checker import KernelError, load_graph
+from kernel_checker.exact import decode_rational
+from kernel_checker.rules import point_interval
+from kernel_checker.semantics import evaluate
+from kernel_checker.theorem import Level
+from stdlib import robustness
+from stdlib.tactics import prove_robust
+from tl_dsl import proof
+
+torch.set_num_threads(1)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MLP = os.path.join(REPO, "tl_dsl", "data", "digits", "mlp", "graph.json")
+TEST_SET = os.path.join(REPO, "tl_dsl", "data", "digits", "test_set.json")
+
+
+def exact_logits(graph, x):
+    shape = graph.the_input("test", "input").shape
+    iv = evaluate(graph, point_interval(tuple(x), shape))[graph.outputs[0]]
+    return [Fraction(v, iv.den) for v in iv.lo]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    graph = load_graph(MLP)
+    with open(TEST_SET) as f:
+        doc = json.load(f)
+    for image, label in zip(doc["images"], doc["labels"]):
+        x = [decode_rational(v, "image") for v in image]
+        y = exact_logits(graph, x)
+        best = max(range(10), key=lambda i: y[i])
+        others = sorted(y)[-2]
+        if best == label and y[best] - others > 1:  # correctly classified, clear margin
+            return graph, x, [float(v) for v in image], label
+    raise AssertionError("no clearly classified test image")
+
+
+def test_certified_at_radius_one_two_hundredth(digits):
+    graph, x, image, label = digits
+    out = prove_robust(graph, MLP, image, "1/200", label)
+    assert out.status == "certified", out
+    assert out.method in ("ibp", "crown", "alpha", "bab")
+    thm = out.theorem
+    assert (thm.level, thm.assumptions) == (Level.PROVED, frozenset())
+    assert thm.claim == out.claim == robustness.robust(graph, image, "1/200", label)
+    assert thm.claim.kind == "unsat" and len(thm.claim.unsafe) == 9
+    box = thm.claim.input_set.as_box()
+    assert all(lo >= 0 and hi <= 1 for lo, hi in zip(box.lo, box.hi))  # clamped to [0, 1]
+    again = proof.check(out.claim, out.certificate, graph)
+    assert again.rule == thm.rule and again.level == Level.PROVED
+
+
+def test_counterexample_at_radius_one_half_is_checked(digits):
+    graph, x, image, label = digits
+    out = prove_robust(graph, MLP, image, "1/2", label)
+    assert out.status == "counterexample", out
+    thm = out.theorem
+    assert thm.rule == "counterexample" and thm.level == Level.PROVED
+    cex = out.claim
+    assert cex.kind == "counterexample"
+    robust = robustness.robust(graph, image, "1/2", label)
+    assert (cex.input_set, cex.unsafe, cex.node) == (robust.input_set, robust.unsafe, robust.node)
+    # the point lies in the ball (clamped) and is misclassified, exactly
+    box = cex.input_set.as_box()
+    assert all(lo <= v <= hi for v, lo, hi in zip(cex.point, box.lo, box.hi))
+    y = exact_logits(graph, cex.point)
+    assert max(y[j] for j in range(10) if j != label) >= y[label]
+    again = proof.check(cex, out.certificate, graph)
+    assert again.rule == "counterexample"
+    # the robustness claim itself is refused by every proof method at this radius
+    for cert in ({"rule": "ibp"}, {"rule": "crown"}):
+        with pytest.raises(KernelError):
+            proof.check(robust, cert, graph)
