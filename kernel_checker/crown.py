@@ -248,39 +248,44 @@ def backward_lower_bounds(graph: Graph, chain: list[Node], values: dict, dom: Do
         s_map, t_map = _upper_lines(rule, path, node.id, z.lo, z.hi, z.den, unstable,
                                     cert.get("upper"))
         alphas = _alphas(rule, path, cert.get("alpha"), node.id, n, n_rows, z.lo, z.hi, z.den)
+        dens = {int(s_map[j].q) for j in unstable}
+        for r in range(n_rows) if alphas[0] is not alphas[-1] else (0,):
+            dens.update(int(alphas[r][j].q) for j in unstable)
         e = 1
-        for j in unstable:
-            e = lcm(e, int(s_map[j].q))
-            for r in range(n_rows) if alphas[0] is not alphas[-1] else (0,):
-                e = lcm(e, int(alphas[r][j].q))
+        for d in dens:
+            e = lcm(e, d)
         t_nums, t_den = _rationals_common([t_map[j] for j in unstable]) if unstable else ([], 1)
-        t_of = dict(zip(unstable, t_nums, strict=True))
-        s_int = {j: int(s_map[j].p) * (e // int(s_map[j].q)) for j in unstable}
-        entries = [int(v) for v in lam.entries()]
-        out = [0] * (n_rows * n)
-        for r in range(n_rows):
-            arow = alphas[r]
-            a_int = {j: int(arow[j].p) * (e // int(arow[j].q)) for j in unstable}
-            base = r * n
-            extra = 0
-            for j in active:
-                out[base + j] = entries[base + j] * e
+        upper, t_vec = [0] * n, [0] * n
+        for j in active:
+            upper[j] = e
+        for j, t in zip(unstable, t_nums, strict=True):
+            upper[j] = int(s_map[j].p) * (e // int(s_map[j].q))
+            t_vec[j] = t
+        entries = lam.entries()
+        if unstable:  # negative coefficients take the upper line's intercept into the constant
+            neg = fmpz_mat(n_rows, n, [v if v < 0 else 0 for v in entries])
+            extra = (neg * fmpz_mat(n, 1, t_vec)).entries()
+            const = [c + fmpq(int(x), lam_den * t_den) if x else c
+                     for c, x in zip(const, extra, strict=True)]
+        lower_rows = []
+        for r in range(n_rows) if alphas[0] is not alphas[-1] else (0,):
+            low = list(upper)
             for j in unstable:
-                v = entries[base + j]
-                if v >= 0:
-                    out[base + j] = v * a_int[j]
-                else:
-                    out[base + j] = v * s_int[j]
-                    extra += v * t_of[j]
-            if extra:
-                const[r] += fmpq(extra, lam_den * t_den)
+                a = alphas[r][j]
+                low[j] = int(a.p) * (e // int(a.q))
+            lower_rows.append(low)
+        lower = (lower_rows * n_rows if len(lower_rows) == 1 else lower_rows)
+        lower_flat = [x for row in lower for x in row]
+        # coefficient v >= 0 takes the lower relaxation, v < 0 the upper one (scaled by e)
+        out = [v * lo if v > 0 else v * up for v, lo, up in
+               zip(entries, lower_flat, upper * n_rows, strict=True)]
         lam = fmpz_mat(n_rows, n, out)
         lam_den *= e
     # concretise over the input box: min lam.x = lam.mid - |lam|.rad (over 2 den)
     box = dom.box
     mid = fmpz_mat(len(box.lo), 1, [a + b for a, b in zip(box.lo, box.hi, strict=True)])
     rad = fmpz_mat(len(box.lo), 1, [b - a for a, b in zip(box.lo, box.hi, strict=True)])
-    lam_abs = fmpz_mat(n_rows, len(box.lo), [abs(int(v)) for v in lam.entries()])
+    lam_abs = fmpz_mat(n_rows, len(box.lo), [abs(v) for v in lam.entries()])
     m, r = (lam * mid).entries(), (lam_abs * rad).entries()
     scale = 2 * lam_den * box.den
     return [c + fmpq(int(a) - int(b), scale) for c, a, b in zip(const, m, r, strict=True)]

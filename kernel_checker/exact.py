@@ -149,7 +149,18 @@ def decode_vector(value: object, path: str, rule: str = "decode", length: int | 
         raise refuse(rule, path, f"expected a list of numbers, found {type(value).__name__}")
     if length is not None and len(value) != length:
         raise refuse(rule, path, f"expected {length} numbers, found {len(value)}")
-    return [decode_rational(v, f"{path}[{i}]", rule) for i, v in enumerate(value)]
+    out = []
+    for i, v in enumerate(value):
+        if type(v) is str and len(v) < 64:  # fast paths for what producers send; same grammar
+            if _INT_RE.match(v):
+                out.append(fmpq(int(v)))
+                continue
+            m = _FRACTION_RE.match(v)
+            if m and m.group(2) != "0" * len(m.group(2)):
+                out.append(fmpq(int(m.group(1)), int(m.group(2))))
+                continue
+        out.append(decode_rational(v, f"{path}[{i}]", rule))
+    return out
 
 
 def common_denominator(values: list[fmpq]) -> tuple[list[int], int]:
