@@ -21,6 +21,16 @@ needs_crown = pytest.mark.skipif(
     reason="the kernel's crown/split rules are not registered yet")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These networks are tiny: torch's intra-op threads only add overhead (and stall badly on
+    a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _mlp(folder, sizes, seed):
     rng = np.random.default_rng(seed)
     g = GraphBuilder()
