@@ -86,13 +86,15 @@ def prove_with_bab(graph_path: str, claim, timeout_s: float = 60.0, method: str 
                    strategy: str = "auto", *, device=None, dtype=torch.float64,
                    iterations: int = 20, lr: float = 0.25, max_domains: int = 100000,
                    attack: bool = True, seed: int = 0, tol: float = DECIDE_TOL,
-                   lookahead: int = 8, optimize_intermediate: bool = True) -> BabResult:
+                   lookahead: int = 8, optimize_intermediate: bool = True,
+                   max_depth: int = 400) -> BabResult:
     """Prove `claim` (bounds / linear_bound / unsat) by branch and bound, or find a float
     counterexample. strategy: "input" (bisect input dimensions; the default for <= 10 inputs),
     "relu" (split unstable ReLUs by a relaxation-gap score; the default otherwise) or "auto".
     Leaves are closed by CROWN / alpha-CROWN (`method`). Each split tries the children of up to
     `lookahead` candidates with plain CROWN and takes the one whose worse child is best. Returns
-    a BabResult; its stats hold leaves, domains, splits, depth and producer seconds."""
+    a BabResult; its stats hold leaves, domains, splits, depth and producer seconds. Trees stay
+    within `max_depth` (the kernel's limit is 400)."""
     t0 = time.perf_counter()
     deadline = t0 + timeout_s
     chain = load_chain(graph_path, claim.node, device, dtype)
@@ -158,6 +160,8 @@ def prove_with_bab(graph_path: str, claim, timeout_s: float = 60.0, method: str 
                                device=device, dtype=dtype)
         if point is not None:
             return finish("counterexample", point=point)
+        if node.depth >= max_depth:  # the kernel refuses deeper split trees
+            return finish("unknown")
         children = None
         if strategy == "relu":
             children = _relu_children(chain, spec, node, res, open_rows, lookahead)
