@@ -1,0 +1,120 @@
+"""The `tl` commands end to end, in fresh processes as a user runs them: check, audit, graph,
+verify (a handful of quick VNN-COMP instances) and demo."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import kernel_checker
+from stdlib.robustness import robust
+from tl_dsl import proof
+from tl_dsl.builder import Linear, ReLU, Sequential
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "vnncomp2021"
+
+
+def tl(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "tl_dsl.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(0, 0.5, (8, 3)).astype(np.float32), rng.normal(0, 0.5, (2, 8))
+    gp = Sequential([Linear(w1, np.zeros(8, np.float32)), ReLU(),
+                     Linear(w2.astype(np.float32))]).save(str(d / "net"), [3])
+    g = kernel_checker.load_graph(gp)
+    x0 = np.array([0.5, 0.25, 0.75], np.float32)
+    label = int(np.argmax(w2 @ np.maximum(w1 @ x0, 0)))
+    claim = robust(g, x0, "1/1000", label)
+    good = proof.write_bundle(str(d / "good.json"), claim, proof.ibp(), gp, g)
+    assumed = proof.write_bundle(str(d / "assumed.json"), claim,
+                                 proof.assume("user.hypothesis", reason="test"), gp, g)
+    bad_doc = json.load(open(good))
+    bad_doc["claim"]["input_set"]["eps"] = "1/2"
+    bad = d / "bad.json"
+    bad.write_text(json.dumps(bad_doc))
+    return {"graph": gp, "good": good, "assumed": assumed, "bad": str(bad), "dir": d}
+
+
+def test_check_holds_exit_0_one_line(bundles):
+    r = tl("check", bundles["good"])
+    assert r.returncode == 0 and r.stdout.count("\n") == 1 and r.stdout.startswith("holds:")
+
+
+def test_check_refuses_with_rule_and_field_path(bundles):
+    r = tl("check", bundles["bad"])
+    assert r.returncode == 1
+    assert "rule bundle: artifacts.spec.sha256" in r.stderr
+
+
+def test_audit_lists_level_assumptions_and_trusted_base(bundles):
+    r = tl("audit", bundles["good"])
+    assert r.returncode == 0
+    assert "level      proved" in r.stdout and "assumptions none" in r.stdout
+    assert "python-flint" in r.stdout and "tl-verify kernel" in r.stdout
+
+
+def test_audit_fails_on_an_assumption_not_permitted(bundles):
+    r = tl("audit", bundles["assumed"])
+    assert r.returncode == 1 and "user.hypothesis [NOT PERMITTED]" in r.stdout
+    r = tl("audit", bundles["assumed"], "--permit", "user.*", "--json")
+    assert r.returncode == 0
+    doc = json.loads(r.stdout)
+    assert doc["level"] == "shape-checked"
+    assert doc["assumptions"][0]["name"] == "user.hypothesis"
+    assert doc["assumptions"][0]["provenance"] == {"reason": "test"}
+
+
+def test_audit_tree_prints_the_derivation(bundles):
+    r = tl("audit", bundles["good"], "--tree")
+    assert r.returncode == 0 and "derivation:" in r.stdout and "ibp" in r.stdout
+
+
+def test_graph_summary_and_refusal(bundles):
+    r = tl("graph", bundles["graph"])
+    assert r.returncode == 0 and "parameters" in r.stdout and "sha256" in r.stdout
+    doc = json.load(open(bundles["graph"]))
+    doc["nodes"][1]["op"] = "lineer"
+    broken = bundles["dir"] / "net" / "broken.json"
+    broken.write_text(json.dumps(doc))
+    r = tl("graph", str(broken))
+    assert r.returncode == 1 and "nodes[1]" in r.stderr and "unknown op 'lineer'" in r.stderr
+
+
+QUICK = [("acasxu", "ACASXU_run2a_1_1_batch_2000.onnx", "prop_1.vnnlib", "unsat"),
+         ("mnistfc", "mnist-net_256x2.onnx", "prop_0_0.03.vnnlib", "unsat"),
+         ("mnistfc", "mnist-net_256x2.onnx", "prop_0_0.05.vnnlib", "sat")]
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared benchmarks not present")
+@pytest.mark.parametrize("bench, onnx, prop, expected", QUICK)
+def test_verify_quick_vnncomp_instances(tmp_path, bench, onnx, prop, expected):
+    bundle, cex = tmp_path / "b.json", tmp_path / "c.txt"
+    r = tl("verify", str(SHARED / bench / onnx), str(SHARED / bench / prop), "--timeout", "120",
+           "--bundle", str(bundle), "--cex", str(cex))
+    assert r.stdout.splitlines()[0] == expected, r.stdout + r.stderr
+    if expected == "unsat":
+        again = subprocess.run([sys.executable, "-m", "kernel_checker", str(bundle)],
+                               capture_output=True, text=True)
+        assert again.returncode == 0 and "level proved" in again.stdout
+    else:
+        text = cex.read_text()
+        assert text.startswith("((X_0 ") and "(Y_9 " in text
+        assert "counterexample checked exactly" in r.stdout
+
+
+def test_demo_runs_on_a_few_images(tmp_path):
+    r = tl("demo", "--images", "3", "--out", str(tmp_path / "demo"), timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "assumptions none" in r.stdout and "re-checked in a fresh process: holds" in r.stdout
+    summary = json.load(open(tmp_path / "demo" / "summary.json"))
+    assert summary["images"] == 3 and len(summary["rows"]) == 8
+    assert os.path.exists(tmp_path / "demo" / "mlp" / "graph.json")
