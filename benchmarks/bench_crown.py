@@ -57,6 +57,7 @@ def timed(fn, repeats: int):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--onnx", help="an ONNX MLP (e.g. mnist-net_256x2.onnx) instead of random")
+    ap.add_argument("--vnnlib", help="take the input point from this property's box centre")
     ap.add_argument("--eps", type=float, default=0.03)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -67,7 +68,7 @@ def main() -> int:
     if args.onnx:
         from oracles.onnx_import import import_onnx
 
-        graph_path = import_onnx(args.onnx, folder)
+        graph_path = import_onnx(args.onnx, folder).graph_path
         source = os.path.basename(args.onnx)
     else:
         graph_path = random_mlp(folder, args.seed)
@@ -75,9 +76,15 @@ def main() -> int:
     graph = kernel_checker.load_graph(graph_path)
     rng = np.random.default_rng(args.seed)
     x0 = rng.uniform(0, 1, 784).astype(np.float32)
+    if args.vnnlib:  # the property's box centre (a real test image for MNIST-FC)
+        from stdlib.vnnlib import read_vnnlib
+
+        region = read_vnnlib(args.vnnlib).regions[0]
+        x0 = np.array([float((a + b) / 2) for a, b in zip(region.lo, region.hi)])
+        source += f" at the centre of {os.path.basename(args.vnnlib)}"
     chain = load_chain(graph_path, graph.outputs[0])
     with torch.no_grad():
-        logits = chain.forward(chain.tensor(x0.astype(np.float64))[None])[0]
+        logits = chain.forward(chain.tensor(x0.astype(np.float64))[None]).reshape(-1)
     label = int(torch.argmax(logits))
     eps = str(args.eps)
     probe = margin(graph, x0, eps, label, -10**6, clamp=(0, 1))
@@ -108,8 +115,7 @@ def main() -> int:
     print(f"float IBP (for scale): {t_ibp * 1e3:.1f} ms")
     result = {"source": source, "eps": args.eps, "rows": rows, "float_ibp_s": t_ibp,
               "targets": {"kernel_s_max": 0.1, "ratio_moonshot": 2},
-              "command": "python benchmarks/bench_crown.py" + (f" --onnx {args.onnx}"
-                                                               if args.onnx else ""),
+              "command": " ".join(["python benchmarks/bench_crown.py"] + sys.argv[1:]),
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpus": os.cpu_count(), "python": platform.python_version(),
                           "python_flint": flint.__version__, "torch": torch.__version__},
