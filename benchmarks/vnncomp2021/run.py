@@ -53,7 +53,8 @@ def run_one(inst: dict) -> dict:
     wall = time.perf_counter() - t
     lines = proc.stdout.splitlines()
     verdict = lines[0] if lines else "error"
-    m = re.search(r"setup ([0-9.]+) s, producing ([0-9.]+) s, kernel checking ([0-9.]+) s", proc.stdout)
+    m = re.search(r"setup ([0-9.]+) s, producing ([0-9.]+) s, kernel checking ([0-9.]+) s",
+                  proc.stdout)
     leaves = re.search(r"leaves (\d+)", proc.stdout)
     recheck = None
     if verdict == "unsat" and os.path.exists(bundle):
