@@ -19,6 +19,7 @@ import pytest
 from flint import fmpq
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rule_helpers import build_mlp, fr, q, randn, rejected  # noqa: E402
 
 from kernel_checker import crown
 from kernel_checker.claims import Box, Claim, parse_claim
@@ -38,25 +39,10 @@ DIGITS = os.path.join(REPO, "tl_dsl", "data", "digits")
 HYP = proof.assume("user.hypothesis", reason="stated by the test", tool="pytest")
 
 
-def fr(v) -> Fraction:
-    return Fraction(int(v.p), int(v.q)) if hasattr(v, "q") else Fraction(v)
 
 
-def q(v) -> fmpq:
-    if isinstance(v, fmpq):
-        return v
-    v = Fraction(v)
-    return fmpq(v.numerator, v.denominator)
 
 
-def rejected(claim, cert, *graphs, rule, path, contains=()):
-    with pytest.raises(KernelError) as info:
-        proof.check(claim, cert, *graphs)
-    err = info.value
-    assert (err.rule, err.path) == (rule, path), err
-    for fragment in (contains if isinstance(contains, tuple) else (contains,)):
-        assert fragment in err.message, err
-    return err
 
 
 def proved(claim, cert, *graphs, rule):
@@ -70,23 +56,8 @@ def prem(claim, cert):
     return proof.premise(claim, cert)
 
 
-def randn(rng, *shape, scale=0.5):
-    w = (rng.standard_normal(shape) * scale).astype(np.float32)
-    w[w == 0] = np.float32(0.125)
-    return w
 
 
-def build_mlp(seed=1, sizes=(3, 8, 8, 2)) -> GraphBuilder:
-    rng = np.random.default_rng(seed)
-    g = GraphBuilder()
-    h = g.input([sizes[0]])
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        h = g.linear(h, randn(rng, b, a, scale=1.0 / np.sqrt(a)), randn(rng, b, scale=0.1),
-                     name=f"fc{i + 1}")
-        if i < len(sizes) - 2:
-            h = g.relu(h)
-    g.output(h)
-    return g
 
 
 def kernel_lows(graph, box: Box, node: str, rows) -> list[Fraction]:

@@ -10,6 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from flint import fmpq
+from rule_helpers import fr, rejected  # noqa: E402
 
 from kernel_checker.claims import Box, Claim, LinfBall, parse_claim
 from kernel_checker.errors import KernelError
@@ -23,18 +24,8 @@ from tl_dsl.builder import GraphBuilder
 TINY = Fraction(1, 2**60)
 
 
-def rejected(claim, cert, graph, *, rule, path, contains=()):
-    with pytest.raises(KernelError) as info:
-        proof.check(claim, cert, graph)
-    err = info.value
-    assert (err.rule, err.path) == (rule, path), err
-    for fragment in (contains if isinstance(contains, tuple) else (contains,)):
-        assert fragment in err.message, err
-    return err
 
 
-def fr(v) -> Fraction:
-    return Fraction(int(v.p), int(v.q))
 
 
 def forward(weights: dict, xs: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ import torch
 from flint import fmpq
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rule_helpers import build_mlp, enc, fr, q, randn, rejected  # noqa: E402
 
 from kernel_checker import check_bundle, crown
 from kernel_checker.claims import Box
@@ -40,28 +41,12 @@ EPS_ALPHA = Fraction(1, 2)  # CROWN fails, alpha-CROWN proves; CROWN proves thir
 EPS_BAB = Fraction(3, 4)  # CROWN and alpha-CROWN fail; branch and bound proves
 
 
-def fr(v) -> Fraction:
-    return Fraction(int(v.p), int(v.q)) if hasattr(v, "q") else Fraction(v)
 
 
-def q(v) -> fmpq:
-    v = Fraction(v)
-    return fmpq(v.numerator, v.denominator)
 
 
-def enc(v) -> str:
-    v = Fraction(v)
-    return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
 
 
-def rejected(claim, cert, graph, *, rule, path, contains=()):
-    with pytest.raises(KernelError) as info:
-        proof.check(claim, cert, graph)
-    err = info.value
-    assert (err.rule, err.path) == (rule, path), err
-    for fragment in (contains if isinstance(contains, tuple) else (contains,)):
-        assert fragment in err.message, err
-    return err
 
 
 def accepted(claim, cert, graph):
@@ -70,23 +55,8 @@ def accepted(claim, cert, graph):
     return thm
 
 
-def randn(rng, *shape, scale=0.5):
-    w = (rng.standard_normal(shape) * scale).astype(np.float32)
-    w[w == 0] = np.float32(0.125)
-    return w
 
 
-def build_mlp(seed=1, sizes=(3, 8, 8, 2)) -> GraphBuilder:
-    rng = np.random.default_rng(seed)
-    g = GraphBuilder()
-    h = g.input([sizes[0]])
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        h = g.linear(h, randn(rng, b, a, scale=1.0 / np.sqrt(a)), randn(rng, b, scale=0.1),
-                     name=f"fc{i + 1}")
-        if i < len(sizes) - 2:
-            h = g.relu(h)
-    g.output(h)
-    return g
 
 
 class Net:

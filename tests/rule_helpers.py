@@ -1,0 +1,57 @@
+"""Helpers shared by the kernel rule tests: exact number conversions, refusal assertions, and
+small random networks."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from flint import fmpq
+
+from kernel_checker import KernelError
+from tl_dsl import proof
+from tl_dsl.builder import GraphBuilder
+
+
+def fr(v) -> Fraction:
+    return Fraction(int(v.p), int(v.q)) if hasattr(v, "q") else Fraction(v)
+
+
+def q(v) -> fmpq:
+    if isinstance(v, fmpq):
+        return v
+    v = Fraction(v)
+    return fmpq(v.numerator, v.denominator)
+
+
+def enc(v) -> str:
+    v = Fraction(v)
+    return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
+
+
+def rejected(claim, cert, *graphs, rule, path, contains=()):
+    with pytest.raises(KernelError) as info:
+        proof.check(claim, cert, *graphs)
+    err = info.value
+    assert (err.rule, err.path) == (rule, path), err
+    for fragment in (contains if isinstance(contains, tuple) else (contains,)):
+        assert fragment in err.message, err
+    return err
+
+
+def randn(rng, *shape, scale=0.5):
+    w = (rng.standard_normal(shape) * scale).astype(np.float32)
+    w[w == 0] = np.float32(0.125)
+    return w
+
+
+def build_mlp(seed=1, sizes=(3, 8, 8, 2)) -> GraphBuilder:
+    rng = np.random.default_rng(seed)
+    g = GraphBuilder()
+    h = g.input([sizes[0]])
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        h = g.linear(h, randn(rng, b, a, scale=1.0 / np.sqrt(a)), randn(rng, b, scale=0.1),
+                     name=f"fc{i + 1}")
+        if i < len(sizes) - 2:
+            h = g.relu(h)
+    g.output(h)
+    return g
