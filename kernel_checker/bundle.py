@@ -18,7 +18,7 @@ import sys
 import flint
 
 from kernel_checker.claims import parse_claim
-from kernel_checker.errors import refuse
+from kernel_checker.errors import read_bytes, refuse
 from kernel_checker.exact import load_json
 from kernel_checker.graph import load_graph
 from kernel_checker.rules import Context, derive
@@ -36,12 +36,7 @@ def _sha_field(doc: object, path: str) -> str:
 
 def check_bundle(path: str) -> tuple[Theorem, dict]:
     """Re-derive the bundle's theorem from its files; a KernelError names rule and field."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise refuse(RULE, path, f"cannot read bundle: {err.strerror}") from None
-    doc = load_json(data, RULE, path)
+    doc = load_json(read_bytes(path, RULE, path, "bundle"), RULE, path)
     if not isinstance(doc, dict):
         raise refuse(RULE, "<bundle>", "expected a JSON object")
     if doc.get("format") != "tl.bundle.v1":

@@ -15,3 +15,12 @@ class KernelError(Exception):
 def refuse(rule: str, path: str, message: str) -> KernelError:
     """Build (not raise) a KernelError, so call sites read `raise refuse(...)`."""
     return KernelError(rule, path, message)
+
+
+def read_bytes(file: str, rule: str, path: str, what: str) -> bytes:
+    """A whole file, or a KernelError at `path` saying which file could not be read."""
+    try:
+        with open(file, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise refuse(rule, path, f"cannot read {what} {file}: {err.strerror}") from None

@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from kernel_checker.errors import refuse
+from kernel_checker.errors import read_bytes, refuse
 from kernel_checker.exact import decode_rational, load_json
 from kernel_checker.ops import OPS, REQUIRED
 from kernel_checker.tensor import (
@@ -337,11 +337,7 @@ def parse_graph(doc: object, weights: SafetensorsFile | None, sha256: str,
 
 def load_graph(path: str) -> Graph:
     """Read a graph file and its weights (bound by sha256, relative to the graph's folder)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise refuse(RULE, path, f"cannot read graph file: {err.strerror}") from None
+    data = read_bytes(path, RULE, path, "graph file")
     doc = load_json(data, RULE, path)
     weights = None
     wsha = None
@@ -351,12 +347,7 @@ def load_graph(path: str) -> Graph:
                 wdoc["path"], str):
             raise refuse(RULE, "weights", "expected {\"path\": ..., \"sha256\": ...}")
         wpath = os.path.join(os.path.dirname(os.path.abspath(path)), wdoc["path"])
-        try:
-            with open(wpath, "rb") as f:
-                wdata = f.read()
-        except OSError as err:
-            raise refuse(RULE, "weights.path", f"cannot read weights file {wpath}: "
-                         f"{err.strerror}") from None
+        wdata = read_bytes(wpath, RULE, "weights.path", "weights file")
         check_sha256(wdata, wdoc["sha256"], RULE, "weights.sha256")
         weights = SafetensorsFile(wdata, RULE, "weights")
         wsha = wdoc["sha256"]
