@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from flint import fmpq, fmpz_mat
 
 from kernel_checker.claims import Claim
+from kernel_checker.enclosure import GRAPH_FUNCS, backward_smooth
 from kernel_checker.errors import refuse
 from kernel_checker.exact import approx_text, decode_vector
 from kernel_checker.graph import Graph, Node
 from kernel_checker.semantics import Interval, _window_indices, eval_node
 from kernel_checker.tensor import lcm, numel
 
-CHAIN_OPS = ("linear", "conv2d", "relu", "flatten", "reshape", "avgpool2d")
+CHAIN_OPS = ("linear", "conv2d", "relu", "flatten", "reshape", "avgpool2d", *GRAPH_FUNCS)
 UPPER_LINE_BITS = 32
 
 
@@ -242,6 +243,9 @@ def backward_lower_bounds(graph: Graph, chain: list[Node], values: dict, dom: Do
         # relu: its input is the previous chain node (or the input box)
         z_id = chain[k - 1].id if k > 0 else None
         z = values[z_id] if z_id else dom.box
+        if node.op in GRAPH_FUNCS:
+            lam, lam_den, const = backward_smooth(node.op, z.lo, z.hi, z.den, lam, lam_den, const)
+            continue
         n = numel(shapes[node.id])
         unstable = [j for j in range(n) if z.lo[j] < 0 < z.hi[j]]
         active = [j for j in range(n) if z.lo[j] >= 0]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from flint import fmpq, fmpz, fmpz_mat
 
+from kernel_checker.enclosure import GRAPH_FUNCS, unary_interval
 from kernel_checker.errors import refuse
 from kernel_checker.graph import Graph, Node
 from kernel_checker.ops import OPS
@@ -457,6 +458,10 @@ def eval_node(node: Node, args: list[Interval], graph: Graph) -> Interval:
         return batchnorm(args[0], node, graph)
     if op in ("sum", "mean"):
         return reduce_sum(args[0], node, divide=op == "mean")
+    if op in GRAPH_FUNCS:
+        x = args[0]
+        lo, hi, den = unary_interval(op, x.lo, x.hi, x.den, f"node {node.id!r}")
+        return _make(node.shape, lo, hi, den, False)
     raise AssertionError(op)
 
 

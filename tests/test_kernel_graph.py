@@ -475,21 +475,21 @@ def test_non_evaluated_op_parses_but_evaluation_refuses(kit, op):
     assert f"op {op!r} is not yet supported by the kernel" in err.message
 
 
-def test_tanh_builder_graph_refused_by_ibp(kit):
-    """A tanh graph written to disk loads, but an ibp claim through it is refused by name."""
+def test_softmax_builder_graph_refused_by_ibp(kit):
+    """A softmax graph written to disk loads, but an ibp claim through it is refused by name."""
     from tl_dsl import claims, proof
 
     g = GraphBuilder()
     x = g.input([3])
     h = g.linear(x, f32(2, 3), name="fc")
-    t = g._add("tanh", [h], h.shape, name="act")
+    t = g._add("softmax", [h], h.shape, {"axis": -1}, name="act")
     g.output(t)
     built = kit.save(g, "tanh")
     claim = claims.bounds(built.graph, claims.box([0] * 3, [1] * 3), [-1] * 2, [1] * 2)
     with pytest.raises(KernelError) as info:
         proof.check(claim, proof.ibp(), built.graph)
     assert info.value.path == "node 'act'"
-    assert "'tanh' is not yet supported by the kernel" in info.value.message
+    assert "'softmax' is not yet supported by the kernel" in info.value.message
 
 
 def test_evaluate_checks_the_input_shape(mlp):

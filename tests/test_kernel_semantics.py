@@ -266,7 +266,11 @@ def test_every_evaluated_op_is_covered(case_graphs):
     seen = set()
     for name in CASES:
         seen |= {n["op"] for n in case_graphs(name).doc["nodes"]}
-    assert seen >= {op for op, spec in OPS.items() if spec.evaluated and op != "batchnorm"}
+    # batchnorm and the transcendental ops are enclosures, not exact points: their own tests
+    # (test_batchnorm_*, tests/test_kernel_enclosure.py) compare them with float64 and mpmath
+    transcendental = {"tanh", "sigmoid", "exp", "log", "sin", "cos"}
+    assert seen >= {op for op, spec in OPS.items()
+                    if spec.evaluated and op != "batchnorm" and op not in transcendental}
 
 
 def test_inline_const_values_and_b64(kit):

@@ -105,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--jobs", type=int, default=1, help="processes for branch and bound")
     v.set_defaults(func=cmd_verify)
     from tl_dsl.cli_export import register
+    from tl_dsl.cli_oracle import register as register_oracle
 
     register(sub)
+    register_oracle(sub)
     return p
 
 
