@@ -231,7 +231,8 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
             upto=claim.node)[claim.node]
         y = [fmpq(v, y_iv.den) for v in y_iv.lo]
         exact_point = all(a == b for a, b in zip(y_iv.lo, y_iv.hi))
-        print(f"kernel: counterexample checked exactly (outputs {'exact' if exact_point else 'enclosed'})"
+        kind = "exact" if exact_point else "enclosed"
+        print(f"kernel: counterexample checked exactly (outputs {kind})"
               + ("; strict comparisons read as non-strict" if prop.has_strict else ""), file=out)
         from oracles.float32_reference import forward_float32
 
