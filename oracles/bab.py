@@ -16,15 +16,19 @@ from flint import fmpq
 
 from kernel_checker.exact import encode_rational
 from oracles.bounds_torch import (
+    ALPHA_BITS,
+    BOUND_BITS,
     DECIDE_TOL,
+    BatchChain,
     bounds_for_claim,
     claim_box,
     compute_bounds,
+    encode_dyadic,
     load_chain,
     spec_of,
     to_float,
 )
-from oracles.pgd import pgd_attack
+from oracles.pgd import _slack, pgd_attack, sample_attack
 
 
 @dataclass
@@ -266,3 +270,320 @@ def _relu_children(chain, spec, node: _Node, res, open_rows, lookahead: int) -> 
     node.split = {"kind": "relu", "node": nid, "index": j}
     return [_Node(node.lo, node.hi, node.lo_f, node.hi_f, _with_phase(node.phases, nid, j, ph),
                   node.depth + 1) for ph in ("inactive", "active")]
+
+
+# --------------------------------------------------------------------------------------------
+# Batched input-split branch and bound (few inputs, linear / relu chains)
+
+
+def _outward_floats(lo: list, hi: list) -> tuple[np.ndarray, np.ndarray]:
+    """Float boxes containing the exact box (each bound rounded outward)."""
+    lo_f = np.array([float(v) for v in lo])
+    hi_f = np.array([float(v) for v in hi])
+    for i, (a, b) in enumerate(zip(lo, hi)):
+        if fmpq(*lo_f[i].as_integer_ratio()) > a:
+            lo_f[i] = np.nextafter(lo_f[i], -np.inf)
+        if fmpq(*hi_f[i].as_integer_ratio()) < b:
+            hi_f[i] = np.nextafter(hi_f[i], np.inf)
+    return lo_f, hi_f
+
+
+def spec_margins(spec, lower: torch.Tensor, tol: float = DECIDE_TOL) -> torch.Tensor:
+    """Per domain (rows of `lower` [B, m]): how far the bounds are from proving the claim, less
+    the decision slack (> 0: proved). Unsat: min over polytopes of the best row's gap."""
+    thr = torch.as_tensor(spec.thr, dtype=lower.dtype, device=lower.device)
+    gap = lower - thr - tol * (1 + thr.abs())
+    if spec.kind != "unsat":
+        return gap.amin(dim=1)
+    out = None
+    for a, b in spec.groups:
+        g = gap[:, a:b].amax(dim=1)
+        out = g if out is None else torch.minimum(out, g)
+    return out
+
+
+def _open_rows_coef(spec, lower: torch.Tensor, a_in: torch.Tensor):
+    """([B, n_in], [B, n_in]): summed |coefficients| and summed coefficients at the input of
+    the rows still to improve (the best row of each open polytope; failing rows otherwise)."""
+    thr = torch.as_tensor(spec.thr, dtype=lower.dtype, device=lower.device)
+    gap = lower - thr
+    if spec.kind != "unsat":
+        w = (gap <= 0).to(lower.dtype)[:, :, None]
+        return (a_in.abs() * w).sum(dim=1), (a_in * w).sum(dim=1)
+    out = torch.zeros(a_in.shape[0], a_in.shape[2], dtype=lower.dtype, device=lower.device)
+    signed = out.clone()
+    ar = torch.arange(a_in.shape[0], device=lower.device)
+    for a, b in spec.groups:
+        g = gap[:, a:b]
+        best = g.argmax(dim=1)
+        open_ = (g.amax(dim=1) <= 0).to(lower.dtype)[:, None]
+        out = out + a_in[ar, a + best].abs() * open_
+        signed = signed + a_in[ar, a + best] * open_
+    return out, signed
+
+
+def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
+               alpha_final: dict | None = None) -> tuple[dict, int]:
+    """The `crown` certificate of domain i of a BatchBounds: intermediate entries for the
+    neurons CROWN tightened, with the entry's shared lower slopes (alpha_inter) and per-row
+    final slopes (alpha_final) when given (else CROWN's defaults: no `alpha`). Also returns the
+    number of intermediate neurons."""
+    entries, count = [], 0
+    for pos, use, lb_lo, lb_hi in r.inter:
+        idx = torch.nonzero(use[i]).reshape(-1)
+        if not len(idx):
+            continue
+        e = {"node": chain.ids[pos], "indices": idx.tolist(),
+             "lo": encode_dyadic(lb_lo[i][idx], BOUND_BITS),
+             "hi": encode_dyadic(lb_hi[i][idx], BOUND_BITS)}
+        tab = (alpha_inter or {}).get(pos)
+        if tab:
+            e["alpha"] = {chain.layers[k].id: encode_dyadic(t[i], ALPHA_BITS)
+                          for k, t in tab.items()}
+        entries.append(e)
+        count += len(idx)
+    cert = {"rule": "crown"}
+    if entries:
+        cert["intermediate"] = entries
+    if alpha_final:
+        cert["alpha"] = {chain.layers[k].id: [encode_dyadic(row, ALPHA_BITS) for row in t[i]]
+                         for k, t in alpha_final.items()}
+    return cert, count
+
+
+def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device=None,
+                      dtype=torch.float64, batch: int = 256, lookahead: float = 0.1,
+                      fracs: tuple = (0.25, 0.5, 0.75), alpha_iters: int = 6,
+                      alpha_lr: float = 0.5, max_domains: int = 2_000_000, attack: bool = True,
+                      seed: int = 0, tol: float = DECIDE_TOL, max_depth: int = 400,
+                      chain=None) -> BabResult:
+    """Input-split branch and bound over batches of boxes (few inputs; linear / relu chains).
+
+    Per batch of `batch` domains: IBP, CROWN with IBP intermediate bounds and CROWN with CROWN
+    intermediate bounds, all batched. A proved domain becomes the cheapest leaf for the kernel:
+    `ibp`, `crown` without intermediate entries, or `crown` with entries only for the neurons
+    CROWN tightened (default slopes: no `alpha`). An open domain is cut: among the dimensions
+    whose |coefficient| * width on the open rows is at least `lookahead` times the largest, and
+    the cut points at `fracs` of the width, the cut maximising the volume-weighted sum of the
+    two parts' (clamped) CROWN margins. When that cut leaves a part unproved, alpha-CROWN
+    (`alpha_iters` steps; slopes shared per intermediate node, per row for the final rows) is
+    tried on the domain first: a success is one leaf instead of a subtree. Domain centres and
+    the vertices minimising the open rows' linear bounds are tried as counterexamples.
+    Returns a BabResult (certificate: a `split` tree, or a single leaf)."""
+    t0 = time.perf_counter()
+    deadline = t0 + timeout_s
+    chain = chain or load_chain(graph_path, claim.node, device, dtype)
+    bc = BatchChain(chain)
+    spec = spec_of(claim, chain.n_out)
+    c = chain.tensor(spec.c)
+    thr_t = torch.as_tensor(spec.thr, dtype=dtype, device=chain.device)
+    dev = chain.device
+
+    def margins(lower):
+        return spec_margins(spec, lower, tol)
+
+    def objective(lower):
+        """What alpha-CROWN maximises: the best row's gap of each polytope (unsat), the rows'
+        gaps otherwise."""
+        gap = lower - thr_t
+        if spec.kind != "unsat":
+            return gap.clamp(max=0).sum(dim=1)
+        return sum(gap[:, a:b].amax(dim=1) for a, b in spec.groups)
+
+    stats = {"strategy": "input-batched", "method": "crown", "domains": 0, "leaves": 0,
+             "input_splits": 0, "relu_splits": 0, "max_depth": 0, "vacuous": 0,
+             "leaf_ibp": 0, "leaf_crown": 0, "leaf_inter": 0, "leaf_alpha": 0,
+             "inter_neurons": 0, "lookahead_evals": 0, "alpha_domains": 0}
+
+    def finish(status, cert=None, point=None):
+        stats["producer_s"] = time.perf_counter() - t0
+        return BabResult(status, cert, point, stats)
+
+    def breaks(points: torch.Tensor) -> np.ndarray | None:
+        with torch.no_grad():
+            y = chain.forward(points).reshape(points.shape[0], -1).cpu().numpy()
+        hit = spec.is_violation(spec.violated(y))
+        if not hit.any():
+            return None
+        return points[int(np.argmax(hit))].cpu().numpy().reshape(chain.input_shape)
+
+    lo0, hi0 = claim_box(claim)
+    lo_f0, hi_f0 = _outward_floats(lo0, hi0)
+    n_in = len(lo0)
+    if attack:
+        point = sample_attack(graph_path, claim, (lo_f0, hi_f0), seed=seed, device=device,
+                              dtype=dtype)
+        if point is not None:
+            return finish("counterexample", point=point)
+    c_thr = chain.tensor(spec.thr)
+
+    def local_attack(x, blo, bhi, steps: int = 8):
+        """Signed-gradient ascent on the violation from points x [B, n_in], each in its own
+        box: a breaking point or None."""
+        width = bhi - blo
+        for t in range(steps + 1):
+            x = x.detach().requires_grad_(True)
+            s = _slack(chain.forward(x), c, c_thr, spec, None)
+            hit = spec.is_violation(s.detach().cpu().numpy())
+            if hit.any():
+                return x[int(np.argmax(hit))].detach().cpu().numpy().reshape(chain.input_shape)
+            if t == steps:
+                return None
+            (grad,) = torch.autograd.grad(s.sum(), x)
+            with torch.no_grad():
+                x = x + width * (0.25 * (1 - t / steps)) * grad.sign()
+                x = torch.maximum(torch.minimum(x, bhi), blo)
+
+    certs: dict[int, dict] = {}  # node id -> leaf certificate
+    splits: dict[int, tuple] = {}  # node id -> (split dict, child ids)
+    lo = torch.as_tensor(lo_f0, dtype=dtype, device=dev)[None]
+    hi = torch.as_tensor(hi_f0, dtype=dtype, device=dev)[None]
+    ids, depth = [0], [0]
+    next_id = 1
+    fr_t = torch.tensor(fracs, dtype=dtype, device=dev)
+
+    def exact(v: float, d: int, which: str):
+        """A domain bound exactly: the claim's own where the float is the root's outward
+        float, else the float itself (a dyadic cut point)."""
+        if which == "lo" and v == lo_f0[d]:
+            return lo0[d]
+        if which == "hi" and v == hi_f0[d]:
+            return hi0[d]
+        return fmpq(*float(v).as_integer_ratio())
+
+    def leaf(nid, r, i, ai=None, af=None, kind="leaf_inter"):
+        certs[nid], cnt = _leaf_cert(chain, r, i, ai, af)
+        stats[kind] += 1
+        stats["inter_neurons"] += cnt
+        stats["leaves"] += 1
+
+    while ids:
+        if time.perf_counter() > deadline:
+            return finish("timeout")
+        if stats["domains"] >= max_domains:
+            return finish("unknown")
+        k = min(batch, len(ids))
+        blo, bhi, bids, bdepth = lo[:k], hi[:k], ids[:k], depth[:k]
+        lo, hi, ids, depth = lo[k:], hi[k:], ids[k:], depth[k:]
+        stats["domains"] += k
+        r = bc.bounds(blo, bhi, c)
+        mg = margins(r.lower)
+        proved = (mg > 0) | r.vacuous
+        ibp_ok = (margins(r.ibp) > 0) & ~r.vacuous
+        plain_ok = (margins(r.plain) > 0) & ~r.vacuous
+        for i in torch.nonzero(proved).reshape(-1).tolist():
+            if bool(ibp_ok[i]):
+                certs[bids[i]] = {"rule": "ibp"}
+                stats["leaf_ibp"] += 1
+                stats["leaves"] += 1
+            elif bool(plain_ok[i]):
+                certs[bids[i]] = {"rule": "crown"}
+                stats["leaf_crown"] += 1
+                stats["leaves"] += 1
+            else:
+                leaf(bids[i], r, i)
+            stats["vacuous"] += int(bool(r.vacuous[i]))
+        open_ = torch.nonzero(~proved).reshape(-1)
+        if not len(open_):
+            continue
+        olo, ohi = blo[open_], bhi[open_]
+        coef, signed = _open_rows_coef(spec, r.lower[open_], r.a_input[open_])
+        verts = torch.where(signed > 0, olo, ohi)
+        if attack:
+            point = local_attack(torch.cat([(olo + ohi) / 2, verts]), olo.repeat(2, 1),
+                                 ohi.repeat(2, 1))
+        else:
+            point = breaks(torch.cat([(olo + ohi) / 2, verts]))
+        if point is not None:
+            return finish("counterexample", point=point)
+        if alpha_iters > 0:
+            ra, ri, rf = bc.optimise(olo, ohi, c, objective, margins, iterations=alpha_iters,
+                                     lr=alpha_lr)
+            stats["alpha_domains"] += len(open_)
+            ok = (margins(ra.lower) > 0) | ra.vacuous
+            for j in torch.nonzero(ok).reshape(-1).tolist():
+                leaf(bids[int(open_[j])], ra, j, ri, rf, "leaf_alpha")
+            keep = ~ok
+            if not bool(keep.any()):
+                continue
+            open_, olo, ohi = open_[keep], olo[keep], ohi[keep]
+            coef = coef[keep]
+        nd = len(open_)
+        width = ohi - olo
+        tiny = width <= 1e-12 * (1 + olo.abs())
+        score = torch.where(tiny, torch.full_like(width, -1.0), coef * width + 1e-30 * width)
+        if bool((score.amax(dim=1) < 0).any()):
+            return finish("unknown")  # a box too thin to cut
+        choice = score.argmax(dim=1)
+        frac_pick = torch.full((nd,), 0.5, dtype=dtype, device=dev)
+        if lookahead > 0:
+            cand = (score >= lookahead * score.amax(dim=1, keepdim=True)) & ~tiny
+            pairs = torch.nonzero(cand)  # (domain, dim)
+            nf = len(fracs)
+            dm, dd = pairs[:, 0].repeat(nf), pairs[:, 1].repeat(nf)
+            fr = fr_t.repeat_interleave(len(pairs))
+            cut = olo[dm, dd] + fr * width[dm, dd]
+            ap = torch.arange(len(dm), device=dev)
+            h1, l2 = ohi[dm].clone(), olo[dm].clone()
+            h1[ap, dd] = cut
+            l2[ap, dd] = cut
+            allo, alhi = torch.cat([olo[dm], l2]), torch.cat([h1, ohi[dm]])
+            ms = []
+            for s in range(0, len(allo), batch):
+                rr = bc.bounds(allo[s:s + batch], alhi[s:s + batch], c, plain=False)
+                m_ = margins(rr.lower)
+                ms.append(torch.where(rr.vacuous, torch.zeros_like(m_), m_.clamp(max=0)))
+            stats["lookahead_evals"] += len(allo)
+            ms = torch.cat(ms)
+            val = ms[:len(dm)] * fr + ms[len(dm):] * (1 - fr) + 1e-12 * width[dm, dd]
+            table = torch.full((nd, n_in * nf), -torch.inf, dtype=dtype, device=dev)
+            fi = torch.arange(nf, device=dev).repeat_interleave(len(pairs))
+            table[dm, fi * n_in + dd] = val
+            best = table.argmax(dim=1)
+            choice = best % n_in
+            frac_pick = fr_t[best // n_in]
+        ar = torch.arange(nd, device=dev)
+        cuts = (olo + frac_pick[:, None] * width)[ar, choice]
+        new_ids, new_depth = [], []
+        for j in range(nd):
+            i = int(open_[j])
+            d = int(choice[j])
+            m = float(cuts[j])
+            ea = exact(float(olo[j, d]), d, "lo")
+            eb = exact(float(ohi[j, d]), d, "hi")
+            em = fmpq(*m.as_integer_ratio())
+            if not ea < em < eb or bdepth[i] + 1 > max_depth:
+                return finish("unknown")
+            c1, c2 = next_id, next_id + 1
+            next_id += 2
+            splits[bids[i]] = ({"kind": "input", "dim": d,
+                                "pieces": [[encode_rational(ea), encode_rational(em)],
+                                           [encode_rational(em), encode_rational(eb)]]},
+                               (c1, c2))
+            new_ids += [c1, c2]
+            new_depth += [bdepth[i] + 1] * 2
+            stats["input_splits"] += 1
+            stats["max_depth"] = max(stats["max_depth"], bdepth[i] + 1)
+        h1, l2 = ohi.clone(), olo.clone()
+        h1[ar, choice] = cuts
+        l2[ar, choice] = cuts
+        kids_lo = torch.stack([olo, l2], dim=1).reshape(-1, n_in)
+        kids_hi = torch.stack([h1, ohi], dim=1).reshape(-1, n_in)
+        lo, hi = torch.cat([kids_lo, lo]), torch.cat([kids_hi, hi])
+        ids, depth = new_ids + ids, new_depth + depth
+    if 0 in certs:
+        return finish("proved", certs[0])
+    out: dict[int, dict] = {}  # assembled bottom-up, iteratively (trees can be deep)
+    stack = [(0, False)]
+    while stack:
+        nid, done = stack.pop()
+        if nid in certs:
+            out[nid] = certs.pop(nid)
+            continue
+        split, kids = splits[nid]
+        if not done:
+            stack.append((nid, True))
+            stack.extend((kk, False) for kk in kids)
+            continue
+        out[nid] = {"rule": "split", "split": split, "children": [out.pop(kk) for kk in kids]}
+    return finish("proved", out[0])

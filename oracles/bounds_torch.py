@@ -878,3 +878,285 @@ def ibp_bounds(graph_path: str, claim, domain: dict | None = None, device=None,
         c = chain.tensor(spec.c)
         out = c.clamp(min=0) @ ylo + c.clamp(max=0) @ yhi
     return out.cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Batched bounds over many input boxes (chains of linear maps and relus)
+
+
+@dataclass
+class BatchBounds:
+    """Bounds of a batch of input boxes [B, n_in] (see `BatchChain.bounds`)."""
+
+    ibp: torch.Tensor  # [B, m] IBP lower bounds of the spec rows
+    plain: torch.Tensor | None  # [B, m] CROWN with IBP-only intermediate bounds (None: skipped)
+    lower: torch.Tensor  # [B, m] CROWN with CROWN intermediate bounds
+    a_input: torch.Tensor  # [B, m, n_in] coefficients of `lower` at the input
+    inter: list  # (pos, use [B, n] bool, lb_lo [B, n], lb_hi [B, n]) per certified node
+    vacuous: torch.Tensor  # [B] bool: some interval is empty (no point in the box)
+    relax: dict = field(default_factory=dict)  # relu layer index -> batched _Relax
+
+
+class _Adam:
+    """Adam with the iterates projected to [0, 1] (a small local version: torch.optim's first
+    use imports much of torch, about a second)."""
+
+    def __init__(self, params: list, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, grads) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        with torch.no_grad():
+            for p, g, m, v in zip(self.params, grads, self.m, self.v):
+                if g is None:
+                    continue
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-self.lr / c1)
+                p.clamp_(0, 1)
+
+
+class BatchChain:
+    """A chain of linear maps and relus (flatten / reshape are no-ops on flat vectors) for
+    IBP and CROWN over a batch of input boxes at once. Mirrors the kernel's `crown` replay:
+    intermediate CROWN bounds (default slopes, the kernel's rounded upper lines), rounded
+    outward, intersected with the interval replay, only for neurons IBP leaves unstable."""
+
+    @staticmethod
+    def supports(chain: TorchChain) -> bool:
+        """Whether the chain is linear maps, relus, flatten and reshape only."""
+        return all(layer.op in ("linear", "relu", "flatten", "reshape")
+                   for layer in chain.layers)
+
+    def __init__(self, chain: TorchChain):
+        self.chain = chain
+        self.steps: list = []
+        for layer in chain.layers:
+            if layer.op in ("flatten", "reshape"):
+                self.steps.append(None)
+            elif layer.op == "linear":
+                b = layer.bias if layer.bias is not None else torch.zeros(
+                    layer.n_out, dtype=chain.dtype, device=chain.device)
+                self.steps.append(("lin", layer.weight, b, layer.weight_abs))
+            elif layer.op == "relu":
+                self.steps.append(("relu",))
+            else:
+                raise ValueError(f"batched bounds support linear / relu chains, found "
+                                 f"{layer.op!r} at node {layer.id!r}")
+        n = len(chain.layers)
+        self.inter_pos = [p for p in range(1, n) if chain.layers[p].op == "relu"
+                          and not _pointless(chain, p)]
+
+    def _ibp_step(self, k, lo, hi):
+        st = self.steps[k]
+        if st is None:
+            return lo, hi
+        if st[0] == "relu":
+            return lo.clamp(min=0), hi.clamp(min=0)
+        _, w, b, wa = st
+        mid, rad = (lo + hi) / 2, (hi - lo) / 2
+        c = mid @ w.T + b
+        r = rad @ wa.T
+        return c - r, c + r
+
+    def backward(self, a, top: int, relax: dict, lo, hi, const=None, alphas: dict | None = None):
+        """Lower bounds of rows a ([m, n] shared or [B, m, n], over the output of layer `top`)
+        walking back through layers top .. 0. Returns (lower [B, m], a_input [B, m, n_in],
+        scale [B, m])."""
+        batch = lo.shape[0]
+        for k in range(top, -1, -1):
+            st = self.steps[k]
+            if st is None:
+                continue
+            if st[0] == "lin":
+                cb = a @ st[2]
+                const = cb if const is None else const + cb
+                a = a @ st[1]
+                continue
+            r = relax[k]
+            if a.dim() == 2:
+                a = a.expand(batch, -1, -1)
+                if const is not None and const.dim() == 1:
+                    const = const.expand(batch, -1)
+            aneg = a.clamp(max=0)
+            apos = a - aneg
+            ci = torch.bmm(aneg, r.up_int[:, :, None])[:, :, 0]
+            const = ci if const is None else const + ci
+            if alphas is not None and k in alphas:
+                al = alphas[k]
+                al = al[:, None, :] if al.dim() == 2 else al
+                low = r.active[:, None, :] + r.unstable[:, None, :] * al
+            else:
+                low = (r.active + r.unstable * r.default_alpha)[:, None, :]
+            a = apos * low + aneg * r.up_slope[:, None, :]
+        if a.dim() == 2:
+            a = a.expand(batch, -1, -1)
+        mid, rad = ((lo + hi) / 2)[:, :, None], ((hi - lo) / 2)[:, :, None]
+        aa = a.abs()
+        if const is None:
+            const = torch.zeros(a.shape[:2], dtype=a.dtype, device=a.device)
+        elif const.dim() == 1:
+            const = const.expand(batch, -1)
+        lower = torch.bmm(a, mid)[:, :, 0] - torch.bmm(aa, rad)[:, :, 0] + const
+        scale = torch.bmm(aa, mid.abs() + rad)[:, :, 0] + const.abs()
+        return lower, a, scale
+
+    def _inter_rows(self, k: int, uns, relax, lo, hi, alphas):
+        """CROWN lower bounds of rows e_j then -e_j ([B, 2n]) of the output of layer k, for the
+        neurons uns [B, n] (others: -inf, no bound), and the rows' scales."""
+        st = self.steps[k]
+        batch, m = uns.shape
+        cnt = uns.sum(dim=1)
+        kk = int(cnt.max())
+        if kk > (3 * m) // 4:  # nearly all: every row, shared by the batch
+            if st is not None and st[0] == "lin":
+                w, b = st[1], st[2]
+                a, const, top = torch.cat([w, -w]), torch.cat([b, -b]), k - 1
+            else:
+                eye = torch.eye(m, dtype=lo.dtype, device=lo.device)
+                a, const, top = torch.cat([eye, -eye]), None, k
+            low, _, scale = self.backward(a, top, relax, lo, hi, const, alphas)
+            return low, scale
+        order = torch.argsort(uns.to(torch.int8), dim=1, descending=True, stable=True)[:, :kk]
+        valid = torch.arange(kk, device=lo.device)[None, :] < cnt[:, None]
+        if st is not None and st[0] == "lin":
+            w, b = st[1][order], st[2][order]  # [B, kk, n_in], [B, kk]
+            a, const, top = torch.cat([w, -w], dim=1), torch.cat([b, -b], dim=1), k - 1
+        else:
+            eye = torch.eye(m, dtype=lo.dtype, device=lo.device)[order]
+            a, const, top = torch.cat([eye, -eye], dim=1), None, k
+        low, _, scale = self.backward(a, top, relax, lo, hi, const, alphas)
+        neg = torch.full_like(low[:, :kk], -torch.inf)
+        out_lo = torch.full((batch, m), -torch.inf, dtype=lo.dtype, device=lo.device)
+        out_hi = out_lo.clone()
+        out_lo = out_lo.scatter(1, order, torch.where(valid, low[:, :kk], neg))
+        out_hi = out_hi.scatter(1, order, torch.where(valid, low[:, kk:], neg))
+        sc = torch.zeros((batch, m), dtype=lo.dtype, device=lo.device)
+        sc_lo = sc.scatter(1, order, scale[:, :kk])
+        sc_hi = sc.scatter(1, order, scale[:, kk:])
+        return torch.cat([out_lo, out_hi], dim=1), torch.cat([sc_lo, sc_hi], dim=1)
+
+    def ibp_relax(self, lo, hi):
+        """Plain interval replay: (relaxations per relu layer, output bounds)."""
+        relax = {}
+        for k, st in enumerate(self.steps):
+            if st is not None and st[0] == "relu":
+                relax[k] = _relax(lo, hi)
+            lo, hi = self._ibp_step(k, lo, hi)
+        return relax, lo, hi
+
+    def bounds(self, lo, hi, c, plain: bool = True, crown_inter: bool = True, select=None,
+               alpha_inter: dict | None = None, alpha_final: dict | None = None,
+               diff: bool = False) -> BatchBounds:
+        """IBP, CROWN with IBP intermediates (`plain`) and CROWN with CROWN intermediates of the
+        rows c [m, n_out] over the boxes [lo, hi] ([B, n_in] each). alpha_inter {pos: {relu
+        layer k: [B, n_k], shared by the node's rows}} and alpha_final {k: [B, n_k] or [B, m, n_k]} replace CROWN's default lower
+        slopes. diff: differentiable (no rounding, unrounded upper lines), for optimisation."""
+        n = len(self.steps)
+        batch = lo.shape[0]
+        ctx = torch.enable_grad() if diff else torch.no_grad()
+        with ctx:
+            plain_lower = ibp = None
+            if not diff:
+                p_relax, ylo, yhi = self.ibp_relax(lo, hi)
+                ibp = ylo @ c.clamp(min=0).T + yhi @ c.clamp(max=0).T
+                if plain:
+                    plain_lower = self.backward(c, n - 1, p_relax, lo, hi)[0]
+            relax, inter = {}, []
+            vac = torch.zeros(batch, dtype=torch.bool, device=lo.device)
+            cur_lo, cur_hi = lo, hi
+            for k in range(n):
+                if self.steps[k] is not None and self.steps[k][0] == "relu":
+                    relax[k] = _relax(cur_lo, cur_hi, exact=not diff)
+                cur_lo, cur_hi = self._ibp_step(k, cur_lo, cur_hi)
+                pos = k + 1
+                if not crown_inter or pos not in self.inter_pos:
+                    continue
+                uns = (cur_lo < 0) & (cur_hi > 0)
+                if not bool(uns.any()):
+                    continue
+                low, scale = self._inter_rows(k, uns, relax, lo, hi,
+                                              alpha_inter.get(pos) if alpha_inter else None)
+                m = cur_lo.shape[1]
+                if diff:
+                    cur_lo = torch.where(uns, torch.maximum(cur_lo, low[:, :m]), cur_lo)
+                    cur_hi = torch.where(uns, torch.minimum(cur_hi, -low[:, m:]), cur_hi)
+                    cur_hi = torch.maximum(cur_hi, cur_lo)
+                    continue
+                lb_lo = round_down(low[:, :m], scale[:, :m])
+                lb_hi = round_up(-low[:, m:], scale[:, m:])
+                use = uns & ((lb_lo > cur_lo) | (lb_hi < cur_hi))
+                if select is not None:
+                    use = use & select(pos, cur_lo, cur_hi, lb_lo, lb_hi)
+                cur_lo = torch.where(use, torch.maximum(cur_lo, lb_lo), cur_lo)
+                cur_hi = torch.where(use, torch.minimum(cur_hi, lb_hi), cur_hi)
+                gap = cur_lo - cur_hi
+                bad = gap > 0
+                if bool(bad.any()):
+                    tiny = gap <= 1e-9 * (1 + cur_lo.abs())
+                    vac |= (bad & ~tiny).any(dim=1)
+                    mid = (cur_lo + cur_hi) / 2
+                    cur_lo = torch.where(bad, mid, cur_lo)
+                    cur_hi = torch.where(bad, mid, cur_hi)
+                inter.append((pos, use, lb_lo, lb_hi))
+            lower, a_in, _ = self.backward(c, n - 1, relax, lo, hi, None, alpha_final)
+        return BatchBounds(ibp, plain_lower, lower, a_in, inter, vac, relax)
+
+    def optimise(self, lo, hi, c, objective, margin, iterations: int = 20, lr: float = 0.25,
+                 base: BatchBounds | None = None):
+        """alpha-CROWN over a batch: lower slopes of the final rows (per row) and of every
+        intermediate bound (one list per relu per intermediate node, shared by its rows; per-row
+        lists cost the kernel much more for little gain) optimised by
+        projected Adam for `objective(lower [B, m]) -> [B]` (maximised); per domain the
+        slopes with the best `margin(lower) -> [B]` are kept, rounded to multiples of 2^-16,
+        and replayed exactly. Returns (BatchBounds, alpha_inter, alpha_final)."""
+        batch = lo.shape[0]
+        m = c.shape[0]
+        if base is None:
+            base = self.bounds(lo, hi, c, plain=False)
+        relus = sorted(base.relax)
+        pi, pf = {}, {}
+        for pos in self.inter_pos:
+            tab = {}
+            for k in relus:
+                if k < pos:
+                    tab[k] = base.relax[k].default_alpha.clone().requires_grad_(True)
+            if tab:
+                pi[pos] = tab
+        for k in relus:
+            pf[k] = base.relax[k].default_alpha[:, None, :].expand(batch, m, -1).clone() \
+                .requires_grad_(True)
+        params = [t for tab in pi.values() for t in tab.values()] + list(pf.values())
+        best_m = margin(base.lower)
+        best_i = {pos: {k: t.detach().clone() for k, t in tab.items()} for pos, tab in pi.items()}
+        best_f = {k: t.detach().clone() for k, t in pf.items()}
+        opt = _Adam(params, lr)
+        for _ in range(iterations):
+            r = self.bounds(lo, hi, c, plain=False, alpha_inter=pi, alpha_final=pf, diff=True)
+            with torch.no_grad():
+                mg = margin(r.lower)
+                imp = mg > best_m
+                if bool(imp.any()):
+                    best_m = torch.where(imp, mg, best_m)
+                    for pos, tab in pi.items():
+                        for k, t in tab.items():
+                            sh = (-1,) + (1,) * (t.dim() - 1)
+                            best_i[pos][k] = torch.where(imp.reshape(sh), t.detach(),
+                                                         best_i[pos][k])
+                    for k, t in pf.items():
+                        best_f[k] = torch.where(imp[:, None, None], t.detach(), best_f[k])
+                if bool((best_m > 0).all()):
+                    break
+            grads = torch.autograd.grad(-(objective(r.lower) * (best_m <= 0)).sum(), params,
+                                        allow_unused=True)
+            opt.step(grads)
+        with torch.no_grad():
+            ri = {pos: {k: _round_alpha(t) for k, t in tab.items()} for pos, tab in best_i.items()}
+            rf = {k: _round_alpha(t) for k, t in best_f.items()}
+            r = self.bounds(lo, hi, c, plain=False, alpha_inter=ri, alpha_final=rf)
+        return r, ri, rf

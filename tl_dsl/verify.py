@@ -48,21 +48,28 @@ def region_claim(graph: kernel_checker.Graph, region) -> Claim:
 
 def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0) -> Decision:
     """Propose: an attack point, or a certificate (ibp / crown / alpha / branch and bound).
-    Runs in a worker process with --jobs, so it takes and returns plain data."""
+    Runs in a worker process with --jobs, so it takes and returns plain data. Few-input linear /
+    relu chains (ACAS Xu-like) go straight to batched input-split branch and bound, which tries
+    IBP and CROWN on the whole box first and attacks along the way; other nets try an attack,
+    IBP, CROWN and alpha-CROWN on the whole box, then branch and bound."""
     import torch
 
-    from oracles.bab import prove_with_bab
-    from oracles.bounds_torch import crown_certificate, ibp_bounds, load_chain, spec_of
+    from oracles.bab import prove_input_split, prove_with_bab
+    from oracles.bounds_torch import (BatchChain, crown_certificate, ibp_bounds, load_chain,
+                                      spec_of)
     from oracles.pgd import pgd_attack
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     claim = kernel_checker.parse_claim(claim_doc)
+    chain = load_chain(graph_path, claim.node)
+    if chain.n_in <= INPUT_SPLIT_MAX_INPUTS and BatchChain.supports(chain):
+        res = prove_input_split(graph_path, claim, budget_s, seed=seed, chain=chain)
+        return _decision(res, time.perf_counter() - t0, "input-split")
     point = pgd_attack(graph_path, claim, steps=40, restarts=4, seed=seed)
     if point is not None:
         return Decision("sat", point=np.asarray(point, dtype=np.float64).reshape(-1),
                         producer_s=time.perf_counter() - t0, method="attack")
-    chain = load_chain(graph_path, claim.node)
     spec = spec_of(claim, chain.n_out)
     if spec.holds(ibp_bounds(graph_path, claim), 1e-6):
         return Decision("unsat", {"rule": "ibp"}, producer_s=time.perf_counter() - t0,
@@ -76,14 +83,21 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0) ->
     if left <= 0:
         return Decision("timeout", producer_s=time.perf_counter() - t0)
     res = prove_with_bab(graph_path, claim, left, method="alpha", seed=seed)
-    dt = time.perf_counter() - t0
+    return _decision(res, time.perf_counter() - t0, "bab")
+
+
+INPUT_SPLIT_MAX_INPUTS = 10  # batched input splitting up to this many inputs
+
+
+def _decision(res, dt: float, method: str) -> Decision:
+    """A Decision from a BabResult."""
     leaves = res.stats.get("leaves", 0)
     if res.status == "proved":
-        return Decision("unsat", res.certificate, producer_s=dt, method="bab", leaves=leaves)
+        return Decision("unsat", res.certificate, producer_s=dt, method=method, leaves=leaves)
     if res.status == "counterexample":
         return Decision("sat", point=np.asarray(res.point, dtype=np.float64).reshape(-1),
-                        producer_s=dt, method="bab", leaves=leaves)
-    return Decision(res.status, producer_s=dt, leaves=leaves, method="bab")
+                        producer_s=dt, method=method, leaves=leaves)
+    return Decision(res.status, producer_s=dt, leaves=leaves, method=method)
 
 
 def _pieces(claim: Claim, jobs: int) -> list[tuple[int, fmpq, fmpq]]:
