@@ -141,12 +141,13 @@ def _slack(y: torch.Tensor, c: torch.Tensor, thr: torch.Tensor, spec, target: to
 
 def pgd_attack(graph_path: str, claim, steps: int = 50, restarts: int = 5, seed: int = 0,
                box: tuple | None = None, device=None, dtype=torch.float64,
-               return_slack: bool = False):
+               return_slack: bool = False, starts: int = 1):
     """A float input point (shaped like the graph's input) breaking `claim` in float arithmetic,
     or None. Unsat claims: a point whose output lies in some unsafe polytope (each restart attacks
     every polytope, one sample per polytope); bounds / linear_bound: a row violated. Signed
     gradient steps, projected to the claim's input box (or `box` = (lo, hi) floats); the first
-    restart starts at the box centre, the others uniformly at random."""
+    restart starts at the box centre, the others uniformly at random. `starts`: points per
+    restart, run together as one batch (the first restart's others also at random)."""
     net = load_torch_graph(graph_path, device, dtype)
     out_node = claim.node
     out_shape = next(n["shape"] for n in net.nodes if n["id"] == out_node)
@@ -166,10 +167,15 @@ def pgd_attack(graph_path: str, claim, steps: int = 50, restarts: int = 5, seed:
     for r in range(restarts):
         if r == 0:
             x = ((lo + hi) / 2).expand(n_poly, -1).clone()
+            if starts > 1:
+                u = torch.rand(((starts - 1) * n_poly, lo.numel()), generator=gen,
+                               dtype=dtype).to(lo.device)
+                x = torch.cat([x, lo + u * width])
         else:
-            u = torch.rand((n_poly, lo.numel()), generator=gen, dtype=dtype).to(lo.device)
+            u = torch.rand((starts * n_poly, lo.numel()), generator=gen, dtype=dtype).to(lo.device)
             x = lo + u * width
-        target = torch.arange(n_poly, device=lo.device) if spec.kind == "unsat" else None
+        target = (torch.arange(n_poly, device=lo.device).repeat(starts)
+                  if spec.kind == "unsat" else None)
         for t in range(steps + 1):
             x.requires_grad_(True)
             s = _slack(net.forward(x, out_node), c, thr, spec, target)
@@ -188,3 +194,45 @@ def pgd_attack(graph_path: str, claim, steps: int = 50, restarts: int = 5, seed:
     found = best_x is not None and bool(spec.is_violation(np.array([best_s]))[0])
     point = best_x.cpu().numpy().reshape(net.input_shape) if found else None
     return (point, best_s) if return_slack else point
+
+
+def sample_attack(graph_path: str, claim, box: tuple | None = None, samples: int = 20000,
+                  keep: int = 64, steps: int = 30, seed: int = 0, step_frac: float = 0.05,
+                  device=None, dtype=torch.float64):
+    """A float input point breaking `claim`, or None: `samples` uniform points of the box (the
+    claim's, or `box` = (lo, hi) floats), then signed-gradient ascent from the `keep` best
+    (step `step_frac` of the width, shrinking), projected to the box. Finds the narrow violation
+    regions of few-input nets that ascent from a handful of starts misses."""
+    net = load_torch_graph(graph_path, device, dtype)
+    out_node = claim.node
+    out_shape = next(n["shape"] for n in net.nodes if n["id"] == out_node)
+    spec = spec_of(claim, int(np.prod(out_shape)))
+    if box is None:
+        b = claim.input_set.as_box()
+        box = ([to_float(v) for v in b.lo], [to_float(v) for v in b.hi])
+    lo, hi = (net._t(np.asarray(v, dtype=np.float64).reshape(-1)) for v in box)
+    c, thr = net._t(spec.c), net._t(spec.thr)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    width = hi - lo
+    u = torch.rand((samples, lo.numel()), generator=gen, dtype=dtype).to(lo.device)
+    x = torch.cat([((lo + hi) / 2)[None], lo + u * width])
+    with torch.no_grad():
+        s = _slack(net.forward(x, out_node), c, thr, spec, None)
+    hit = spec.is_violation(s.cpu().numpy())
+    if hit.any():
+        return x[int(np.argmax(hit))].cpu().numpy().reshape(net.input_shape)
+    x = x[s.topk(min(keep, len(s))).indices].clone()
+    for t in range(steps):
+        x.requires_grad_(True)
+        s = _slack(net.forward(x, out_node), c, thr, spec, None)
+        hit = spec.is_violation(s.detach().cpu().numpy())
+        if hit.any():
+            return x[int(np.argmax(hit))].detach().cpu().numpy().reshape(net.input_shape)
+        (grad,) = torch.autograd.grad(s.sum(), x)
+        with torch.no_grad():
+            x = x + width * step_frac * (1 - t / steps) * grad.sign()
+            x = torch.maximum(torch.minimum(x, hi), lo)
+    with torch.no_grad():
+        s = _slack(net.forward(x, out_node), c, thr, spec, None)
+    hit = spec.is_violation(s.cpu().numpy())
+    return x[int(np.argmax(hit))].cpu().numpy().reshape(net.input_shape) if hit.any() else None
