@@ -323,11 +323,12 @@ def _open_rows_coef(spec, lower: torch.Tensor, a_in: torch.Tensor):
 
 
 def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
-               alpha_final: dict | None = None) -> tuple[dict, int]:
+               alpha_final: dict | None = None, row: int | None = None) -> tuple[dict, int]:
     """The `crown` certificate of domain i of a BatchBounds: intermediate entries for the
     neurons CROWN tightened, with the entry's shared lower slopes (alpha_inter) and per-row
-    final slopes (alpha_final) when given (else CROWN's defaults: no `alpha`). Also returns the
-    number of intermediate neurons."""
+    final slopes (alpha_final) when given (else CROWN's defaults: no `alpha`); with `row`, the
+    final slopes of that row alone, shared by every row (enough when that row decides the
+    claim; smaller for the kernel). Also returns the number of intermediate neurons."""
     entries, count = [], 0
     for pos, use, lb_lo, lb_hi in r.inter:
         idx = torch.nonzero(use[i]).reshape(-1)
@@ -345,8 +346,11 @@ def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
     cert = {"rule": "crown"}
     if entries:
         cert["intermediate"] = entries
-    if alpha_final:
-        cert["alpha"] = {chain.layers[k].id: [encode_dyadic(row, ALPHA_BITS) for row in t[i]]
+    if alpha_final and row is not None:
+        cert["alpha"] = {chain.layers[k].id: encode_dyadic(t[i][row], ALPHA_BITS)
+                         for k, t in alpha_final.items()}
+    elif alpha_final:
+        cert["alpha"] = {chain.layers[k].id: [encode_dyadic(v, ALPHA_BITS) for v in t[i]]
                          for k, t in alpha_final.items()}
     return cert, count
 
@@ -356,7 +360,7 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
                       fracs: tuple = (0.25, 0.5, 0.75), alpha_iters: int = 6,
                       alpha_lr: float = 0.5, max_domains: int = 2_000_000, attack: bool = True,
                       seed: int = 0, tol: float = DECIDE_TOL, max_depth: int = 400,
-                      chain=None) -> BabResult:
+                      chain=None, kernel_cost: tuple = (2e-3, 2.5e-4)) -> BabResult:
     """Input-split branch and bound over batches of boxes (few inputs; linear / relu chains).
 
     Per batch of `batch` domains: IBP, CROWN with IBP intermediate bounds and CROWN with CROWN
@@ -365,10 +369,13 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
     CROWN tightened (default slopes: no `alpha`). An open domain is cut: among the dimensions
     whose |coefficient| * width on the open rows is at least `lookahead` times the largest, and
     the cut points at `fracs` of the width, the cut maximising the volume-weighted sum of the
-    two parts' (clamped) CROWN margins. When that cut leaves a part unproved, alpha-CROWN
-    (`alpha_iters` steps; slopes shared per intermediate node, per row for the final rows) is
-    tried on the domain first: a success is one leaf instead of a subtree. Domain centres and
-    the vertices minimising the open rows' linear bounds are tried as counterexamples.
+    two parts' (clamped) CROWN margins. Before cutting, alpha-CROWN (`alpha_iters` steps;
+    slopes shared per intermediate node, per row for the final rows) is tried on the domain: a
+    success is one leaf instead of a subtree. Domain centres and
+    the vertices minimising the open rows' linear bounds, pushed by a few ascent steps, are
+    tried as counterexamples. The time budget covers the kernel's check too: it stops
+    ("timeout") once the time spent plus an estimate of the kernel's time for the leaves so far
+    (kernel_cost: seconds per leaf, per intermediate neuron; a low estimate) passes it.
     Returns a BabResult (certificate: a `split` tree, or a single leaf)."""
     t0 = time.perf_counter()
     deadline = t0 + timeout_s
@@ -434,13 +441,31 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
                 x = x + width * (0.25 * (1 - t / steps)) * grad.sign()
                 x = torch.maximum(torch.minimum(x, bhi), blo)
 
+    def cut_values(olo, ohi, dm, dd, fr):
+        """For domains dm cut on dims dd at fractions fr: the parts' clamped CROWN margins,
+        weighted by the parts' widths (higher is better)."""
+        width = ohi[dm, dd] - olo[dm, dd]
+        cut = olo[dm, dd] + fr * width
+        ap = torch.arange(len(dm), device=dev)
+        h1, l2 = ohi[dm].clone(), olo[dm].clone()
+        h1[ap, dd] = cut
+        l2[ap, dd] = cut
+        allo, alhi = torch.cat([olo[dm], l2]), torch.cat([h1, ohi[dm]])
+        ms = []
+        for s in range(0, len(allo), batch):
+            rr = bc.bounds(allo[s:s + batch], alhi[s:s + batch], c, plain=False)
+            m_ = margins(rr.lower)
+            ms.append(torch.where(rr.vacuous, torch.zeros_like(m_), m_.clamp(max=0)))
+        stats["lookahead_evals"] += len(allo)
+        ms = torch.cat(ms)
+        return ms[:len(dm)] * fr + ms[len(dm):] * (1 - fr) + 1e-12 * width
+
     certs: dict[int, dict] = {}  # node id -> leaf certificate
     splits: dict[int, tuple] = {}  # node id -> (split dict, child ids)
     lo = torch.as_tensor(lo_f0, dtype=dtype, device=dev)[None]
     hi = torch.as_tensor(hi_f0, dtype=dtype, device=dev)[None]
     ids, depth = [0], [0]
     next_id = 1
-    fr_t = torch.tensor(fracs, dtype=dtype, device=dev)
 
     def exact(v: float, d: int, which: str):
         """A domain bound exactly: the claim's own where the float is the root's outward
@@ -451,14 +476,17 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
             return hi0[d]
         return fmpq(*float(v).as_integer_ratio())
 
-    def leaf(nid, r, i, ai=None, af=None, kind="leaf_inter"):
-        certs[nid], cnt = _leaf_cert(chain, r, i, ai, af)
+    single = (spec.kind == "unsat" and len(spec.groups) == 1) or len(spec.thr) == 1
+
+    def leaf(nid, r, i, ai=None, af=None, kind="leaf_inter", row=None):
+        certs[nid], cnt = _leaf_cert(chain, r, i, ai, af, row)
         stats[kind] += 1
         stats["inter_neurons"] += cnt
         stats["leaves"] += 1
 
     while ids:
-        if time.perf_counter() > deadline:
+        kernel_est = kernel_cost[0] * stats["leaves"] + kernel_cost[1] * stats["inter_neurons"]
+        if time.perf_counter() + kernel_est > deadline:
             return finish("timeout")
         if stats["domains"] >= max_domains:
             return finish("unknown")
@@ -497,17 +525,22 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         if point is not None:
             return finish("counterexample", point=point)
         if alpha_iters > 0:
-            ra, ri, rf = bc.optimise(olo, ohi, c, objective, margins, iterations=alpha_iters,
-                                     lr=alpha_lr)
-            stats["alpha_domains"] += len(open_)
-            ok = (margins(ra.lower) > 0) | ra.vacuous
-            for j in torch.nonzero(ok).reshape(-1).tolist():
-                leaf(bids[int(open_[j])], ra, j, ri, rf, "leaf_alpha")
-            keep = ~ok
+            sel = torch.arange(len(open_), device=dev)
+            stats["alpha_domains"] += len(sel)
+            ra, ri, rf = bc.optimise(olo[sel], ohi[sel], c, objective, margins,
+                                     iterations=alpha_iters, lr=alpha_lr,
+                                     base=r.take(open_[sel]))
+            good = (margins(ra.lower) > 0) | ra.vacuous
+            # one polytope (or one row): the best row's final slopes, shared, decide it
+            rows = (ra.lower - thr_t).argmax(dim=1) if single else None
+            for j in torch.nonzero(good).reshape(-1).tolist():
+                leaf(bids[int(open_[sel[j]])], ra, j, ri, rf, "leaf_alpha",
+                     None if rows is None or bool(ra.vacuous[j]) else int(rows[j]))
+            keep = torch.ones(len(open_), dtype=torch.bool, device=dev)
+            keep[sel[good]] = False
             if not bool(keep.any()):
                 continue
-            open_, olo, ohi = open_[keep], olo[keep], ohi[keep]
-            coef = coef[keep]
+            open_, olo, ohi, coef = open_[keep], olo[keep], ohi[keep], coef[keep]
         nd = len(open_)
         width = ohi - olo
         tiny = width <= 1e-12 * (1 + olo.abs())
@@ -517,31 +550,38 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         choice = score.argmax(dim=1)
         frac_pick = torch.full((nd,), 0.5, dtype=dtype, device=dev)
         if lookahead > 0:
+            # stage 1: halve each candidate dimension; stage 2: other cut points of the best
             cand = (score >= lookahead * score.amax(dim=1, keepdim=True)) & ~tiny
             pairs = torch.nonzero(cand)  # (domain, dim)
-            nf = len(fracs)
-            dm, dd = pairs[:, 0].repeat(nf), pairs[:, 1].repeat(nf)
-            fr = fr_t.repeat_interleave(len(pairs))
-            cut = olo[dm, dd] + fr * width[dm, dd]
-            ap = torch.arange(len(dm), device=dev)
-            h1, l2 = ohi[dm].clone(), olo[dm].clone()
-            h1[ap, dd] = cut
-            l2[ap, dd] = cut
-            allo, alhi = torch.cat([olo[dm], l2]), torch.cat([h1, ohi[dm]])
-            ms = []
-            for s in range(0, len(allo), batch):
-                rr = bc.bounds(allo[s:s + batch], alhi[s:s + batch], c, plain=False)
-                m_ = margins(rr.lower)
-                ms.append(torch.where(rr.vacuous, torch.zeros_like(m_), m_.clamp(max=0)))
-            stats["lookahead_evals"] += len(allo)
-            ms = torch.cat(ms)
-            val = ms[:len(dm)] * fr + ms[len(dm):] * (1 - fr) + 1e-12 * width[dm, dd]
-            table = torch.full((nd, n_in * nf), -torch.inf, dtype=dtype, device=dev)
-            fi = torch.arange(nf, device=dev).repeat_interleave(len(pairs))
-            table[dm, fi * n_in + dd] = val
-            best = table.argmax(dim=1)
-            choice = best % n_in
-            frac_pick = fr_t[best // n_in]
+            if len(pairs) > nd:
+                half = torch.full((len(pairs),), 0.5, dtype=dtype, device=dev)
+                val = cut_values(olo, ohi, pairs[:, 0], pairs[:, 1], half)
+                table = torch.full((nd, n_in), -torch.inf, dtype=dtype, device=dev)
+                table[pairs[:, 0], pairs[:, 1]] = val
+                choice = table.argmax(dim=1)
+                best_v = table.amax(dim=1)
+            else:
+                best_v = None
+            other = [f for f in fracs if f != 0.5]
+            if other:
+                if best_v is None:  # one candidate dimension
+                    top = choice[:, None]
+                    best_v = cut_values(olo, ohi, torch.arange(nd, device=dev), choice,
+                                        frac_pick)
+                else:
+                    top = table.topk(min(2, n_in), dim=1).indices
+                    top = torch.where(torch.isfinite(table.gather(1, top)), top, choice[:, None])
+                nt, no = top.shape[1], len(other)
+                dm = torch.arange(nd, device=dev).repeat(nt * no)
+                dd = top.T.reshape(-1).repeat(no)
+                fr = torch.tensor(other, dtype=dtype, device=dev).repeat_interleave(nd * nt)
+                val = cut_values(olo, ohi, dm, dd, fr).reshape(no * nt, nd)
+                alt, which = val.max(dim=0)
+                better = alt > best_v
+                choice = torch.where(better, dd.reshape(no * nt, nd)[which,
+                                     torch.arange(nd, device=dev)], choice)
+                frac_pick = torch.where(better, fr.reshape(no * nt, nd)[which,
+                                        torch.arange(nd, device=dev)], frac_pick)
         ar = torch.arange(nd, device=dev)
         cuts = (olo + frac_pick[:, None] * width)[ar, choice]
         new_ids, new_depth = [], []

@@ -896,6 +896,17 @@ class BatchBounds:
     vacuous: torch.Tensor  # [B] bool: some interval is empty (no point in the box)
     relax: dict = field(default_factory=dict)  # relu layer index -> batched _Relax
 
+    def take(self, idx: torch.Tensor) -> BatchBounds:
+        """The domains idx (for the CROWN fields the alpha optimisation starts from)."""
+        return BatchBounds(
+            None if self.ibp is None else self.ibp[idx],
+            None if self.plain is None else self.plain[idx], self.lower[idx],
+            self.a_input[idx], [(p, u[idx], a[idx], b[idx]) for p, u, a, b in self.inter],
+            self.vacuous[idx],
+            {k: _Relax(*(getattr(r, f)[idx] for f in ("lo", "hi", "active", "unstable",
+                                                      "up_slope", "up_int", "default_alpha")))
+             for k, r in self.relax.items()})
+
 
 class _Adam:
     """Adam with the iterates projected to [0, 1] (a small local version: torch.optim's first
@@ -1055,8 +1066,10 @@ class BatchChain:
                diff: bool = False) -> BatchBounds:
         """IBP, CROWN with IBP intermediates (`plain`) and CROWN with CROWN intermediates of the
         rows c [m, n_out] over the boxes [lo, hi] ([B, n_in] each). alpha_inter {pos: {relu
-        layer k: [B, n_k], shared by the node's rows}} and alpha_final {k: [B, n_k] or [B, m, n_k]} replace CROWN's default lower
-        slopes. diff: differentiable (no rounding, unrounded upper lines), for optimisation."""
+        layer k: [B, n_k], shared by the node's rows}} and alpha_final {k: [B, n_k] or
+        [B, m, n_k]} replace CROWN's default lower slopes. `select(pos, ibp_lo, ibp_hi, lo, hi)
+        -> [B, n] bool` limits the neurons whose CROWN bounds are used. diff: differentiable
+        (no rounding, unrounded upper lines, every IBP-unstable neuron), for optimisation."""
         n = len(self.steps)
         batch = lo.shape[0]
         ctx = torch.enable_grad() if diff else torch.no_grad()

@@ -369,3 +369,181 @@ def test_pgd_counterexample_accepted_by_kernel(nets, name):
     proof.check(cex, proof.counterexample_cert(), graph)
     small = robustness.robust(graph, x0, 0.001, label)
     assert pgd_attack(path, small, steps=10, restarts=2) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Batched bounds and batched input-split branch and bound
+
+
+def _boxes(chain, x0, eps, count, seed):
+    """`count` sub-boxes of the clamped ball around x0 (floats)."""
+    rng = np.random.default_rng(seed)
+    lo, hi = np.clip(x0 - eps, 0, 1), np.clip(x0 + eps, 0, 1)
+    a = rng.uniform(lo, hi, size=(count, lo.size))
+    b = rng.uniform(lo, hi, size=(count, lo.size))
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def test_batched_bounds_match_per_domain_crown(nets):
+    path, graph = nets["mlp"]
+    chain = bt.load_chain(path)
+    bc = bt.BatchChain(chain)
+    x0, label = _x0_label(path, 1)
+    claim = robustness.robust(graph, x0, 0.2, label)
+    spec = bt.spec_of(claim, chain.n_out)
+    lo, hi = _boxes(chain, x0, 0.2, 6, 0)
+    r = bc.bounds(chain.tensor(lo), chain.tensor(hi), chain.tensor(spec.c))
+    for i in range(len(lo)):
+        res, _ = bt.bounds_for_claim(path, claim, "crown", {"lo": lo[i], "hi": hi[i]})
+        assert np.allclose(r.lower[i].numpy(), res.lower, atol=1e-9)
+        ibp = bt.ibp_bounds(path, claim, {"lo": lo[i], "hi": hi[i]})
+        assert np.allclose(r.ibp[i].numpy(), ibp, atol=1e-9)
+        assert np.all(r.plain[i].numpy() <= res.lower + 1e-9)
+
+
+def test_batched_bounds_and_alpha_are_sound_on_samples(nets):
+    path, graph = nets["mlp"]
+    chain = bt.load_chain(path)
+    bc = bt.BatchChain(chain)
+    x0, label = _x0_label(path, 2)
+    claim = robustness.robust(graph, x0, 0.3, label)
+    spec = bt.spec_of(claim, chain.n_out)
+    lo, hi = _boxes(chain, x0, 0.3, 8, 1)
+    c = chain.tensor(spec.c)
+    r = bc.bounds(chain.tensor(lo), chain.tensor(hi), c)
+    thr = chain.tensor(spec.thr)
+
+    def objective(lower):
+        return sum((lower - thr)[:, a:b].amax(dim=1) for a, b in spec.groups)
+
+    ra, _, _ = bc.optimise(chain.tensor(lo), chain.tensor(hi), c, objective,
+                           lambda lw: torch.zeros(lw.shape[0], dtype=lw.dtype) - 1,
+                           iterations=8, lr=0.5)
+    rng = np.random.default_rng(3)
+    for i in range(len(lo)):
+        xs = rng.uniform(lo[i], hi[i], size=(500, lo.shape[1]))
+        with torch.no_grad():
+            y = chain.forward(chain.tensor(xs)).reshape(len(xs), -1).numpy()
+        vals = y @ spec.c.T
+        for bound in (r.ibp, r.plain, r.lower, ra.lower):
+            assert np.all(vals >= bound[i].numpy()[None, :] - 1e-9)
+
+
+def test_outward_floats_contain_the_exact_box():
+    from oracles.bab import _outward_floats
+
+    lo = [claims.to_rational("-0.298552812"), claims.to_rational("1/3")]
+    hi = [claims.to_rational("0.009549297"), claims.to_rational("2/3")]
+    lo_f, hi_f = _outward_floats(lo, hi)
+    for a, b, fa, fb in zip(lo, hi, lo_f, hi_f):
+        assert claims.to_rational(float(fa)) <= a and claims.to_rational(float(fb)) >= b
+
+
+@needs_crown
+def test_input_split_proves_what_alpha_cannot(nets):
+    from oracles.bab import prove_input_split
+
+    path, graph = nets["mlp"]
+    claim = _scan_alpha_fails(path, graph, 1, 0.01)
+    for alpha_iters in (0, 6):
+        result = prove_input_split(path, claim, timeout_s=30, alpha_iters=alpha_iters)
+        assert result.status == "proved", result.stats
+        assert result.certificate["rule"] == "split"
+        assert result.stats["leaves"] >= 2 and result.stats["input_splits"] >= 1
+        proof.check(claim, result.certificate, graph)
+
+
+@needs_crown
+def test_input_split_leaves_are_cheap(nets):
+    """Leaves IBP proves are `ibp`, leaves CROWN proves without intermediate bounds have no
+    `intermediate`, and no leaf carries per-row intermediate slopes."""
+    from oracles.bab import prove_input_split
+
+    path, graph = nets["mlp"]
+    x0, label = _x0_label(path, 1)
+    claim = robustness.robust(graph, x0, 0.02, label)
+    res = prove_input_split(path, claim, timeout_s=30)
+    assert res.status == "proved"
+    assert res.certificate == {"rule": "ibp"}
+    proof.check(claim, res.certificate, graph)
+    claim = _scan_alpha_fails(path, graph, 1, 0.01)
+    res = prove_input_split(path, claim, timeout_s=30)
+    stack, kinds = [res.certificate], set()
+    while stack:
+        cert = stack.pop()
+        if cert["rule"] == "split":
+            stack.extend(cert["children"])
+            continue
+        kinds.add(cert["rule"])
+        for entry in cert.get("intermediate", []):
+            for value in entry.get("alpha", {}).values():
+                assert not isinstance(value[0], list)  # shared, not per row
+    assert kinds <= {"ibp", "crown"}
+    s = res.stats
+    assert s["leaves"] == s["leaf_ibp"] + s["leaf_crown"] + s["leaf_inter"] + s["leaf_alpha"]
+
+
+@needs_crown
+def test_input_split_uneven_cuts_cover_the_parent(nets):
+    """Cuts at a quarter of the width: the kernel checks the pieces cover each parent."""
+    from oracles.bab import prove_input_split
+
+    path, graph = nets["mlp"]
+    claim = _scan_alpha_fails(path, graph, 1, 0.01)
+    res = prove_input_split(path, claim, timeout_s=30, fracs=(0.25,), alpha_iters=0)
+    assert res.status == "proved"
+    proof.check(claim, res.certificate, graph)
+
+
+@needs_crown
+def test_input_split_finds_counterexample(nets):
+    from oracles.bab import prove_input_split
+
+    path, graph = nets["mlp"]
+    x0, label = _x0_label(path, 1)
+    claim = robustness.robust(graph, x0, 0.9, label)
+    for attack in (True, False):
+        result = prove_input_split(path, claim, timeout_s=10, attack=attack)
+        assert result.status == "counterexample"
+        point = claims.clamp_into(result.point, claim.input_set.as_box())
+        proof.check(claims.counterexample(claim, point), proof.counterexample_cert(), graph)
+
+
+def test_sample_attack(nets):
+    from oracles.pgd import sample_attack
+
+    path, graph = nets["mlp"]
+    x0, label = _x0_label(path, 1)
+    claim = robustness.robust(graph, x0, 0.9, label)
+    point = sample_attack(path, claim, samples=200)
+    assert point is not None
+    cex = claims.counterexample(claim, claims.clamp_into(point, claim.input_set.as_box()))
+    proof.check(cex, proof.counterexample_cert(), graph)
+    assert sample_attack(path, robustness.robust(graph, x0, 0.001, label), samples=200) is None
+
+
+def test_pgd_batched_starts(nets):
+    path, graph = nets["mlp"]
+    x0, label = _x0_label(path, 1)
+    claim = robustness.robust(graph, x0, 0.9, label)
+    assert pgd_attack(path, claim, steps=10, restarts=1, starts=16) is not None
+    small = robustness.robust(graph, x0, 0.001, label)
+    assert pgd_attack(path, small, steps=10, restarts=1, starts=16) is None
+
+
+@needs_crown
+def test_produce_routes_few_inputs_to_input_split(nets):
+    from tl_dsl.verify import produce
+
+    path, graph = nets["mlp"]
+    claim = _scan_alpha_fails(path, graph, 1, 0.01)
+    d = produce(path, claim.to_json(), 30)
+    assert d.status == "unsat" and d.method == "input-split" and d.leaves >= 2
+    proof.check(claim, d.certificate, graph)
+    x0, label = _x0_label(path, 1)
+    d = produce(path, robustness.robust(graph, x0, 0.9, label).to_json(), 30)
+    assert d.status == "sat"
+    path, graph = nets["wide"]  # 12 inputs: the general path
+    claim = _scan_alpha_fails(path, graph, 1, 0.01)
+    d = produce(path, claim.to_json(), 30)
+    assert d.method != "input-split"

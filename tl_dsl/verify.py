@@ -55,8 +55,7 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0) ->
     import torch
 
     from oracles.bab import prove_input_split, prove_with_bab
-    from oracles.bounds_torch import (BatchChain, crown_certificate, ibp_bounds, load_chain,
-                                      spec_of)
+    from oracles.bounds_torch import BatchChain, crown_certificate, ibp_bounds, load_chain, spec_of
     from oracles.pgd import pgd_attack
 
     torch.set_num_threads(1)
