@@ -90,7 +90,7 @@ def _consts(w: int) -> tuple[int, int, int, int]:
 
 
 def _exp(x: fmpq, p: int) -> tuple[fmpq, fmpq]:
-    """exp(x), relative error about 2^-p: x = k ln2 + r, |r| <= 0.35, exp' < 2 there."""
+    """exp(x), relative error about 2^-p: x = k ln2 + r, |r| <= 7/20, exp' < 2 there."""
     if abs(x) > MAX_EXP_ARG:
         raise _BudgetError(RULE, "", f"exp argument beyond the budget |x| <= {MAX_EXP_ARG}")
     w = p + GUARD + 16
@@ -134,7 +134,7 @@ def _point(func: str, x: fmpq, p: int) -> tuple[fmpq, fmpq]:
         w = p + GUARD + 22
         _, _, hv, he = _consts(w)
         xf = _fix(x, w)
-        m = (2 * xf + hv) // (2 * hv)  # x = m pi/2 + r, |r| <= 0.79
+        m = (2 * xf + hv) // (2 * hv)  # x = m pi/2 + r, |r| <= 79/100
         q = (m + (func == "cos")) % 4  # f(x) = [sin, cos, -sin, -cos][q](r)
         r = xf - m * hv
         s, e = _taylor(1 << w if q % 2 else r, -((r * r) >> w), q % 2 ^ 1, 2, w)
@@ -233,7 +233,7 @@ def parse_expr(doc: object, names: set, path: str = "expr", count: list | None =
         raise refuse(RULE, path, f"expression beyond the budget ({MAX_NODES} nodes, depth 200)")
     if op not in ("var", "const", "pow", *_BIN, *_UN) or set(doc) != keys | {"op"}:
         raise refuse(RULE, path, f"expected an expression node with op and keys {sorted(keys)}, "
-                     f"found {doc!r:.80}")
+                     f"found {repr(doc)[:80]}")
     args = doc.get("args")
     if op == "var" and (not isinstance(doc["name"], str) or doc["name"] not in names):
         raise refuse(RULE, f"{path}.name", f"no box for variable {doc['name']!r}")
