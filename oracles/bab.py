@@ -360,7 +360,7 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
                       fracs: tuple = (0.25, 0.5, 0.75), alpha_iters: int = 6,
                       alpha_lr: float = 0.5, max_domains: int = 2_000_000, attack: bool = True,
                       seed: int = 0, tol: float = DECIDE_TOL, max_depth: int = 400,
-                      chain=None, kernel_cost: tuple = (2e-3, 2.5e-4)) -> BabResult:
+                      chain=None, kernel_cost: tuple = (2e-3, 3e-4)) -> BabResult:
     """Input-split branch and bound over batches of boxes (few inputs; linear / relu chains).
 
     Per batch of `batch` domains: IBP, CROWN with IBP intermediate bounds and CROWN with CROWN
@@ -441,6 +441,16 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
                 x = x + width * (0.25 * (1 - t / steps)) * grad.sign()
                 x = torch.maximum(torch.minimum(x, bhi), blo)
 
+    def clamped_margins(allo, alhi):
+        """CROWN margins of domains, clamped at 0 (proved or empty: 0)."""
+        ms = []
+        for s in range(0, len(allo), batch):
+            rr = bc.bounds(allo[s:s + batch], alhi[s:s + batch], c, plain=False)
+            m_ = margins(rr.lower)
+            ms.append(torch.where(rr.vacuous, torch.zeros_like(m_), m_.clamp(max=0)))
+        stats["lookahead_evals"] += len(allo)
+        return torch.cat(ms)
+
     def cut_values(olo, ohi, dm, dd, fr):
         """For domains dm cut on dims dd at fractions fr: the parts' clamped CROWN margins,
         weighted by the parts' widths (higher is better)."""
@@ -450,14 +460,7 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         h1, l2 = ohi[dm].clone(), olo[dm].clone()
         h1[ap, dd] = cut
         l2[ap, dd] = cut
-        allo, alhi = torch.cat([olo[dm], l2]), torch.cat([h1, ohi[dm]])
-        ms = []
-        for s in range(0, len(allo), batch):
-            rr = bc.bounds(allo[s:s + batch], alhi[s:s + batch], c, plain=False)
-            m_ = margins(rr.lower)
-            ms.append(torch.where(rr.vacuous, torch.zeros_like(m_), m_.clamp(max=0)))
-        stats["lookahead_evals"] += len(allo)
-        ms = torch.cat(ms)
+        ms = clamped_margins(torch.cat([olo[dm], l2]), torch.cat([h1, ohi[dm]]))
         return ms[:len(dm)] * fr + ms[len(dm):] * (1 - fr) + 1e-12 * width
 
     certs: dict[int, dict] = {}  # node id -> leaf certificate
@@ -588,10 +591,9 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         for j in range(nd):
             i = int(open_[j])
             d = int(choice[j])
-            m = float(cuts[j])
             ea = exact(float(olo[j, d]), d, "lo")
             eb = exact(float(ohi[j, d]), d, "hi")
-            em = fmpq(*m.as_integer_ratio())
+            em = fmpq(*float(cuts[j]).as_integer_ratio())
             if not ea < em < eb or bdepth[i] + 1 > max_depth:
                 return finish("unknown")
             c1, c2 = next_id, next_id + 1

@@ -908,6 +908,12 @@ class BatchBounds:
              for k, r in self.relax.items()})
 
 
+def _apply_signs(lo, hi, sign):
+    """Phase constraints sign [B, n] (1: z >= 0, -1: z <= 0) on bounds [B, n]."""
+    return (torch.where(sign > 0, lo.clamp(min=0), lo),
+            torch.where(sign < 0, hi.clamp(max=0), hi))
+
+
 class _Adam:
     """Adam with the iterates projected to [0, 1] (a small local version: torch.optim's first
     use imports much of torch, about a second)."""
@@ -1052,31 +1058,38 @@ class BatchChain:
         sc_hi = sc.scatter(1, order, scale[:, kk:])
         return torch.cat([out_lo, out_hi], dim=1), torch.cat([sc_lo, sc_hi], dim=1)
 
-    def ibp_relax(self, lo, hi):
-        """Plain interval replay: (relaxations per relu layer, output bounds)."""
+    def ibp_relax(self, lo, hi, phases: dict | None = None):
+        """Plain interval replay with the phase constraints: (relaxations per relu layer,
+        output bounds)."""
         relax = {}
         for k, st in enumerate(self.steps):
             if st is not None and st[0] == "relu":
                 relax[k] = _relax(lo, hi)
             lo, hi = self._ibp_step(k, lo, hi)
+            if phases and k + 1 in phases:
+                lo, hi = _apply_signs(lo, hi, phases[k + 1])
         return relax, lo, hi
 
     def bounds(self, lo, hi, c, plain: bool = True, crown_inter: bool = True, select=None,
                alpha_inter: dict | None = None, alpha_final: dict | None = None,
-               diff: bool = False) -> BatchBounds:
+               diff: bool = False, phases: dict | None = None) -> BatchBounds:
         """IBP, CROWN with IBP intermediates (`plain`) and CROWN with CROWN intermediates of the
         rows c [m, n_out] over the boxes [lo, hi] ([B, n_in] each). alpha_inter {pos: {relu
         layer k: [B, n_k], shared by the node's rows}} and alpha_final {k: [B, n_k] or
         [B, m, n_k]} replace CROWN's default lower slopes. `select(pos, ibp_lo, ibp_hi, lo, hi)
         -> [B, n] bool` limits the neurons whose CROWN bounds are used. diff: differentiable
-        (no rounding, unrounded upper lines, every IBP-unstable neuron), for optimisation."""
+        (no rounding, unrounded upper lines, every IBP-unstable neuron), for optimisation.
+        phases {pos: [B, n] int8}: relu phase constraints on pre-activation node pos (1: z >= 0,
+        -1: z <= 0, 0: none), applied as the kernel does (after the CROWN bounds, which are
+        computed for the neurons unstable before them); a domain whose interval empties is
+        `vacuous`."""
         n = len(self.steps)
         batch = lo.shape[0]
         ctx = torch.enable_grad() if diff else torch.no_grad()
         with ctx:
             plain_lower = ibp = None
             if not diff:
-                p_relax, ylo, yhi = self.ibp_relax(lo, hi)
+                p_relax, ylo, yhi = self.ibp_relax(lo, hi, phases)
                 ibp = ylo @ c.clamp(min=0).T + yhi @ c.clamp(max=0).T
                 if plain:
                     plain_lower = self.backward(c, n - 1, p_relax, lo, hi)[0]
@@ -1088,10 +1101,13 @@ class BatchChain:
                     relax[k] = _relax(cur_lo, cur_hi, exact=not diff)
                 cur_lo, cur_hi = self._ibp_step(k, cur_lo, cur_hi)
                 pos = k + 1
-                if not crown_inter or pos not in self.inter_pos:
-                    continue
+                sign = phases.get(pos) if phases else None
                 uns = (cur_lo < 0) & (cur_hi > 0)
-                if not bool(uns.any()):
+                if not crown_inter or pos not in self.inter_pos or not bool(uns.any()):
+                    if sign is not None:
+                        cur_lo, cur_hi = _apply_signs(cur_lo, cur_hi, sign)
+                        vac |= (cur_lo > cur_hi).any(dim=1)
+                        cur_hi = torch.maximum(cur_hi, cur_lo)
                     continue
                 low, scale = self._inter_rows(k, uns, relax, lo, hi,
                                               alpha_inter.get(pos) if alpha_inter else None)
@@ -1099,6 +1115,8 @@ class BatchChain:
                 if diff:
                     cur_lo = torch.where(uns, torch.maximum(cur_lo, low[:, :m]), cur_lo)
                     cur_hi = torch.where(uns, torch.minimum(cur_hi, -low[:, m:]), cur_hi)
+                    if sign is not None:
+                        cur_lo, cur_hi = _apply_signs(cur_lo, cur_hi, sign)
                     cur_hi = torch.maximum(cur_hi, cur_lo)
                     continue
                 lb_lo = round_down(low[:, :m], scale[:, :m])
@@ -1108,6 +1126,8 @@ class BatchChain:
                     use = use & select(pos, cur_lo, cur_hi, lb_lo, lb_hi)
                 cur_lo = torch.where(use, torch.maximum(cur_lo, lb_lo), cur_lo)
                 cur_hi = torch.where(use, torch.minimum(cur_hi, lb_hi), cur_hi)
+                if sign is not None:
+                    cur_lo, cur_hi = _apply_signs(cur_lo, cur_hi, sign)
                 gap = cur_lo - cur_hi
                 bad = gap > 0
                 if bool(bad.any()):
@@ -1121,7 +1141,7 @@ class BatchChain:
         return BatchBounds(ibp, plain_lower, lower, a_in, inter, vac, relax)
 
     def optimise(self, lo, hi, c, objective, margin, iterations: int = 20, lr: float = 0.25,
-                 base: BatchBounds | None = None):
+                 base: BatchBounds | None = None, phases: dict | None = None):
         """alpha-CROWN over a batch: lower slopes of the final rows (per row) and of every
         intermediate bound (one list per relu per intermediate node, shared by its rows; per-row
         lists cost the kernel much more for little gain) optimised by
@@ -1131,7 +1151,7 @@ class BatchChain:
         batch = lo.shape[0]
         m = c.shape[0]
         if base is None:
-            base = self.bounds(lo, hi, c, plain=False)
+            base = self.bounds(lo, hi, c, plain=False, phases=phases)
         relus = sorted(base.relax)
         pi, pf = {}, {}
         for pos in self.inter_pos:
@@ -1150,7 +1170,8 @@ class BatchChain:
         best_f = {k: t.detach().clone() for k, t in pf.items()}
         opt = _Adam(params, lr)
         for _ in range(iterations):
-            r = self.bounds(lo, hi, c, plain=False, alpha_inter=pi, alpha_final=pf, diff=True)
+            r = self.bounds(lo, hi, c, plain=False, alpha_inter=pi, alpha_final=pf, diff=True,
+                            phases=phases)
             with torch.no_grad():
                 mg = margin(r.lower)
                 imp = mg > best_m
@@ -1171,5 +1192,6 @@ class BatchChain:
         with torch.no_grad():
             ri = {pos: {k: _round_alpha(t) for k, t in tab.items()} for pos, tab in best_i.items()}
             rf = {k: _round_alpha(t) for k, t in best_f.items()}
-            r = self.bounds(lo, hi, c, plain=False, alpha_inter=ri, alpha_final=rf)
+            r = self.bounds(lo, hi, c, plain=False, alpha_inter=ri, alpha_final=rf,
+                            phases=phases)
         return r, ri, rf

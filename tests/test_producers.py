@@ -547,3 +547,33 @@ def test_produce_routes_few_inputs_to_input_split(nets):
     claim = _scan_alpha_fails(path, graph, 1, 0.01)
     d = produce(path, claim.to_json(), 30)
     assert d.method != "input-split"
+
+
+def test_batched_bounds_with_phases_match_per_domain_crown(nets):
+    """Relu phase constraints in the batched bounds: as compute_bounds (and the kernel) apply
+    them, including domains they empty."""
+    path, graph = nets["mlp"]
+    chain = bt.load_chain(path)
+    bc = bt.BatchChain(chain)
+    x0, label = _x0_label(path, 3)
+    claim = robustness.robust(graph, x0, 0.3, label)
+    spec = bt.spec_of(claim, chain.n_out)
+    lo, hi = _boxes(chain, x0, 0.3, 24, 2)
+    c = chain.tensor(spec.c)
+    base = bc.bounds(chain.tensor(lo), chain.tensor(hi), c)
+    k = chain.relus[1]  # the second relu: its input is a linear node
+    rng = np.random.default_rng(4)
+    sign = torch.zeros(len(lo), chain.layers[k].n_out, dtype=torch.int8)
+    doms = []
+    for i in range(len(lo)):
+        j = int(rng.integers(chain.layers[k].n_out))
+        s = 1 if i % 2 else -1
+        sign[i, j] = s
+        doms.append({chain.ids[k]: {j: "active" if s > 0 else "inactive"}})
+    r = bc.bounds(chain.tensor(lo), chain.tensor(hi), c, phases={k: sign})
+    for i in range(len(lo)):
+        res = bt.compute_bounds(chain, lo[i], hi[i], spec.c, "crown", doms[i])
+        assert res.vacuous == bool(r.vacuous[i])
+        if not res.vacuous:
+            assert np.allclose(r.lower[i].numpy(), res.lower, atol=1e-9)
+    assert not bool(base.vacuous.any())
