@@ -5,7 +5,8 @@ outward to a multiple of 2^-20 after a safety margin, alphas are multiples of 2^
 computation uses exactly those rounded bounds (and the kernel's rounded upper lines), so the float
 final bound tracks the kernel's exact one closely.
 
-Chains only: input -> ... -> claim node, single-input nodes with ops in `SUPPORTED_OPS`.
+The claim node's ancestors form a DAG with one input node and ops in `SUPPORTED_OPS` (a chain of
+single-input nodes is the common case); relaxations as in the kernel (docs/crown_certificate.md).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from safetensors.numpy import load_file
 
-SUPPORTED_OPS = ("linear", "conv2d", "relu", "flatten", "reshape", "avgpool2d")
+SUPPORTED_OPS = ("linear", "conv2d", "relu", "flatten", "reshape", "avgpool2d", "batchnorm",
+                 "maxpool2d", "add")
 BOUND_BITS = 20  # intermediate bounds: multiples of 2^-20
 ALPHA_BITS = 16  # lower slopes: multiples of 2^-16
 UPPER_BITS = 32  # the kernel's default upper lines: multiples of 2^-32, rounded up
@@ -98,23 +100,40 @@ def _ceil_to(v: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# The chain as torch layers
+# The graph of the claim node's ancestors as torch layers
+
+
+@dataclass
+class _PoolRelax:
+    """maxpool2d relaxation on the input bounds [l, u] (docs/crown_certificate.md): per output
+    window, `star` is the input cell with the largest lower bound (first in window order on
+    ties); y >= x_star, and y <= x_star where the window is `exact` (l_star >= every other
+    cell's u), else y <= `up_const` = max u over the window (0 where exact)."""
+
+    star: torch.Tensor  # [n_out] long
+    exact: torch.Tensor  # [n_out] float 0/1
+    up_const: torch.Tensor  # [n_out]
 
 
 class _Layer:
-    """One chain node: an affine map (linear, conv2d, avgpool2d, flatten, reshape) or a relu.
-    Tensors are batched: forward maps [B, *in_shape] -> [B, *out_shape]; `bwd` maps coefficient
-    rows [m, *out_shape] -> [m, *in_shape] (the transpose of the linear part)."""
+    """One node: an affine map (linear, conv2d, avgpool2d, batchnorm, flatten, reshape), a relu,
+    a maxpool2d or an add. `src` holds the positions of its inputs (0: the graph input, k: the
+    output of layers[k - 1]). Tensors are batched: forward maps [B, *in_shape] -> [B, *out_shape];
+    `bwd` maps coefficient rows [m, *out_shape] -> [m, *in_shape] (the transpose of the linear
+    part of an affine map)."""
 
-    def __init__(self, node: dict, in_shape: tuple, params: dict, device, dtype):
+    def __init__(self, node: dict, in_shape: tuple, params: dict, device, dtype,
+                 src: list | None = None):
         self.id = node["id"]
         self.op = node["op"]
+        self.src = list(src) if src is not None else []
         self.in_shape = tuple(in_shape)
         self.out_shape = tuple(node["shape"])
         self.n_in = math.prod(self.in_shape)
         self.n_out = math.prod(self.out_shape)
         a = node.get("attrs") or {}
         self.bias = None
+        self.bias_shaped = None  # the bias broadcast against [B, *out_shape]
         self.weight = None
 
         def param(name):
@@ -129,11 +148,13 @@ class _Layer:
             self.weight_abs = self.weight.abs()
             if a.get("bias"):
                 self.bias = param(a["bias"])
+                self.bias_shaped = self.bias
         elif self.op == "conv2d":
             self.weight = param(a["weight"])
             self.weight_abs = self.weight.abs()
             if a.get("bias"):
                 self.bias = param(a["bias"])
+                self.bias_shaped = self.bias.reshape(-1, 1, 1)
             self.stride = tuple(a.get("stride") or (1, 1))
             self.padding = tuple(a.get("padding") or (0, 0))
             self.dilation = tuple(a.get("dilation") or (1, 1))
@@ -159,15 +180,32 @@ class _Layer:
                 ones = torch.ones((1, 1) + self.in_shape[1:], dtype=dtype, device=device)
                 k1 = torch.ones((1, 1) + kernel, dtype=dtype, device=device)
                 self.divisor = F.conv2d(ones, k1, None, self.stride, self.padding)[0]
-        elif self.op not in ("relu", "flatten", "reshape"):
+        elif self.op == "batchnorm":
+            # eval mode: y = k_c (x - mean_c) + beta_c, k_c = gamma_c / sqrt(var_c + eps), channel
+            # c = first dimension: a diagonal affine map
+            eps = float(Fraction(str(a["eps"])))
+            gamma, beta = (np.asarray(params[a[n]], dtype=np.float64) for n in ("weight", "bias"))
+            mean, var = (np.asarray(params[a[n]], dtype=np.float64)
+                         for n in ("running_mean", "running_var"))
+            k = gamma / np.sqrt(var + eps)
+            view = (-1,) + (1,) * (len(self.out_shape) - 1)
+            self.scale = torch.as_tensor(k, dtype=dtype, device=device).reshape(view)
+            self.scale_abs = self.scale.abs()
+            self.bias = torch.as_tensor(beta - k * mean, dtype=dtype, device=device)
+            self.bias_shaped = self.bias.reshape(view)
+        elif self.op == "maxpool2d":
+            attrs = dict(_POOL_DEFAULTS, **{k: v for k, v in a.items() if v is not None})
+            self.kernel = tuple(attrs["kernel"])
+            self.stride = tuple(attrs["stride"] or self.kernel)
+            self.padding = tuple(attrs["padding"])
+            self.dilation = tuple(attrs["dilation"])
+            self.win = self._windows(device, dtype)
+        elif self.op not in ("relu", "flatten", "reshape", "add"):
             raise AssertionError(self.op)
         # A . f(0), per bias: the bias as a full output tensor
         self.bias_full = None
-        if self.bias is not None:
-            if self.op == "linear":
-                self.bias_full = self.bias
-            else:
-                self.bias_full = self.bias.reshape(-1, 1, 1).expand(self.out_shape).reshape(-1)
+        if self.bias_shaped is not None:
+            self.bias_full = self.bias_shaped.expand(self.out_shape).reshape(-1)
 
     def _set_output_padding(self, kernel, dilation):
         op = []
@@ -178,9 +216,25 @@ class _Layer:
             op.append(size - base)
         self.output_padding = tuple(op)
 
+    def _windows(self, device, dtype) -> torch.Tensor:
+        """[n_out, kh * kw]: the flat input cells of each maxpool window, in row-major window
+        order; padding cells are n_in (a cell with bounds -inf)."""
+        c = self.in_shape[0]
+        cells = torch.arange(self.n_in, dtype=torch.float64, device=device)
+        cells = cells.reshape((1,) + self.in_shape)
+        ph, pw = self.padding
+        cells = F.pad(cells, (pw, pw, ph, ph), value=-1.0)
+        cols = F.unfold(cells, self.kernel, dilation=self.dilation, stride=self.stride)
+        k = self.kernel[0] * self.kernel[1]
+        win = cols.reshape(c, k, -1).permute(0, 2, 1).reshape(-1, k)
+        if win.shape[0] != self.n_out:
+            raise ValueError(f"node {self.id!r}: maxpool2d windows give {win.shape[0]} outputs, "
+                             f"the node's shape {list(self.out_shape)} has {self.n_out}")
+        return torch.where(win < 0, self.n_in, win).long()
+
     @property
     def is_affine(self) -> bool:
-        return self.op != "relu"
+        return self.op not in ("relu", "maxpool2d")
 
     def lin(self, x: torch.Tensor, absolute: bool = False) -> torch.Tensor:
         """The linear part (no bias), or with |W| when `absolute` (for interval radii)."""
@@ -189,32 +243,66 @@ class _Layer:
             return x @ (self.weight_abs if absolute else self.weight).T
         if self.op in ("flatten", "reshape"):
             return x.reshape((b,) + self.out_shape)
+        if self.op == "batchnorm":
+            return x * (self.scale_abs if absolute else self.scale)
         w = self.weight_abs if absolute else self.weight
         y = F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
         if self.op == "avgpool2d":
             y = y / self.divisor
         return y
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        """`other`: the second input of an add."""
         if self.op == "relu":
             return torch.relu(x)
+        if self.op == "add":
+            return x + other
+        if self.op == "maxpool2d":
+            return F.max_pool2d(x, self.kernel, self.stride, self.padding, self.dilation)
         y = self.lin(x)
-        if self.bias is not None:
-            y = y + (self.bias if self.op == "linear" else self.bias.reshape(-1, 1, 1))
+        if self.bias_shaped is not None:
+            y = y + self.bias_shaped
         return y
 
-    def ibp(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat bounds [n_in] -> flat bounds [n_out]."""
+    def ibp(self, lo: torch.Tensor, hi: torch.Tensor,
+            other: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat bounds [n_in] -> flat bounds [n_out]; `other`: the second input's, for add."""
         if self.op == "relu":
             return lo.clamp(min=0), hi.clamp(min=0)
         if self.op in ("flatten", "reshape"):
             return lo, hi
+        if self.op == "add":
+            return lo + other[0], hi + other[1]
+        if self.op == "maxpool2d":
+            shape = (1,) + self.in_shape
+            return (self.forward(lo.reshape(shape)).reshape(-1),
+                    self.forward(hi.reshape(shape)).reshape(-1))
         shape = (1,) + self.in_shape
         mid = ((lo + hi) / 2).reshape(shape)
         rad = ((hi - lo) / 2).reshape(shape)
         c = self.forward(mid).reshape(-1)
         r = self.lin(rad, absolute=True).reshape(-1)
         return c - r, c + r
+
+    def pool_relax(self, lo: torch.Tensor, hi: torch.Tensor) -> _PoolRelax:
+        """The maxpool relaxation on input bounds [n_in] (differentiable in `up_const`)."""
+        pad = lo.new_full((1,), -torch.inf)
+        wl = torch.cat([lo, pad])[self.win]
+        wu = torch.cat([hi, pad])[self.win]
+        with torch.no_grad():
+            j = wl.argmax(dim=1, keepdim=True)  # the first largest lower bound
+            star = self.win.gather(1, j)[:, 0]
+            others = wu.scatter(1, j, -torch.inf).amax(dim=1)
+            exact = wl.gather(1, j)[:, 0] >= others
+        up = torch.where(exact, torch.zeros_like(lo[:1]), wu.amax(dim=1))
+        return _PoolRelax(star, exact.to(lo.dtype), up)
+
+    def loose_cells(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """[n_in] bool: the cells of the windows whose relaxation on [lo, hi] is not exact."""
+        r = self.pool_relax(lo, hi)
+        mask = torch.zeros(self.n_in + 1, dtype=torch.bool, device=lo.device)
+        mask[self.win[r.exact == 0].reshape(-1)] = True
+        return mask[:-1]
 
     def bwd(self, a: torch.Tensor) -> torch.Tensor:
         """[m, *out] -> [m, *in]: rows times the linear part."""
@@ -224,6 +312,8 @@ class _Layer:
         if self.op in ("flatten", "reshape"):
             return a.reshape((m,) + self.in_shape)
         a = a.reshape((m,) + self.out_shape)
+        if self.op == "batchnorm":
+            return a * self.scale
         if self.op == "avgpool2d":
             a = a / self.divisor
         return F.conv_transpose2d(a, self.weight, None, self.stride, self.padding,
@@ -237,7 +327,9 @@ class _Layer:
 
 
 class TorchChain:
-    """The chain from a graph's input to `node` (default: its first output) as torch layers."""
+    """The graph of `node`'s ancestors (default: the graph's first output), one input node, as
+    torch layers in the graph file's node order (topological). A chain is the case where every
+    layer reads the one before it. Positions: 0 = the input, k = the output of layers[k - 1]."""
 
     def __init__(self, graph_path: str, node: str | None = None, device=None,
                  dtype=torch.float64):
@@ -251,36 +343,74 @@ class TorchChain:
                                  doc["weights"]["path"])
             params = load_file(wpath)
         by_id = {n["id"]: n for n in doc["nodes"]}
+        order = {n["id"]: i for i, n in enumerate(doc["nodes"])}
         target = node or doc["outputs"][0]
         if target not in by_id:
             raise ValueError(f"no node {target!r} in the graph")
-        chain = []
-        cur = by_id[target]
-        while cur["op"] != "input":
-            if cur["op"] not in SUPPORTED_OPS or len(cur.get("inputs", [])) != 1:
-                raise ValueError(f"op {cur['op']!r} at node {cur['id']!r} is not supported by "
-                                 f"crown (a chain of single-input nodes); supported: "
-                                 f"{list(SUPPORTED_OPS)}")
-            chain.append(cur)
-            cur = by_id[cur["inputs"][0]]
-        chain.reverse()
-        self.input_id = cur["id"]
-        self.input_shape = tuple(cur["shape"])
+        seen, todo = set(), [target]
+        while todo:
+            nid = todo.pop()
+            if nid in seen:
+                continue
+            seen.add(nid)
+            nd = by_id[nid]
+            want = 0 if nd["op"] == "input" else 2 if nd["op"] == "add" else 1
+            if nd["op"] != "input" and nd["op"] not in SUPPORTED_OPS:
+                raise ValueError(f"op {nd['op']!r} at node {nid!r} is not supported by crown; "
+                                 f"supported: {list(SUPPORTED_OPS)}")
+            ins = nd.get("inputs") or []
+            if len(ins) != want:
+                raise ValueError(f"node {nid!r} ({nd['op']}): expected {want} inputs, found "
+                                 f"{len(ins)}")
+            for s in ins:
+                if s not in by_id:
+                    raise ValueError(f"node {nid!r}: no input node {s!r} in the graph")
+                if order[s] >= order[nid]:
+                    raise ValueError(f"node {nid!r}: input {s!r} comes later in the node list "
+                                     f"(nodes must be in topological order)")
+                todo.append(s)
+        nodes = sorted((by_id[i] for i in seen), key=lambda nd: order[nd["id"]])
+        inputs = [nd["id"] for nd in nodes if nd["op"] == "input"]
+        if len(inputs) != 1:
+            raise ValueError(f"crown needs exactly one input node among the ancestors of "
+                             f"{target!r}, found {inputs}")
+        inp = nodes[0]
+        self.input_id = inp["id"]
+        self.input_shape = tuple(inp["shape"])
         self.n_in = math.prod(self.input_shape)
         self.node = target
-        self.layers: list[_Layer] = []
-        shape = self.input_shape
-        for nd in chain:
-            layer = _Layer(nd, shape, params, self.device, dtype)
-            self.layers.append(layer)
-            shape = layer.out_shape
-        self.out_shape = shape
-        self.n_out = math.prod(shape)
-        self.ids = [self.input_id] + [layer.id for layer in self.layers]
-        # position of each node: 0 = input, k = layers[k - 1]
+        self.ids = [nd["id"] for nd in nodes]
         self.pos = {nid: k for k, nid in enumerate(self.ids)}
-        # relu layer index -> node position of its input (the pre-activation)
+        shapes = [tuple(nd["shape"]) for nd in nodes]
+        shapes[0] = self.input_shape
+        self.layers: list[_Layer] = []
+        for nd in nodes[1:]:
+            src = [self.pos[s] for s in nd["inputs"]]
+            if nd["op"] == "add" and shapes[src[0]] != shapes[src[1]]:
+                raise ValueError(f"node {nd['id']!r}: add of shapes {list(shapes[src[0]])} and "
+                                 f"{list(shapes[src[1]])} (broadcasting) is not supported by "
+                                 f"crown")
+            layer = _Layer(nd, shapes[src[0]], params, self.device, dtype, src)
+            self.layers.append(layer)
+        self.out_shape = shapes[-1]
+        self.n_out = math.prod(self.out_shape)
+        self.is_chain = all(layer.src == [k] for k, layer in enumerate(self.layers))
         self.relus = [k for k, layer in enumerate(self.layers) if layer.op == "relu"]
+        # per position: its ancestors' positions; relu layers among them (the relus an
+        # intermediate bound there may name in `alpha`); layers reading it
+        anc: list[set] = [set()]
+        for layer in self.layers:
+            anc.append(set().union(*(anc[s] | {s} for s in layer.src)))
+        self.relu_ancestors = [[k for k in self.relus if k + 1 in a] for a in anc]
+        # CROWN cannot beat IBP at a position reached through one map; flatten, reshape and
+        # batchnorm (diagonal) keep IBP exact and do not count
+        self.single_map = [sum(1 for p in a | {q} if p and self.layers[p - 1].op not in
+                               ("flatten", "reshape", "batchnorm")) <= 1
+                           for q, a in enumerate(anc)]
+        self.readers: list[list[int]] = [[] for _ in self.ids]
+        for k, layer in enumerate(self.layers):
+            for s in set(layer.src):
+                self.readers[s].append(k)
 
     def tensor(self, values) -> torch.Tensor:
         return torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=self.dtype,
@@ -289,15 +419,21 @@ class TorchChain:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, *input shape] (or [B, n_in]) -> [B, *out shape]."""
         x = x.reshape((x.shape[0],) + self.input_shape)
+        if self.is_chain:
+            for layer in self.layers:
+                x = layer.forward(x)
+            return x
+        vals = [x]
         for layer in self.layers:
-            x = layer.forward(x)
-        return x
+            vals.append(layer.forward(*(vals[s] for s in layer.src)))
+        return vals[-1]
 
     def ibp(self, lo: torch.Tensor, hi: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Plain interval bounds of every node (flat), input first."""
+        """Plain interval bounds of every position (flat), input first."""
         out = [(lo.reshape(-1), hi.reshape(-1))]
         for layer in self.layers:
-            out.append(layer.ibp(*out[-1]))
+            other = out[layer.src[1]] if layer.op == "add" else None
+            out.append(layer.ibp(*out[layer.src[0]], other))
         return out
 
 
@@ -462,16 +598,20 @@ class BoundsResult:
 
 def _backward(chain: TorchChain, a: torch.Tensor, end: int, relax: dict, alphas: dict | None,
               lo: torch.Tensor, hi: torch.Tensor, const: torch.Tensor | None = None,
-              record: dict | None = None, start_layer: int | None = None):
-    """Lower bounds of the rows `a` [m, *shape of node `end`] over the domain: walk back through
-    layers end-1 .. 0 (or from start_layer) with the relaxations; `alphas` {relu layer index:
-    [m, n] or [n]} replaces CROWN's default lower slopes. Returns (lower [m], a_input [m, n_in],
+              record: dict | None = None, pools: dict | None = None):
+    """Lower bounds of the rows `a` [m, *shape of position `end`] over the domain: walk back
+    through layers end-1 .. 0 with the relaxations, summing the coefficients of a position read
+    by several layers; `alphas` {relu layer index: [m, n] or [n]} replaces CROWN's default lower
+    slopes, `pools` {maxpool layer index: _PoolRelax}. Returns (lower [m], a_input [m, n_in],
     scale [m]) where scale bounds the magnitude of the terms (for margins)."""
     m = a.shape[0]
     if const is None:
         const = torch.zeros(m, dtype=a.dtype, device=a.device)
-    top = end - 1 if start_layer is None else start_layer
-    for k in range(top, -1, -1):
+    acc = {end: a}
+    for k in range(end - 1, -1, -1):
+        a = acc.pop(k + 1, None)
+        if a is None:  # not an ancestor of `end`
+            continue
         layer = chain.layers[k]
         if layer.op == "relu":
             r = relax[k]
@@ -485,24 +625,41 @@ def _backward(chain: TorchChain, a: torch.Tensor, end: int, relax: dict, alphas:
                 record[k] = (gap * r.unstable).detach()
             const = const + aneg @ r.up_int
             a = (apos * low + aneg * r.up_slope).reshape((m,) + layer.in_shape)
+        elif layer.op == "maxpool2d":
+            # lam >= 0: y >= x_star; lam < 0: y <= x_star (exact window) or <= max u
+            r = pools[k]
+            af = a.reshape(m, -1)
+            aneg = af.clamp(max=0)
+            const = const + aneg @ r.up_const
+            to_star = af - aneg * (1 - r.exact)
+            a = torch.zeros((m, layer.n_in), dtype=af.dtype, device=af.device) \
+                .scatter_add(1, r.star.expand(m, -1), to_star).reshape((m,) + layer.in_shape)
+        elif layer.op == "add":
+            _accumulate(acc, layer.src[1], a)
         else:
             bd = layer.bias_dot(a)
             if bd is not None:
                 const = const + bd
             a = layer.bwd(a)
-    af = a.reshape(m, -1)
+        _accumulate(acc, layer.src[0], a)
+    af = acc[0].reshape(m, -1)
     mid, rad = (lo + hi) / 2, (hi - lo) / 2
     lower = af @ mid - af.abs() @ rad + const
     scale = af.abs() @ (mid.abs() + rad) + const.abs()
     return lower, af, scale
 
 
+def _accumulate(acc: dict, pos: int, a: torch.Tensor) -> None:
+    acc[pos] = acc[pos] + a.reshape(acc[pos].shape) if pos in acc else a
+
+
 def _pointless(chain: TorchChain, pos: int) -> bool:
-    """CROWN cannot beat IBP at node `pos`: a relu output, or one affine map from the input."""
+    """CROWN cannot beat IBP at node `pos`: a relu output, or one affine map from the input
+    (besides diagonal ones). At a maxpool output it can, through an exact window's cell whose
+    bounds are IBP's."""
     if pos == 0 or chain.layers[pos - 1].op == "relu":
         return True
-    maps = [ly for ly in chain.layers[:pos] if ly.op not in ("flatten", "reshape")]
-    return len(maps) <= 1
+    return chain.single_map[pos]
 
 
 def _phase_masks(chain: TorchChain, phases: dict | None) -> dict:
@@ -510,7 +667,8 @@ def _phase_masks(chain: TorchChain, phases: dict | None) -> dict:
     out = {}
     for nid, signs in (phases or {}).items():
         if nid not in chain.pos:
-            raise ValueError(f"phase constraint on {nid!r}, which is not on the chain")
+            raise ValueError(f"phase constraint on {nid!r}, which is not an ancestor of the "
+                             f"claim node")
         pos = chain.pos[nid]
         n = math.prod(chain.layers[pos - 1].out_shape) if pos else chain.n_in
         act = torch.zeros(n, dtype=torch.bool, device=chain.device)
@@ -532,7 +690,7 @@ def _apply_phase(lo, hi, masks):
 
 
 def _intermediate_rows(chain: TorchChain, pos: int, idx: torch.Tensor, relax: dict,
-                       alphas: dict | None, lo, hi):
+                       alphas: dict | None, lo, hi, pools: dict | None = None):
     """CROWN lower bounds of rows e_j then -e_j (j in idx) of node `pos`: (lower [2n], scale)."""
     layer = chain.layers[pos - 1]
     n = len(idx)
@@ -542,8 +700,8 @@ def _intermediate_rows(chain: TorchChain, pos: int, idx: torch.Tensor, relax: di
         const = None
         if layer.bias is not None:
             const = torch.cat([layer.bias[idx], -layer.bias[idx]])
-        lower, _, scale = _backward(chain, a, pos, relax, alphas, lo, hi, const=const,
-                                    start_layer=pos - 2)
+        lower, _, scale = _backward(chain, a, layer.src[0], relax, alphas, lo, hi, const=const,
+                                    pools=pools)
         return lower, scale
     size = math.prod(layer.out_shape)
     a = torch.zeros(2 * n, size, dtype=lo.dtype, device=lo.device)
@@ -551,7 +709,7 @@ def _intermediate_rows(chain: TorchChain, pos: int, idx: torch.Tensor, relax: di
     a[ar, idx] = 1
     a[ar + n, idx] = -1
     lower, _, scale = _backward(chain, a.reshape((2 * n,) + layer.out_shape), pos, relax, alphas,
-                                lo, hi)
+                                lo, hi, pools=pools)
     return lower, scale
 
 
@@ -560,25 +718,35 @@ class _Pass:
     relax: dict  # relu layer index -> _Relax
     inter: list  # (pos, idx, lb_lo, lb_hi, alphas {k: [2n, n_k]} or None)
     vacuous: bool
+    pools: dict = field(default_factory=dict)  # maxpool layer index -> _PoolRelax
 
 
 def _bounds_pass(chain: TorchChain, lo, hi, masks: dict, tables: dict | None = None,
                  sets: dict | None = None, diff: bool = False) -> _Pass:
-    """Forward over the chain: IBP, and CROWN bounds of the unstable neurons of every relu input
-    (rounded outward unless `diff`), intersected, with the phase constraints. `tables` {pos:
-    {k: [2|S|, n_k]}} gives per-row lower slopes for the neurons S = sets[pos] (rows e_j then
-    -e_j); `diff` (differentiable, for optimisation) uses exactly the neurons S."""
+    """Forward over the graph: IBP, and CROWN bounds of the unstable neurons of every relu input
+    and of the cells of every maxpool input in windows whose relaxation is not exact (those only
+    where tighter than IBP), rounded outward unless `diff`, intersected, with the phase
+    constraints. `tables` {pos: {k: [2|S|, n_k]}} gives per-row lower slopes for the neurons
+    S = sets[pos] (rows e_j then -e_j); `diff` (differentiable, for optimisation) uses exactly
+    the neurons S."""
     relax: dict = {}
+    pools: dict = {}
     inter: list = []
-    cur_lo, cur_hi = lo, hi
-    n_layers = len(chain.layers)
+    bounds = [(lo, hi)]  # per position: its bounds (certified where CROWN bounds were sent)
     idx_none = torch.zeros(0, dtype=torch.long, device=lo.device)
-    for pos in range(1, n_layers + 1):
-        layer = chain.layers[pos - 1]
+    for pos, layer in enumerate(chain.layers, start=1):
+        ins = bounds[layer.src[0]]
         if layer.op == "relu":
-            relax[pos - 1] = _relax(cur_lo, cur_hi, exact=not diff)
-        cur_lo, cur_hi = layer.ibp(cur_lo, cur_hi)
-        if pos == n_layers or chain.layers[pos].op != "relu":
+            relax[pos - 1] = _relax(*ins, exact=not diff)
+        elif layer.op == "maxpool2d":
+            pools[pos - 1] = layer.pool_relax(*ins)
+        cur_lo, cur_hi = layer.ibp(*ins, bounds[layer.src[1]] if layer.op == "add" else None)
+        readers = [chain.layers[k] for k in chain.readers[pos]]
+        relu_in = any(r.op == "relu" for r in readers)
+        pool_in = [r for r in readers if r.op == "maxpool2d"]
+        at_pool = layer.op == "maxpool2d"
+        if not relu_in and not pool_in:
+            bounds.append((cur_lo, cur_hi))
             continue
         # CROWN on the neurons unstable before the phases (a phase that contradicts a CROWN
         # bound empties the domain), then the phases, as the kernel does
@@ -586,31 +754,48 @@ def _bounds_pass(chain: TorchChain, lo, hi, masks: dict, tables: dict | None = N
             if diff:
                 idx = sets.get(pos, idx_none)
             else:
-                idx = torch.nonzero((cur_lo < 0) & (cur_hi > 0)).reshape(-1)
+                uns = (cur_lo < 0) & (cur_hi > 0) if relu_in else \
+                    torch.zeros_like(cur_lo, dtype=torch.bool)
+                want = uns
+                for r in pool_in:
+                    want = want | r.loose_cells(cur_lo, cur_hi)
+                idx = torch.nonzero(want).reshape(-1)
             if len(idx):
                 al = _table_rows(tables, sets, pos, idx, relax) if tables else None
-                lower, scale = _intermediate_rows(chain, pos, idx, relax, al, lo, hi)
+                lower, scale = _intermediate_rows(chain, pos, idx, relax, al, lo, hi, pools)
                 n = len(idx)
                 if diff:
                     lb_lo, lb_hi = lower[:n], -lower[n:]
                 else:
                     lb_lo, lb_hi = round_down(lower[:n], scale[:n]), round_up(-lower[n:], scale[n:])
-                inter.append((pos, idx, lb_lo, lb_hi, al))
-                cur_lo = cur_lo.index_put((idx,), torch.maximum(cur_lo[idx], lb_lo))
-                cur_hi = cur_hi.index_put((idx,), torch.minimum(cur_hi[idx], lb_hi))
+                    if pool_in or at_pool:  # only neurons CROWN tightens, besides the
+                        # unstable relu inputs (always sent, as for chains)
+                        keep = (lb_lo > cur_lo[idx]) | (lb_hi < cur_hi[idx])
+                        if not at_pool:
+                            keep = keep | uns[idx]
+                        if not bool(keep.all()):
+                            idx, lb_lo, lb_hi = idx[keep], lb_lo[keep], lb_hi[keep]
+                            if al is not None:
+                                both = torch.cat([keep, keep])
+                                al = {k: t[both] for k, t in al.items()}
+                if len(idx):
+                    inter.append((pos, idx, lb_lo, lb_hi, al))
+                    cur_lo = cur_lo.index_put((idx,), torch.maximum(cur_lo[idx], lb_lo))
+                    cur_hi = cur_hi.index_put((idx,), torch.minimum(cur_hi[idx], lb_hi))
         if pos in masks:
             cur_lo, cur_hi = _apply_phase(cur_lo, cur_hi, masks[pos])
         if diff:
-            cur_hi = torch.maximum(cur_hi, cur_lo)
+            bounds.append((cur_lo, torch.maximum(cur_hi, cur_lo)))
             continue
         gap = cur_lo - cur_hi
         if (gap > 0).any():
             tiny = gap <= 1e-9 * (1 + cur_lo.abs())
             if bool(((gap > 0) & ~tiny).any()):
-                return _Pass(relax, inter, True)
+                return _Pass(relax, inter, True, pools)
             cur_lo = torch.where(gap > 0, (cur_lo + cur_hi) / 2, cur_lo)
             cur_hi = torch.maximum(cur_hi, cur_lo)
-    return _Pass(relax, inter, False)
+        bounds.append((cur_lo, cur_hi))
+    return _Pass(relax, inter, False, pools)
 
 
 def _table_rows(tables, sets, pos, idx, relax) -> dict | None:
@@ -639,12 +824,11 @@ def _entries(chain: TorchChain, p: _Pass, per_row: bool) -> list:
         entry = {"node": chain.ids[pos], "indices": idx.tolist(),
                  "lo": encode_dyadic(lb_lo, BOUND_BITS), "hi": encode_dyadic(lb_hi, BOUND_BITS)}
         alpha = {}
-        for k, r in p.relax.items():
-            if k < pos:
-                if per_row and al is not None and k in al:
-                    alpha[chain.layers[k].id] = [encode_dyadic(row, ALPHA_BITS) for row in al[k]]
-                else:
-                    alpha[chain.layers[k].id] = encode_dyadic(r.default_alpha, 0)
+        for k in chain.relu_ancestors[pos]:
+            if per_row and al is not None and k in al:
+                alpha[chain.layers[k].id] = [encode_dyadic(row, ALPHA_BITS) for row in al[k]]
+            else:
+                alpha[chain.layers[k].id] = encode_dyadic(p.relax[k].default_alpha, 0)
         if alpha:
             entry["alpha"] = alpha
         out.append(entry)
@@ -675,11 +859,12 @@ def compute_bounds(chain: TorchChain, lo, hi, spec_c, method: str = "crown",
             return BoundsResult(np.full(m, np.inf), True, _entries(chain, base, False), {},
                                 base.relax, method=method)
         a0 = c.reshape((m,) + chain.out_shape)
-        lower, a_in, _ = _backward(chain, a0, len(chain.layers), base.relax, None, lo, hi)
+        lower, a_in, _ = _backward(chain, a0, len(chain.layers), base.relax, None, lo, hi,
+                                   pools=base.pools)
     chosen, alpha_rows, stage = base, {}, "crown"
     if method == "alpha" and base.relax:
-        lower_a, rows_a, a_in_a = _optimise(chain, a0, base.relax, lo, hi, lower, iterations,
-                                            lr, stop, alpha_init)
+        lower_a, rows_a, a_in_a = _optimise(chain, a0, base.relax, base.pools, lo, hi, lower,
+                                            iterations, lr, stop, alpha_init)
         lower, alpha_rows, a_in, stage = lower_a, rows_a, a_in_a, "alpha"
         done = stop is not None and stop(lower.cpu().numpy())
         if optimize_intermediate and base.inter and not done:
@@ -698,7 +883,7 @@ def compute_bounds(chain: TorchChain, lo, hi, spec_c, method: str = "crown",
     if want_scores:
         with torch.no_grad():
             _backward(chain, a0, len(chain.layers), chosen.relax, alpha_rows or None, lo, hi,
-                      record=scores)
+                      record=scores, pools=chosen.pools)
     alpha_out = {chain.layers[k].id: encode_dyadic(r.default_alpha, 0)
                  for k, r in chosen.relax.items()}
     for k, al in alpha_rows.items():
@@ -713,7 +898,7 @@ def _round_alpha(v: torch.Tensor) -> torch.Tensor:
     return (torch.round(v * scale) / scale).clamp(0, 1)
 
 
-def _optimise(chain, a0, relax, lo, hi, lower0, iterations, lr, stop, alpha_init):
+def _optimise(chain, a0, relax, pools, lo, hi, lower0, iterations, lr, stop, alpha_init):
     """alpha-CROWN on the final rows: per-row lower slopes by projected Adam, best kept per row,
     rounded to multiples of 2^-16; rows where rounding lost against CROWN fall back to CROWN."""
     m = a0.shape[0]
@@ -728,7 +913,7 @@ def _optimise(chain, a0, relax, lo, hi, lower0, iterations, lr, stop, alpha_init
     best_alpha = {k: r.default_alpha.expand(m, -1).clone() for k, r in relax.items()}
     opt = torch.optim.Adam(list(params.values()), lr=lr)
     for _ in range(iterations):
-        lower, _, _ = _backward(chain, a0, n_layers, relax, params, lo, hi)
+        lower, _, _ = _backward(chain, a0, n_layers, relax, params, lo, hi, pools=pools)
         with torch.no_grad():
             better = lower > best
             if better.any():
@@ -745,13 +930,13 @@ def _optimise(chain, a0, relax, lo, hi, lower0, iterations, lr, stop, alpha_init
                 p.clamp_(0, 1)
     with torch.no_grad():
         rounded = {k: _round_alpha(v) for k, v in best_alpha.items()}
-        lower_r, a_in, _ = _backward(chain, a0, n_layers, relax, rounded, lo, hi)
+        lower_r, a_in, _ = _backward(chain, a0, n_layers, relax, rounded, lo, hi, pools=pools)
         worse = lower_r < lower0
         if worse.any():
             for k, r in relax.items():
                 rounded[k] = torch.where(worse[:, None], r.default_alpha.expand(m, -1),
                                          rounded[k])
-            lower_r, a_in, _ = _backward(chain, a0, n_layers, relax, rounded, lo, hi)
+            lower_r, a_in, _ = _backward(chain, a0, n_layers, relax, rounded, lo, hi, pools=pools)
     return lower_r, rounded, a_in
 
 
@@ -764,7 +949,7 @@ def _optimise_joint(chain, a0, base: _Pass, masks, lo, hi, iterations, lr, stop,
     n_layers = len(chain.layers)
     tables, best_inter = {}, {}
     for pos, idx, *_ in base.inter:
-        ks = [k for k in base.relax if k < pos]
+        ks = chain.relu_ancestors[pos]
         if ks:
             tables[pos] = {k: base.relax[k].default_alpha.expand(2 * len(idx), -1).clone()
                            .requires_grad_(True) for k in ks}
@@ -781,7 +966,7 @@ def _optimise_joint(chain, a0, base: _Pass, masks, lo, hi, iterations, lr, stop,
     best_final = {k: v.detach().clone() for k, v in final.items()}
     for _ in range(max(1, (2 * iterations) // 3)):
         p = _bounds_pass(chain, lo, hi, masks, tables, sets, diff=True)
-        lower, _, _ = _backward(chain, a0, n_layers, p.relax, final, lo, hi)
+        lower, _, _ = _backward(chain, a0, n_layers, p.relax, final, lo, hi, pools=p.pools)
         with torch.no_grad():
             for pos, _, lb_lo, lb_hi, _ in p.inter:
                 if pos not in best_inter:
@@ -812,8 +997,8 @@ def _optimise_joint(chain, a0, base: _Pass, masks, lo, hi, iterations, lr, stop,
         p = _bounds_pass(chain, lo, hi, masks, rounded, sets)
         if p.vacuous:  # the tighter bounds show the domain is empty
             return p, None, None, None
-        lower0, _, _ = _backward(chain, a0, n_layers, p.relax, None, lo, hi)
-    lower_b, rows_b, a_in_b = _optimise(chain, a0, p.relax, lo, hi, lower0,
+        lower0, _, _ = _backward(chain, a0, n_layers, p.relax, None, lo, hi, pools=p.pools)
+    lower_b, rows_b, a_in_b = _optimise(chain, a0, p.relax, p.pools, lo, hi, lower0,
                                         max(3, iterations // 6), lr, stop, best_final)
     return p, lower_b, rows_b, a_in_b
 
