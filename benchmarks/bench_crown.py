@@ -6,10 +6,7 @@ Without --onnx the MLP has random float32 weights (He-like, fixed seed).
 Writes benchmarks/results/crown.json (numbers, the command and the machine)."""
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,6 +21,7 @@ import flint  # noqa: E402
 import torch  # noqa: E402
 
 import kernel_checker  # noqa: E402
+from benchmarks._common import BASIC_FIELDS, machine_info, utc_now, write_result  # noqa: E402
 from oracles.bounds_torch import crown_certificate, ibp_bounds, load_chain  # noqa: E402
 from stdlib.robustness import margin  # noqa: E402
 from tl_dsl import proof  # noqa: E402
@@ -116,13 +114,10 @@ def main() -> int:
     result = {"source": source, "eps": args.eps, "rows": rows, "float_ibp_s": t_ibp,
               "targets": {"kernel_s_max": 0.1, "ratio_moonshot": 2},
               "command": " ".join(["python benchmarks/bench_crown.py"] + sys.argv[1:]),
-              "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                          "cpus": os.cpu_count(), "python": platform.python_version(),
-                          "python_flint": flint.__version__, "torch": torch.__version__},
-              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+              "machine": machine_info(BASIC_FIELDS, python_flint=flint.__version__,
+                                      torch=torch.__version__),
+              "date": utc_now()}
+    write_result(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

@@ -5,10 +5,8 @@ Run: python benchmarks/bench_digits_demo.py [--images 100]
 Writes benchmarks/results/digits_demo.json with the machine it ran on."""
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 
@@ -18,6 +16,7 @@ sys.path.insert(0, ROOT)
 import flint  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks._common import BASIC_FIELDS, machine_info, utc_now, write_result  # noqa: E402
 from tl_dsl.demo import run_demo  # noqa: E402
 
 
@@ -33,12 +32,10 @@ def main() -> int:
         summary = json.load(f)
     summary.update(
         exit_code=rc, command=" ".join(["python benchmarks/bench_digits_demo.py"] + sys.argv[1:]),
-        machine={"platform": platform.platform(), "processor": platform.processor(),
-                 "cpus": os.cpu_count(), "python": platform.python_version(),
-                 "python_flint": flint.__version__, "torch": torch.__version__},
-        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
-    with open(args.out, "w") as f:
-        json.dump(summary, f, indent=1)
+        machine=machine_info(BASIC_FIELDS, python_flint=flint.__version__,
+                             torch=torch.__version__),
+        date=utc_now())
+    write_result(args.out, summary)
     print(f"wrote {args.out}")
     return rc
 

@@ -19,9 +19,7 @@ the command. Run from the repository root: python benchmarks/bench_enclosure.py 
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -35,6 +33,7 @@ if str(ROOT) not in sys.path:
 import flint  # noqa: E402
 from flint import fmpq  # noqa: E402
 
+from benchmarks._common import machine_info, write_result  # noqa: E402
 from kernel_checker.enclosure import FUNCS, check_ball_encloses, check_oracle  # noqa: E402
 from kernel_checker.exact import decode_ball  # noqa: E402
 from kernel_checker.theorem import Level  # noqa: E402
@@ -69,21 +68,6 @@ def rate(fn, items, repeats: int) -> tuple[float, list[float]]:
         times.append(time.perf_counter() - t)
     best = statistics.median(times)
     return len(items) / best, times
-
-
-def machine() -> dict:
-    model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "processor": platform.processor() or model or "",
-            "cpu_model": model, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "python_flint": flint.__version__}
 
 
 def main(argv=None) -> int:
@@ -132,7 +116,8 @@ def main(argv=None) -> int:
         "benchmark": "enclosure",
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine(),
+        "machine": machine_info(("platform", "processor", "cpu_model", "cpu_count", "python"),
+                                python_flint=flint.__version__),
         "timing": "time.perf_counter, median of passes over the workload, warm-up excluded",
         "workload": {"enclosures_per_pass": args.n, "passes": args.repeats,
                      "oracle_functions": list(UNARY), "kernel_functions": list(FUNCS),
@@ -153,7 +138,7 @@ def main(argv=None) -> int:
                  "kernel>=1000/s": kernel_rate >= TARGET_KERNEL},
     }
     result["all_pass"] = all(result["pass"].values())
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out, result)
     rows = [("measure", "per second", "target"),
             ("oracle in-process (128 bits, full protocol)", f"{oracle_rate:,.0f}",
              f">= {TARGET_ORACLE:,}"),

@@ -22,11 +22,9 @@ Run from the repository root: python benchmarks/bench_import.py [--repeats 5] [-
 """
 
 import argparse
-import datetime
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,6 +40,7 @@ if str(ROOT) not in sys.path:
 import flint  # noqa: E402
 
 import kernel_checker  # noqa: E402
+from benchmarks._common import machine_info, utc_now, write_result  # noqa: E402
 from kernel_checker.contracts import check_state_dict  # noqa: E402
 from kernel_checker.semantics import _weight_matrix  # noqa: E402
 from oracles import state_dict as sd  # noqa: E402
@@ -135,20 +134,12 @@ def bench_state_dict(repeats: int, tmp: str) -> dict:
 
 
 def machine() -> dict:
-    model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f
-                          if ln.startswith("model name")), None)
-    except OSError:
-        pass
     import onnx
     import torch
 
-    return {"platform": platform.platform(), "cpu_model": model, "cpu_count": os.cpu_count(),
-            "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else None, "python": platform.python_version(), "python_flint": flint.__version__,
-            "numpy": np.__version__, "torch": torch.__version__, "onnx": onnx.__version__}
+    return machine_info(("platform", "cpu_model", "cpu_count", "cpus_available", "python"),
+                        python_flint=flint.__version__, numpy=np.__version__,
+                        torch=torch.__version__, onnx=onnx.__version__)
 
 
 def main(argv=None) -> int:
@@ -176,11 +167,9 @@ def main(argv=None) -> int:
     result = {"benchmark": "import", "onnx": onnx_res, "state_dict": sd_res,
               "repeats": args.repeats, "timing": "time.perf_counter, median, warm-up excluded",
               "machine": machine(),
-              "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "date_utc": utc_now(),
               "command": "python benchmarks/bench_import.py " + " ".join(argv or sys.argv[1:])}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_result(args.out, result)
     print(f"results: {args.out}")
     ok = onnx_res["meets_target"] and sd_res["meets_target"]
     return 0 if ok or not args.strict else 1

@@ -22,11 +22,7 @@ Run from the repository root: python benchmarks/bench_interval_replay.py
 """
 
 import argparse
-import datetime
 import gc
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -43,6 +39,7 @@ if str(ROOT) not in sys.path:
 import flint  # noqa: E402
 
 import kernel_checker  # noqa: E402
+from benchmarks._common import machine_info, utc_now, write_result  # noqa: E402
 from kernel_checker.errors import KernelError  # noqa: E402
 from kernel_checker.rules import box_interval  # noqa: E402
 from kernel_checker.semantics import _weight_matrix, evaluate  # noqa: E402
@@ -156,30 +153,6 @@ def fraction_replay(layers, center: np.ndarray, eps: Fraction) -> tuple[list, li
             new_hi = [v if v > 0 else zero for v in new_hi]
         lo, hi = new_lo, new_hi
     return lo, hi
-
-
-def machine() -> dict:
-    processor = platform.processor()
-    model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "processor": processor or model or "",
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else None,
-        "python": platform.python_version(),
-        "python_flint": flint.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def print_table(rows: list[tuple[str, str, str, str]], title: str) -> None:
@@ -340,13 +313,14 @@ def main(argv=None) -> int:
                     "fraction_over_exact": TARGET_FRACTION_RATIO},
         "pass": targets,
         "all_pass": all(targets.values()),
-        "machine": machine(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(("platform", "processor", "cpu_model", "cpu_count",
+                                 "cpus_available", "python"),
+                                python_flint=flint.__version__, numpy=np.__version__),
+        "date": utc_now(),
         "command": COMMAND,
         "wall_s": time.perf_counter() - t_start,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out, result)
     print(f"wrote {args.out} ({result['wall_s']:.1f} s total)")
     return 1 if args.strict and not result["all_pass"] else 0
 

@@ -70,13 +70,8 @@ def row_min(row: tuple, y: Interval) -> fmpq:
 
 
 def row_max(row: tuple, y: Interval) -> fmpq:
-    acc = 0
-    for c, lo, hi in zip(row, y.lo, y.hi):
-        if c > 0:
-            acc += c * hi
-        elif c < 0:
-            acc += c * lo
-    return fmpq(acc) / y.den
+    """max of row . v over the box y (exact): max(row . v) = -min((-row) . v)."""
+    return -row_min(tuple(-c for c in row), y)
 
 
 def check_output_box(claim: Claim, y: Interval, rule: str) -> None:

@@ -41,6 +41,7 @@ from kernel_checker.exact import (
     MAX_INTEGER_DIGITS,
     decode_rational,
     encode_rational,
+    load_json,
 )
 
 UNARY = ("exp", "log", "sqrt", "tanh", "sigmoid", "sin", "cos", "atan", "erf")
@@ -321,6 +322,16 @@ def run_request(request: Any, allow_float: bool = False) -> dict:
         return {"status": "error", **head, "reason": err.reason}
     except (RecursionError, ValueError, TypeError, ZeroDivisionError) as err:
         return {"status": "error", **head, "reason": f"{type(err).__name__}: {err}"}
+
+
+def run_request_text(text: str) -> tuple[Any, dict]:
+    """Answer one request given as JSON text (what both command-line forms read on stdin):
+    (the request, or None when the text is not JSON; the answer or error document)."""
+    try:
+        request = load_json(text, "arb-oracle", "<stdin>")
+    except KernelError as err:
+        return None, {"status": "error", "reason": f"the request is not JSON: {err.message}"}
+    return request, run_request(request)
 
 
 def unary(func: str, lo: Any, hi: Any = None, prec_bits: int = 128, **extra) -> dict:

@@ -5,19 +5,11 @@ goes to stderr, so the subprocess layer's error carries it)."""
 import json
 import sys
 
-from kernel_checker.errors import KernelError
-from kernel_checker.exact import load_json
-from oracles.arb import run_request
+from oracles.arb import run_request_text
 
 
 def main(stdin_text: str | None = None) -> int:
-    text = sys.stdin.read() if stdin_text is None else stdin_text
-    try:
-        request = load_json(text, "arb-oracle", "<stdin>")
-    except KernelError as err:
-        response = {"status": "error", "reason": f"the request is not JSON: {err.message}"}
-    else:
-        response = run_request(request)
+    _, response = run_request_text(sys.stdin.read() if stdin_text is None else stdin_text)
     print(json.dumps(response))
     if response["status"] != "ok":
         print(f"arb oracle: {response['reason']}", file=sys.stderr)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from safetensors.numpy import load_file
 
-from oracles.bounds_torch import pick_device, spec_of, to_float
+from oracles.bounds_torch import Spec, pick_device, spec_of, to_float
 
 
 class TorchGraph:
@@ -139,6 +140,35 @@ def _slack(y: torch.Tensor, c: torch.Tensor, thr: torch.Tensor, spec, target: to
     return per_poly.gather(1, target[:, None])[:, 0]
 
 
+@dataclass
+class _Attack:
+    """What both attacks share: the float graph, the claim's spec as rows `c` and thresholds
+    `thr`, and the box being searched as flat tensors."""
+
+    net: TorchGraph
+    node: str
+    spec: Spec
+    lo: torch.Tensor
+    hi: torch.Tensor
+    c: torch.Tensor
+    thr: torch.Tensor
+
+    @classmethod
+    def of(cls, graph_path: str, claim, box: tuple | None, device, dtype) -> _Attack:
+        """The attack on `claim` over its input box, or over `box` = (lo, hi) floats."""
+        net = load_torch_graph(graph_path, device, dtype)
+        out_shape = next(n["shape"] for n in net.nodes if n["id"] == claim.node)
+        spec = spec_of(claim, int(np.prod(out_shape)))
+        if box is None:
+            b = claim.input_set.as_box()
+            box = ([to_float(v) for v in b.lo], [to_float(v) for v in b.hi])
+        lo, hi = (net._t(np.asarray(v, dtype=np.float64).reshape(-1)) for v in box)
+        return cls(net, claim.node, spec, lo, hi, net._t(spec.c), net._t(spec.thr))
+
+    def slack(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        return _slack(self.net.forward(x, self.node), self.c, self.thr, self.spec, target)
+
+
 def pgd_attack(graph_path: str, claim, steps: int = 50, restarts: int = 5, seed: int = 0,
                box: tuple | None = None, device=None, dtype=torch.float64,
                return_slack: bool = False, starts: int = 1):
@@ -148,18 +178,8 @@ def pgd_attack(graph_path: str, claim, steps: int = 50, restarts: int = 5, seed:
     gradient steps, projected to the claim's input box (or `box` = (lo, hi) floats); the first
     restart starts at the box centre, the others uniformly at random. `starts`: points per
     restart, run together as one batch (the first restart's others also at random)."""
-    net = load_torch_graph(graph_path, device, dtype)
-    out_node = claim.node
-    out_shape = next(n["shape"] for n in net.nodes if n["id"] == out_node)
-    spec = spec_of(claim, int(np.prod(out_shape)))
-    if box is None:
-        b = claim.input_set.as_box()
-        lo_np = np.array([to_float(v) for v in b.lo])
-        hi_np = np.array([to_float(v) for v in b.hi])
-    else:
-        lo_np, hi_np = (np.asarray(v, dtype=np.float64).reshape(-1) for v in box)
-    lo, hi = net._t(lo_np), net._t(hi_np)
-    c, thr = net._t(spec.c), net._t(spec.thr)
+    attack = _Attack.of(graph_path, claim, box, device, dtype)
+    spec, lo, hi = attack.spec, attack.lo, attack.hi
     n_poly = len(spec.groups) if spec.kind == "unsat" else 1
     gen = torch.Generator(device="cpu").manual_seed(seed)
     width = hi - lo
@@ -178,7 +198,7 @@ def pgd_attack(graph_path: str, claim, steps: int = 50, restarts: int = 5, seed:
                   if spec.kind == "unsat" else None)
         for t in range(steps + 1):
             x.requires_grad_(True)
-            s = _slack(net.forward(x, out_node), c, thr, spec, target)
+            s = attack.slack(x, target)
             with torch.no_grad():
                 i = int(torch.argmax(s))
                 if float(s[i]) > best_s:
@@ -192,7 +212,7 @@ def pgd_attack(graph_path: str, claim, steps: int = 50, restarts: int = 5, seed:
         if best_x is not None and spec.is_violation(np.array([best_s]))[0]:
             break
     found = best_x is not None and bool(spec.is_violation(np.array([best_s]))[0])
-    point = best_x.cpu().numpy().reshape(net.input_shape) if found else None
+    point = best_x.cpu().numpy().reshape(attack.net.input_shape) if found else None
     return (point, best_s) if return_slack else point
 
 
@@ -203,36 +223,29 @@ def sample_attack(graph_path: str, claim, box: tuple | None = None, samples: int
     claim's, or `box` = (lo, hi) floats), then signed-gradient ascent from the `keep` best
     (step `step_frac` of the width, shrinking), projected to the box. Finds the narrow violation
     regions of few-input nets that ascent from a handful of starts misses."""
-    net = load_torch_graph(graph_path, device, dtype)
-    out_node = claim.node
-    out_shape = next(n["shape"] for n in net.nodes if n["id"] == out_node)
-    spec = spec_of(claim, int(np.prod(out_shape)))
-    if box is None:
-        b = claim.input_set.as_box()
-        box = ([to_float(v) for v in b.lo], [to_float(v) for v in b.hi])
-    lo, hi = (net._t(np.asarray(v, dtype=np.float64).reshape(-1)) for v in box)
-    c, thr = net._t(spec.c), net._t(spec.thr)
+    attack = _Attack.of(graph_path, claim, box, device, dtype)
+    spec, lo, hi, shape = attack.spec, attack.lo, attack.hi, attack.net.input_shape
     gen = torch.Generator(device="cpu").manual_seed(seed)
     width = hi - lo
     u = torch.rand((samples, lo.numel()), generator=gen, dtype=dtype).to(lo.device)
     x = torch.cat([((lo + hi) / 2)[None], lo + u * width])
     with torch.no_grad():
-        s = _slack(net.forward(x, out_node), c, thr, spec, None)
+        s = attack.slack(x)
     hit = spec.is_violation(s.cpu().numpy())
     if hit.any():
-        return x[int(np.argmax(hit))].cpu().numpy().reshape(net.input_shape)
+        return x[int(np.argmax(hit))].cpu().numpy().reshape(shape)
     x = x[s.topk(min(keep, len(s))).indices].clone()
     for t in range(steps):
         x.requires_grad_(True)
-        s = _slack(net.forward(x, out_node), c, thr, spec, None)
+        s = attack.slack(x)
         hit = spec.is_violation(s.detach().cpu().numpy())
         if hit.any():
-            return x[int(np.argmax(hit))].detach().cpu().numpy().reshape(net.input_shape)
+            return x[int(np.argmax(hit))].detach().cpu().numpy().reshape(shape)
         (grad,) = torch.autograd.grad(s.sum(), x)
         with torch.no_grad():
             x = x + width * step_frac * (1 - t / steps) * grad.sign()
             x = torch.maximum(torch.minimum(x, hi), lo)
     with torch.no_grad():
-        s = _slack(net.forward(x, out_node), c, thr, spec, None)
+        s = attack.slack(x)
     hit = spec.is_violation(s.cpu().numpy())
-    return x[int(np.argmax(hit))].cpu().numpy().reshape(net.input_shape) if hit.any() else None
+    return x[int(np.argmax(hit))].cpu().numpy().reshape(shape) if hit.any() else None

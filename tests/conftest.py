@@ -10,11 +10,12 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 import pytest
+import rule_helpers
 from flint import fmpq
+from rule_helpers import fr, q, randn
 from safetensors.numpy import save as save_safetensors
 
 from kernel_checker.graph import Graph, load_graph, parse_graph
@@ -42,18 +43,6 @@ class Built:
         return os.path.join(self.folder, "weights.safetensors")
 
 
-def to_fmpq(value) -> fmpq:
-    """A Fraction / int / fmpq as an fmpq, exactly."""
-    if isinstance(value, fmpq):
-        return value
-    f = Fraction(value)
-    return fmpq(f.numerator, f.denominator)
-
-
-def to_frac(value) -> Fraction:
-    return Fraction(int(value.p), int(value.q)) if hasattr(value, "q") else Fraction(value)
-
-
 class Kit:
     """Helpers shared by the kernel tests."""
 
@@ -62,8 +51,8 @@ class Kit:
         self.repo = REPO
         self.fixtures = FIXTURES
 
-    to_fmpq = staticmethod(to_fmpq)
-    to_frac = staticmethod(to_frac)
+    to_fmpq = staticmethod(q)
+    to_frac = staticmethod(fr)
 
     def folder(self, name: str = "g") -> str:
         return str(self._tmp.mktemp(name))
@@ -94,7 +83,7 @@ class Kit:
         """Exact kernel values of every node at the point x (flat): id -> list of fmpq.
         Asserts that the kernel kept the value a point (lo is hi)."""
         shape = graph.the_input("test", "input").shape
-        vals = evaluate(graph, point_interval(tuple(to_fmpq(v) for v in x), shape), upto)
+        vals = evaluate(graph, point_interval(tuple(q(v) for v in x), shape), upto)
         out = {}
         for nid, iv in vals.items():
             assert iv.is_point, f"point evaluation of {nid} is not a point"
@@ -105,7 +94,7 @@ class Kit:
     def enclosure(graph: Graph, x, upto: str | None = None) -> dict:
         """Kernel enclosures at a point x (for ops like batchnorm): id -> (lo list, hi list)."""
         shape = graph.the_input("test", "input").shape
-        vals = evaluate(graph, point_interval(tuple(to_fmpq(v) for v in x), shape), upto)
+        vals = evaluate(graph, point_interval(tuple(q(v) for v in x), shape), upto)
         return {nid: ([fmpq(n, iv.den) for n in iv.lo], [fmpq(n, iv.den) for n in iv.hi])
                 for nid, iv in vals.items()}
 
@@ -115,7 +104,7 @@ class Kit:
         from kernel_checker.claims import Box
 
         shape = graph.the_input("test", "input").shape
-        box = Box(tuple(to_fmpq(v) for v in lo), tuple(to_fmpq(v) for v in hi))
+        box = Box(tuple(q(v) for v in lo), tuple(q(v) for v in hi))
         vals = evaluate(graph, box_interval(box, shape), upto)
         return {nid: ([fmpq(n, iv.den) for n in iv.lo], [fmpq(n, iv.den) for n in iv.hi])
                 for nid, iv in vals.items()}
@@ -126,25 +115,9 @@ def kit(tmp_path_factory) -> Kit:
     return Kit(tmp_path_factory)
 
 
-def _randn(rng, *shape, scale=0.5):
-    """Random float32 weights that are never exactly zero."""
-    w = (rng.standard_normal(shape) * scale).astype(np.float32)
-    w[w == 0] = np.float32(0.125)
-    return w
-
-
 def build_mlp(seed: int = 0, sizes=(6, 10, 8, 3)) -> GraphBuilder:
-    """A small 'trained-looking' ReLU MLP with float32 weights."""
-    rng = np.random.default_rng(seed)
-    g = GraphBuilder()
-    h = g.input([sizes[0]])
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        h = g.linear(h, _randn(rng, b, a, scale=1.0 / np.sqrt(a)), _randn(rng, b, scale=0.1),
-                     name=f"fc{i + 1}")
-        if i < len(sizes) - 2:
-            h = g.relu(h)
-    g.output(h)
-    return g
+    """The `mlp` fixture's network: a 6-10-8-3 ReLU MLP with float32 weights."""
+    return rule_helpers.build_mlp(seed, sizes)
 
 
 def build_cnn(seed: int = 1) -> GraphBuilder:
@@ -153,14 +126,14 @@ def build_cnn(seed: int = 1) -> GraphBuilder:
     rng = np.random.default_rng(seed)
     g = GraphBuilder()
     x = g.input([2, 8, 8])
-    h = g.relu(g.conv2d(x, _randn(rng, 4, 2, 3, 3), _randn(rng, 4, scale=0.1), padding=(1, 1),
+    h = g.relu(g.conv2d(x, randn(rng, 4, 2, 3, 3), randn(rng, 4, scale=0.1), padding=(1, 1),
                         name="conv1"))
     h = g.maxpool2d(h, (2, 2))
-    h = g.conv2d(h, _randn(rng, 4, 2, 2, 2), _randn(rng, 4, scale=0.1), stride=(1, 1),
+    h = g.conv2d(h, randn(rng, 4, 2, 2, 2), randn(rng, 4, scale=0.1), stride=(1, 1),
                  padding=(1, 1), dilation=(2, 2), groups=2, name="conv2")
     h = g.avgpool2d(h, (2, 2), stride=(1, 1), padding=(1, 1), count_include_pad=False)
     h = g.flatten(g.relu(h))
-    h = g.linear(h, _randn(rng, 3, h.shape[0], scale=0.2), _randn(rng, 3, scale=0.1), name="fc")
+    h = g.linear(h, randn(rng, 3, h.shape[0], scale=0.2), randn(rng, 3, scale=0.1), name="fc")
     g.output(h)
     return g
 

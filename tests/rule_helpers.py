@@ -1,5 +1,5 @@
-"""Helpers shared by the kernel rule tests: exact number conversions, refusal assertions, and
-small random networks."""
+"""Helpers shared by the kernel rule tests (and conftest.py's fixtures): exact number
+conversions, refusal assertions, and small random networks."""
 
 from fractions import Fraction
 
@@ -13,10 +13,12 @@ from tl_dsl.builder import GraphBuilder
 
 
 def fr(v) -> Fraction:
+    """An fmpq / Fraction / int as a Fraction, exactly."""
     return Fraction(int(v.p), int(v.q)) if hasattr(v, "q") else Fraction(v)
 
 
 def q(v) -> fmpq:
+    """A Fraction / int / fmpq as an fmpq, exactly."""
     if isinstance(v, fmpq):
         return v
     v = Fraction(v)
@@ -39,12 +41,14 @@ def rejected(claim, cert, *graphs, rule, path, contains=()):
 
 
 def randn(rng, *shape, scale=0.5):
+    """Random float32 weights that are never exactly zero."""
     w = (rng.standard_normal(shape) * scale).astype(np.float32)
     w[w == 0] = np.float32(0.125)
     return w
 
 
 def build_mlp(seed=1, sizes=(3, 8, 8, 2)) -> GraphBuilder:
+    """A small 'trained-looking' ReLU MLP with float32 weights."""
     rng = np.random.default_rng(seed)
     g = GraphBuilder()
     h = g.input([sizes[0]])

@@ -14,6 +14,7 @@ import sys
 import mpmath
 import pytest
 from flint import arb, fmpq
+from mpmath_reference import inside, mp, true_f, true_range
 
 from kernel_checker.enclosure import check_enclosure, check_oracle, request_sha256
 from kernel_checker.errors import KernelError
@@ -21,36 +22,12 @@ from kernel_checker.exact import decode_ball
 from kernel_checker.theorem import Level
 from oracles import arb as oracle
 
-mpmath.mp.dps = 200
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL_FUNCS = ("exp", "log", "sqrt", "tanh", "sigmoid", "sin", "cos")
 
 
-def mp(q: fmpq) -> mpmath.mpf:
-    return mpmath.mpf(int(q.p)) / int(q.q)
-
-
-def true_f(func: str, x):
-    if func == "sigmoid":
-        return 1 / (1 + mpmath.exp(-x))
-    return getattr(mpmath, func)(x)
-
-
-def true_range(func: str, lo: fmpq, hi: fmpq):
-    a, b = mp(lo), mp(hi)
-    vals = [true_f(func, a), true_f(func, b)]
-    if func in ("sin", "cos"):
-        half = mpmath.pi / 2
-        for m in range(int(mpmath.floor(a / half)) - 1, int(mpmath.ceil(b / half)) + 2):
-            if a <= m * half <= b:
-                vals.append(true_f(func, m * half))
-    return min(vals), max(vals)
-
-
 def contains(ball: dict, t_lo, t_hi) -> bool:
-    lo, hi = decode_ball(ball, "ball")
-    tol = mpmath.mpf(10) ** -190 * max(1, abs(t_lo), abs(t_hi))
-    return mp(lo) <= t_lo + tol and t_hi - tol <= mp(hi)
+    return inside(*decode_ball(ball, "ball"), t_lo, t_hi)
 
 
 def text(q: fmpq) -> str:

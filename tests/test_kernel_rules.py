@@ -460,14 +460,26 @@ def _set(doc, keys, value):
     return doc
 
 
+def _mutated(mlp, setting, which: str, mutate) -> dict:
+    """A copy of the `which` claim document, changed in place by `mutate`."""
+    doc = copy.deepcopy(_docs(mlp, setting)[which])
+    mutate(doc)
+    return doc
+
+
+def _claim_refusal(doc) -> KernelError:
+    """The kernel's refusal of a claim document (the test fails if it parses)."""
+    with pytest.raises(KernelError) as info:
+        parse_claim(doc)
+    return info.value
+
+
 @pytest.mark.parametrize("which, keys, path", NAN_FIELDS)
 @pytest.mark.parametrize("nan", ["nan", "NaN", "-inf", "f32:7fc00000", "f64:7ff8000000000001",
                                  float("nan")])
 def test_nan_anywhere_in_a_claim_is_rejected(mlp, setting, which, keys, path, nan):
-    doc = _set(_docs(mlp, setting)[which], keys, nan)
-    with pytest.raises(KernelError) as info:
-        parse_claim(doc)
-    assert (info.value.rule, info.value.path) == ("claim", path)
+    err = _claim_refusal(_set(_docs(mlp, setting)[which], keys, nan))
+    assert (err.rule, err.path) == ("claim", path)
 
 
 @pytest.mark.parametrize("which, keys, path", NAN_FIELDS)
@@ -494,12 +506,9 @@ def test_json_nan_token_in_a_claim_document_is_rejected(mlp, setting, which, key
     (lambda d: d.update(input_set=[]), "claim.input_set.kind", "'box' or"),
 ])
 def test_claim_document_errors(mlp, setting, mutate, path, fragment):
-    doc = copy.deepcopy(_docs(mlp, setting)["bounds"])
-    mutate(doc)
-    with pytest.raises(KernelError) as info:
-        parse_claim(doc)
-    assert (info.value.rule, info.value.path) == ("claim", path), info.value
-    assert fragment in info.value.message
+    err = _claim_refusal(_mutated(mlp, setting, "bounds", mutate))
+    assert (err.rule, err.path) == ("claim", path), err
+    assert fragment in err.message
 
 
 @pytest.mark.parametrize("mutate, path, fragment", [
@@ -510,12 +519,9 @@ def test_claim_document_errors(mlp, setting, mutate, path, fragment):
      "misses the clamp domain"),
 ])
 def test_ball_document_errors(mlp, setting, mutate, path, fragment):
-    doc = copy.deepcopy(_docs(mlp, setting)["ball_bounds"])
-    mutate(doc)
-    with pytest.raises(KernelError) as info:
-        parse_claim(doc)
-    assert (info.value.rule, info.value.path) == ("claim", path), info.value
-    assert fragment in info.value.message
+    err = _claim_refusal(_mutated(mlp, setting, "ball_bounds", mutate))
+    assert (err.rule, err.path) == ("claim", path), err
+    assert fragment in err.message
 
 
 @pytest.mark.parametrize("mutate, path", [
@@ -525,20 +531,14 @@ def test_ball_document_errors(mlp, setting, mutate, path, fragment):
     (lambda d: d["unsafe"][0].pop("b"), "claim.unsafe[0]"),
 ])
 def test_polytope_document_errors(mlp, setting, mutate, path):
-    doc = copy.deepcopy(_docs(mlp, setting)["unsat"])
-    mutate(doc)
-    with pytest.raises(KernelError) as info:
-        parse_claim(doc)
-    assert (info.value.rule, info.value.path) == ("claim", path), info.value
+    err = _claim_refusal(_mutated(mlp, setting, "unsat", mutate))
+    assert (err.rule, err.path) == ("claim", path), err
 
 
 @pytest.mark.parametrize("kind", [["bounds"], {"k": 1}], ids=["list", "object"])
 def test_unhashable_claim_kind_is_a_kernel_error(mlp, setting, kind):
-    doc = copy.deepcopy(_docs(mlp, setting)["bounds"])
-    doc["kind"] = kind
-    with pytest.raises(KernelError) as info:
-        parse_claim(doc)
-    assert info.value.path == "claim.kind"
+    err = _claim_refusal(_mutated(mlp, setting, "bounds", lambda d: d.update(kind=kind)))
+    assert err.path == "claim.kind"
 
 
 def test_input_set_objects(setting):

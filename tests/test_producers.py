@@ -2,6 +2,8 @@
 (oracles/bab.py) and PGD (oracles/pgd.py), checked against sampling and the kernel's `crown`,
 `split` and `counterexample` rules."""
 
+from typing import NamedTuple
+
 import numpy as np
 import pytest
 import torch
@@ -384,14 +386,30 @@ def _boxes(chain, x0, eps, count, seed):
     return np.minimum(a, b), np.maximum(a, b)
 
 
-def test_batched_bounds_match_per_domain_crown(nets):
+class _Batched(NamedTuple):
+    path: str
+    claim: object
+    chain: bt.TorchChain
+    batch: bt.BatchChain
+    spec: bt.Spec
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def _batched_mlp(nets, label_seed: int, eps: float, count: int, box_seed: int) -> _Batched:
+    """The mlp as a chain and a BatchChain, its robustness claim at radius eps around the point
+    of `label_seed`, the claim's spec, and `count` sub-boxes of that ball (seed `box_seed`)."""
     path, graph = nets["mlp"]
     chain = bt.load_chain(path)
-    bc = bt.BatchChain(chain)
-    x0, label = _x0_label(path, 1)
-    claim = robustness.robust(graph, x0, 0.2, label)
-    spec = bt.spec_of(claim, chain.n_out)
-    lo, hi = _boxes(chain, x0, 0.2, 6, 0)
+    x0, label = _x0_label(path, label_seed)
+    claim = robustness.robust(graph, x0, eps, label)
+    lo, hi = _boxes(chain, x0, eps, count, box_seed)
+    return _Batched(path, claim, chain, bt.BatchChain(chain), bt.spec_of(claim, chain.n_out),
+                    lo, hi)
+
+
+def test_batched_bounds_match_per_domain_crown(nets):
+    path, claim, chain, bc, spec, lo, hi = _batched_mlp(nets, 1, 0.2, 6, 0)
     r = bc.bounds(chain.tensor(lo), chain.tensor(hi), chain.tensor(spec.c))
     for i in range(len(lo)):
         res, _ = bt.bounds_for_claim(path, claim, "crown", {"lo": lo[i], "hi": hi[i]})
@@ -402,13 +420,7 @@ def test_batched_bounds_match_per_domain_crown(nets):
 
 
 def test_batched_bounds_and_alpha_are_sound_on_samples(nets):
-    path, graph = nets["mlp"]
-    chain = bt.load_chain(path)
-    bc = bt.BatchChain(chain)
-    x0, label = _x0_label(path, 2)
-    claim = robustness.robust(graph, x0, 0.3, label)
-    spec = bt.spec_of(claim, chain.n_out)
-    lo, hi = _boxes(chain, x0, 0.3, 8, 1)
+    _, _, chain, bc, spec, lo, hi = _batched_mlp(nets, 2, 0.3, 8, 1)
     c = chain.tensor(spec.c)
     r = bc.bounds(chain.tensor(lo), chain.tensor(hi), c)
     thr = chain.tensor(spec.thr)
@@ -552,13 +564,7 @@ def test_produce_routes_few_inputs_to_input_split(nets):
 def test_batched_bounds_with_phases_match_per_domain_crown(nets):
     """Relu phase constraints in the batched bounds: as compute_bounds (and the kernel) apply
     them, including domains they empty."""
-    path, graph = nets["mlp"]
-    chain = bt.load_chain(path)
-    bc = bt.BatchChain(chain)
-    x0, label = _x0_label(path, 3)
-    claim = robustness.robust(graph, x0, 0.3, label)
-    spec = bt.spec_of(claim, chain.n_out)
-    lo, hi = _boxes(chain, x0, 0.3, 24, 2)
+    _, _, chain, bc, spec, lo, hi = _batched_mlp(nets, 3, 0.3, 24, 2)
     c = chain.tensor(spec.c)
     base = bc.bounds(chain.tensor(lo), chain.tensor(hi), c)
     k = chain.relus[1]  # the second relu: its input is a linear node

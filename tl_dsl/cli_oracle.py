@@ -24,16 +24,9 @@ def _kernel_summary(theorem) -> dict:
 
 def cmd_arb(args) -> int:
     from kernel_checker.errors import KernelError
-    from kernel_checker.exact import load_json
-    from oracles.arb import mlp_to_enclosures, run_request
+    from oracles.arb import mlp_to_enclosures, run_request_text
 
-    text = sys.stdin.read()
-    try:
-        request = load_json(text, "arb-oracle", "<stdin>")
-    except KernelError as err:
-        response = {"status": "error", "reason": f"the request is not JSON: {err.message}"}
-    else:
-        response = run_request(request)
+    request, response = run_request_text(sys.stdin.read())
     code = 0 if response.get("status") == "ok" else 1
     if code == 0 and args.check:
         from kernel_checker.enclosure import check_enclosure, check_oracle, request_sha256

@@ -9,16 +9,18 @@ benchmarks/results/vnncomp2021.json (totals), benchmarks/results/vnncomp2021.md 
 import argparse
 import concurrent.futures
 import csv
-import datetime
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from benchmarks._common import BASIC_FIELDS, machine_info, utc_now, write_result  # noqa: E402
+
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "benchmarks", "vnncomp2021")
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 OUT = os.path.join(RESULTS, "vnncomp2021_bundles")
@@ -128,15 +130,12 @@ def write_report(rows: list[dict]) -> None:
                      "median_setup_s": sorted(r["setup_s"] or 0 for r in rs)[len(rs) // 2],
                      "abcrown_2021_total_s": sum(float(r["abcrown_2021_s"] or 0) for r in rs),
                      "nnenum_2021_total_s": sum(float(r["nnenum_2021_s"] or 0) for r in rs)}
-    meta = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "cpus": os.cpu_count(), "python": platform.python_version()},
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    meta = {"machine": machine_info(BASIC_FIELDS), "date": utc_now(),
             "command": "python benchmarks/vnncomp2021/run.py --bench mnistfc acasxu --parallel 2",
             "code": os.environ.get("TL_BENCH_COMMIT", ""),
             "note": "2021 competition times ran on other hardware (the competition's AWS "
                     "instances), so they are context, not a same-machine comparison"}
-    with open(os.path.join(RESULTS, "vnncomp2021.json"), "w") as f:
-        json.dump({"totals": totals, **meta}, f, indent=1)
+    write_result(os.path.join(RESULTS, "vnncomp2021.json"), {"totals": totals, **meta})
     lines = ["| benchmark | network | property | verdict | expected | wall s | producer s | "
              "kernel s | leaves | bundle bytes |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["benchmark"], r["onnx"], r["vnnlib"])):
