@@ -2,28 +2,37 @@
 "alpha-CROWN") and `split` (branch and bound over input pieces and ReLU phases), replayed exactly.
 Format: docs/crown_certificate.md.
 
-Soundness in brief. On the chain x -> ... -> y, every affine node is y = W x + b exactly, every
-relu has certified pre-activation bounds [l, u] on the current domain. For a spec row c, walking
-back with lam = c: through an affine node, const += lam.b and lam = lam W; through a relu with
-input z, each coefficient lam_j >= 0 uses relu(z) >= alpha z (alpha in [0,1]), lam_j < 0 uses
-relu(z) <= s z + t (checked on [l, u]); stable neurons are exact. At the input, the minimum of
-lam.x over the box is lam.mid - |lam|.rad. So c.y >= that minimum + const for all x in the domain.
+Soundness in brief. The claim's node and its ancestors form a DAG over the graph's one input. For
+a spec row c, walking the nodes backwards (reverse topological order) with lam = c on the claim
+node, each node passes its coefficients to its inputs, summed where a node feeds several others:
+through y = W x + b, const += lam.b and lam_x += lam W; through an add, lam goes to both inputs;
+through batchnorm y = k (x - m) + beta with k enclosed in [k_lo, k_hi], lam k_lo goes to x and the
+rest is bounded by |lam| (k_hi - k_lo) max|x - m|. Through a relu with input z and certified
+bounds [l, u], each lam_j >= 0 uses relu(z) >= alpha z (alpha in [0, 1]), lam_j < 0 uses
+relu(z) <= s z + t (checked on [l, u]); stable neurons are exact. Through maxpool, lam_j >= 0 uses
+y >= x_i (i: the window's largest lower bound), lam_j < 0 uses y <= max u (exact when x_i's lower
+bound is above every other upper bound). After a nonlinearity lam is rounded to COEF_BITS bits,
+the error bounded by |lam - lam'| . max|z|. At the input, min lam.x over the box is
+lam.lo + (lam_i < 0) lam_i (hi_i - lo_i). So c.y >= that minimum + const on the whole domain.
 """
 
 from dataclasses import dataclass, field
 
-from flint import fmpq, fmpz_mat
+from flint import fmpq, fmpz, fmpz_mat
 
 from kernel_checker.claims import Claim
 from kernel_checker.enclosure import GRAPH_FUNCS, backward_smooth
 from kernel_checker.errors import refuse
 from kernel_checker.exact import approx_text, decode_vector
 from kernel_checker.graph import Graph, Node
-from kernel_checker.semantics import Interval, _window_indices, eval_node
+from kernel_checker.semantics import Interval, _window_indices, batchnorm_channels, eval_node
 from kernel_checker.tensor import lcm, numel
 
-CHAIN_OPS = ("linear", "conv2d", "relu", "flatten", "reshape", "avgpool2d", *GRAPH_FUNCS)
+AFFINE_OPS = ("linear", "conv2d", "avgpool2d")
+CROWN_OPS = (*AFFINE_OPS, "batchnorm", "add", "flatten", "reshape", "relu", "maxpool2d",
+             *GRAPH_FUNCS)
 UPPER_LINE_BITS = 32
+COEF_BITS = 56  # coefficients are rounded to this many bits after each nonlinearity
 
 
 @dataclass
@@ -35,23 +44,35 @@ class Domain:
     phases: dict = field(default_factory=dict)
 
 
-def chain_to(graph: Graph, target: str, rule: str) -> list[Node]:
-    """The nodes from the input (exclusive) to `target`, refusing anything but a chain."""
-    chain = []
-    node = graph.by_id[target]
-    if node.op == "input":
+def ancestors(graph: Graph, target: str, rule: str) -> list[Node]:
+    """`target` and its ancestors in graph (topological) order, the graph's input excluded;
+    refuses ops outside CROWN_OPS."""
+    key = ("ancestors", target, rule)
+    if key in graph._cache:
+        return graph._cache[key]
+    if graph.by_id[target].op == "input":
         raise refuse(rule, "claim.node", f"{rule} needs at least one op between the input and the "
                      "claim's node; use ibp for claims about the input itself")
-    while node.op != "input":
-        if node.op not in CHAIN_OPS or len(node.inputs) != 1:
-            raise refuse(rule, f"node {node.id!r}", f"op {node.op!r} is not supported in {rule} "
-                         f"replay (a chain of single-input nodes); supported: {list(CHAIN_OPS)}")
+    inp = graph.the_input(rule, "claim").id
+    need, stack = {target}, [target]
+    while stack:
+        for i in graph.by_id[stack.pop()].inputs:
+            if i not in need:
+                need.add(i)
+                stack.append(i)
+    nodes = [node for node in graph.nodes if node.id in need and node.id != inp]
+    for node in nodes:
+        where = f"node {node.id!r}"
+        if node.op not in CROWN_OPS:
+            raise refuse(rule, where, f"op {node.op!r} is not supported in {rule} replay; "
+                         f"supported: {list(CROWN_OPS)}")
         if node.op == "linear" and len(node.shape) != 1:
-            raise refuse(rule, f"node {node.id!r}", "linear on a non-vector input is not "
-                         "supported in crown replay; flatten first")
-        chain.append(node)
-        node = graph.by_id[node.inputs[0]]
-    return list(reversed(chain))
+            raise refuse(rule, where, "linear on a non-vector input is not supported in crown "
+                         "replay; flatten first")
+        if node.op == "add" and any(graph.by_id[i].shape != node.shape for i in node.inputs):
+            raise refuse(rule, where, "add with broadcasting is not supported in crown replay")
+    graph._cache[key] = nodes
+    return nodes
 
 
 def _clip(iv: Interval, lo: list, hi: list, den: int) -> Interval:
@@ -72,36 +93,37 @@ def _apply_phases(iv: Interval, signs: dict) -> Interval:
     return Interval(iv.shape, lo, hi, iv.den)
 
 
-def forward(graph: Graph, chain: list[Node], dom: Domain, certified: dict) -> dict | None:
-    """Exact interval replay along the chain, intersected with certified bounds and phases.
-    None when some interval is empty (the domain holds no point)."""
-    values = {}
-    x = dom.box
-    for node in chain:
-        x = eval_node(node, [x], graph)
-        if node.id in certified:
-            x = _clip(x, *certified[node.id])
-        if node.id in dom.phases:
-            x = _apply_phases(x, dom.phases[node.id])
-        if any(a > b for a, b in zip(x.lo, x.hi, strict=True)):
-            return None
-        values[node.id] = x
-    return values
+def _step(graph: Graph, node: Node, values: dict, dom: Domain, certified: dict) -> bool:
+    """One node's exact interval, intersected with its certified bounds and phases; False when
+    it is empty (the domain holds no point)."""
+    x = eval_node(node, [values[i] for i in node.inputs], graph)
+    if node.id in certified:
+        x = _clip(x, *certified[node.id])
+    if node.id in dom.phases:
+        x = _apply_phases(x, dom.phases[node.id])
+    values[node.id] = x
+    return all(a <= b for a, b in zip(x.lo, x.hi, strict=True))
+
+
+def forward(graph: Graph, nodes: list[Node], dom: Domain, certified: dict) -> dict | None:
+    """Exact interval replay over `nodes` (from `ancestors`); None when the domain is empty."""
+    values = {graph.the_input("crown", "claim").id: dom.box}
+    return values if all(_step(graph, n, values, dom, certified) for n in nodes) else None
 
 
 def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
-    """(W as fmpz_mat, W den, b nums, b den) with out = W in + b on flattened tensors."""
+    """(W as fmpz_mat, W den, b as a column fmpz_mat or None, b den): out = W in + b, flat."""
     key = ("affine", node.id)
     if key in graph._cache:
         return graph._cache[key]
     a = node.attrs
     n_in, n_out = numel(in_shape), numel(node.shape)
+    bias = graph.param(a["bias"]) if a.get("bias") else None
     if node.op == "linear":
         wt = graph.param(a["weight"])
         w = fmpz_mat(n_out, n_in, wt.nums)
         w_den = wt.den
-        bias = graph.param(a["bias"]) if a["bias"] else None
-        b_nums, b_den = (bias.nums, bias.den) if bias else ([0] * n_out, 1)
+        b_nums = bias.nums if bias else None
     elif node.op == "conv2d":
         wt = graph.param(a["weight"])
         o, cg, kh, kw = wt.shape
@@ -124,9 +146,7 @@ def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
                             if src is not None:
                                 dense[(oc * n + p) * n_in + src] += wv
         w, w_den = fmpz_mat(n_out, n_in, dense), wt.den
-        bias = graph.param(a["bias"]) if a["bias"] else None
-        b_nums = [bias.nums[oc] for oc in range(o) for _ in range(n)] if bias else [0] * n_out
-        b_den = bias.den if bias else 1
+        b_nums = [bias.nums[oc] for oc in range(o) for _ in range(n)] if bias else None
     else:  # avgpool2d
         wins = _window_indices(in_shape, node.shape, a["kernel"], a["stride"], a["padding"],
                                a["dilation"])
@@ -142,15 +162,10 @@ def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
                 if src is not None:
                     dense[r * n_in + src] += w_den // c
         w = fmpz_mat(n_out, n_in, dense)
-        b_nums, b_den = [0] * n_out, 1
-    graph._cache[key] = (w, w_den, b_nums, b_den)
+        b_nums = None
+    b = fmpz_mat(n_out, 1, b_nums) if b_nums is not None else None
+    graph._cache[key] = (w, w_den, b, bias.den if bias else 1)
     return graph._cache[key]
-
-
-def _unit(n: int, j: int, sign: int) -> list:
-    row = [0] * n
-    row[j] = sign
-    return row
 
 
 def _rationals_common(values: list) -> tuple[list, int]:
@@ -210,89 +225,193 @@ def _alphas(rule, path, cert_alpha, relu_id, n, rows, lo, hi, den):
     else:
         table = [decode_vector(value, p, rule, n)] * rows
     for r, vec in enumerate(table[:rows if per_row else 1]):
-        for j, a in enumerate(vec):
-            if not 0 <= a <= 1:
-                where = f"{p}[{r}][{j}]" if per_row else f"{p}[{j}]"
-                raise refuse(rule, where, f"expected a slope in [0, 1], found {a}")
+        if any(not 0 <= a <= 1 for a in {id(a): a for a in vec}.values()):  # decoded once
+            j = next(j for j, a in enumerate(vec) if not 0 <= a <= 1)
+            where = f"{p}[{r}][{j}]" if per_row else f"{p}[{j}]"
+            raise refuse(rule, where, f"expected a slope in [0, 1], found {vec[j]}")
     return table
 
 
-def backward_lower_bounds(graph: Graph, chain: list[Node], values: dict, dom: Domain,
-                          rows: list, cert: dict, rule: str, path: str) -> list[fmpq]:
-    """Exact CROWN lower bounds of each spec row (over the chain's last node) on the domain."""
-    n_rows = len(rows)
-    row_nums, row_den = _rationals_common([v for r in rows for v in r])
-    width = numel(chain[-1].shape)
-    lam = fmpz_mat(n_rows, width, row_nums)
-    lam_den = row_den
-    const = [fmpq(0)] * n_rows
-    shapes = {node.id: node.shape for node in chain}
-    for k in range(len(chain) - 1, -1, -1):
-        node = chain[k]
-        in_shape = chain[k - 1].shape if k > 0 else dom.box.shape
-        if node.op in ("flatten", "reshape"):
-            continue
-        if node.op in ("linear", "conv2d", "avgpool2d"):
-            w, w_den, b_nums, b_den = _affine(graph, node, in_shape)
-            lb = lam * fmpz_mat(len(b_nums), 1, b_nums)
-            scale = fmpq(1, lam_den * b_den)
-            const = [c + int(v) * scale for c, v in zip(const, lb.entries(), strict=True)]
-            lam = lam * w
-            lam_den *= w_den
-            continue
-        # relu: its input is the previous chain node (or the input box)
-        z_id = chain[k - 1].id if k > 0 else None
-        z = values[z_id] if z_id else dom.box
-        if node.op in GRAPH_FUNCS:
-            lam, lam_den, const = backward_smooth(node.op, z.lo, z.hi, z.den, lam, lam_den, const)
-            continue
-        n = numel(shapes[node.id])
-        unstable = [j for j in range(n) if z.lo[j] < 0 < z.hi[j]]
-        active = [j for j in range(n) if z.lo[j] >= 0]
-        s_map, t_map = _upper_lines(rule, path, node.id, z.lo, z.hi, z.den, unstable,
-                                    cert.get("upper"))
-        alphas = _alphas(rule, path, cert.get("alpha"), node.id, n, n_rows, z.lo, z.hi, z.den)
-        dens = {int(s_map[j].q) for j in unstable}
-        for r in range(n_rows) if alphas[0] is not alphas[-1] else (0,):
-            dens.update(int(alphas[r][j].q) for j in unstable)
-        e = 1
-        for d in dens:
-            e = lcm(e, d)
-        t_nums, t_den = _rationals_common([t_map[j] for j in unstable]) if unstable else ([], 1)
-        upper, t_vec = [0] * n, [0] * n
-        for j in active:
-            upper[j] = e
-        for j, t in zip(unstable, t_nums, strict=True):
-            upper[j] = int(s_map[j].p) * (e // int(s_map[j].q))
-            t_vec[j] = t
-        entries = lam.entries()
-        if unstable:  # negative coefficients take the upper line's intercept into the constant
-            neg = fmpz_mat(n_rows, n, [v if v < 0 else 0 for v in entries])
-            extra = (neg * fmpz_mat(n, 1, t_vec)).entries()
-            const = [c + fmpq(int(x), lam_den * t_den) if x else c
-                     for c, x in zip(const, extra, strict=True)]
-        lower_rows = []
-        for r in range(n_rows) if alphas[0] is not alphas[-1] else (0,):
-            low = list(upper)
+def _plus(const: list, ints: list, factor: fmpq) -> list:
+    return [c + int(x) * factor if x else c for c, x in zip(const, ints, strict=True)]
+
+
+def _relu_back(node: Node, z: Interval, entries: list, rows: int, const: list, sc: fmpq,
+               cert: dict, rule: str, path: str) -> tuple[fmpz_mat, fmpq, list]:
+    """Coefficients on relu(z) (flat, `rows` x n) to coefficients on z, rounded to COEF_BITS:
+    (matrix, scale, const)."""
+    n = len(z.lo)
+    unstable = [j for j in range(n) if z.lo[j] < 0 < z.hi[j]]
+    s_map, t_map = _upper_lines(rule, path, node.id, z.lo, z.hi, z.den, unstable,
+                                cert.get("upper"))
+    alphas = _alphas(rule, path, cert.get("alpha"), node.id, n, rows, z.lo, z.hi, z.den)
+    shared = alphas[0] is alphas[-1]
+    dens = {int(s_map[j].q) for j in unstable}
+    for r in (0,) if shared else range(rows):
+        dens.update(int(alphas[r][j].q) for j in unstable)
+    e = 1
+    for d in dens:
+        e = lcm(e, d)
+    upper = [e if z.lo[j] >= 0 else 0 for j in range(n)]
+    t_nums, t_den = _rationals_common([t_map[j] for j in unstable])
+    for j in unstable:
+        upper[j] = int(s_map[j].p) * (e // int(s_map[j].q))
+    # entries of the result are at most max|v| * max(e, slopes): shift them to COEF_BITS now
+    sh = _shift_for(max(max(entries, default=0), -min(entries, default=0)) * max(upper + [e]))
+    half = (1 << sh) >> 1
+    lower, out, extra = upper, [], []
+    for r in range(rows):
+        if r == 0 or not shared:
+            lower = list(upper)
             for j in unstable:
                 a = alphas[r][j]
-                low[j] = int(a.p) * (e // int(a.q))
-            lower_rows.append(low)
-        lower = (lower_rows * n_rows if len(lower_rows) == 1 else lower_rows)
-        lower_flat = [x for row in lower for x in row]
+                lower[j] = int(a.p) * (e // int(a.q))
+        row = entries[r * n:(r + 1) * n]
         # coefficient v >= 0 takes the lower relaxation, v < 0 the upper one (scaled by e)
-        out = [v * lo if v > 0 else v * up for v, lo, up in
-               zip(entries, lower_flat, upper * n_rows, strict=True)]
-        lam = fmpz_mat(n_rows, n, out)
-        lam_den *= e
-    # concretise over the input box: min lam.x = lam.mid - |lam|.rad (over 2 den)
+        out.extend([(v * lo + half) >> sh if v > 0 else (v * up + half) >> sh
+                    for v, lo, up in zip(row, lower, upper)])
+        # negative coefficients take the upper line's intercept into the constant
+        extra.append(sum(row[j] * t for j, t in zip(unstable, t_nums) if row[j] < 0))
+    const = _plus(const, extra, sc / t_den)
+    sc = sc / e
+    return fmpz_mat(rows, n, out), sc * (1 << sh), _less(const, _round_err(sc, sh, z))
+
+
+def _maxpool_back(node: Node, z: Interval, entries: list, rows: int, const: list,
+                  sc: fmpq) -> tuple[list, fmpq, list]:
+    """Coefficients on maxpool(z) to coefficients on z (relaxation in the module docstring)."""
+    a = node.attrs
+    wins = [[i for i in w if i is not None] for w in _window_indices(
+        z.shape, node.shape, a["kernel"], a["stride"], a["padding"], a["dilation"])]
+    n_in, n_out = len(z.lo), len(wins)
+    pick, cap, exact = [], [], []
+    for w in wins:
+        j = max(w, key=lambda i: z.lo[i])  # the first of the largest lower bounds
+        pick.append(j)
+        cap.append(max(z.hi[i] for i in w))
+        exact.append(all(z.lo[j] >= z.hi[i] for i in w if i != j))
+    out, extra = [0] * (rows * n_in), []
+    for r in range(rows):
+        acc, base = 0, r * n_in
+        for o, v in enumerate(entries[r * n_out:(r + 1) * n_out]):
+            if v >= 0 or exact[o]:
+                out[base + pick[o]] += v
+            else:
+                acc += v * cap[o]
+        extra.append(acc)
+    return out, sc, _plus(const, extra, sc / z.den)
+
+
+def _batchnorm_back(graph: Graph, node: Node, z: Interval, entries: list, rows: int,
+                    const: list, sc: fmpq) -> tuple[list, fmpq, list]:
+    """y = k (x - m) + beta, k in [k_lo, k_hi]: v y >= v k_lo x + v (beta - k_lo m)
+    - |v| (k_hi - k_lo) max|x - m|."""
+    chans = batchnorm_channels(node, graph)
+    n = len(z.lo)
+    per = n // len(chans)
+    k_nums, k_den = _rationals_common([k_lo for k_lo, _, _, _ in chans])
+    t_nums, t_den = _rationals_common([b - k_lo * m for k_lo, _, m, b in chans])
+    w = []
+    for i in range(n):
+        k_lo, k_hi, m, _ = chans[i // per]
+        w.append((k_hi - k_lo) * max(abs(fmpq(z.lo[i], z.den) - m), abs(fmpq(z.hi[i], z.den) - m)))
+    w_nums, w_den = _rationals_common(w)
+    mat = fmpz_mat(rows, n, entries)
+    t_col = fmpz_mat(n, 1, [t_nums[i // per] for i in range(n)])
+    const = _plus(const, (mat * t_col).entries(), sc / t_den)
+    err = fmpz_mat(rows, n, [abs(v) for v in entries]) * fmpz_mat(n, 1, w_nums)
+    const = _plus(const, [-v for v in err.entries()], sc / w_den)
+    out = [v * k_nums[(i % n) // per] for i, v in enumerate(entries)]
+    return out, sc / k_den, const
+
+
+def _shift_for(top) -> int:
+    """How far to shift integers of magnitude <= top to keep COEF_BITS bits."""
+    return max(0, int(fmpz(top).bit_length()) - COEF_BITS)
+
+
+def _round_err(sc: fmpq, sh: int, z: Interval) -> fmpq:
+    """Rounding coefficients (times sc) on z to multiples of 2^sh (to nearest) changes lam.z by at
+    most half a unit per entry times max|z_j|."""
+    return sc * ((1 << sh) >> 1) * sum(max(-a, b) for a, b in zip(z.lo, z.hi)) / z.den
+
+
+def _less(const: list, err: fmpq) -> list:
+    return [c - err for c in const] if err else const
+
+
+def _shrink(out: list, rows: int, sc: fmpq, const: list, z: Interval) -> tuple:
+    """Coefficients on z rounded to COEF_BITS bits, the error taken off every row's constant."""
+    sh = _shift_for(max(max(out, default=0), -min(out, default=0)))
+    half = (1 << sh) >> 1
+    mat = fmpz_mat(rows, len(z.lo), [(v + half) >> sh for v in out] if sh else out)
+    return mat, sc * (1 << sh), _less(const, _round_err(sc, sh, z))
+
+
+def _give(lam: dict, nid: str, mat: fmpz_mat, sc: fmpq) -> None:
+    """Add coefficients (mat * sc) on node nid to those already there."""
+    if nid not in lam:
+        lam[nid] = (mat, sc)
+        return
+    m2, s2 = lam[nid]
+    common = fmpq(fmpz(sc.p).gcd(s2.p), lcm(int(sc.q), int(s2.q)))
+    lam[nid] = (mat * int(sc / common) + m2 * int(s2 / common), common)
+
+
+def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Domain,
+                          rows: list, cert: dict, rule: str, path: str) -> list[fmpq]:
+    """Exact CROWN lower bounds of each spec row (over the last node) on the domain; `rows` is
+    a list of rational rows or an integer fmpz_mat."""
+    if not isinstance(rows, fmpz_mat):  # rational rows: integers over a common denominator
+        nums, den = _rationals_common([v for r in rows for v in r])
+        rows = (fmpz_mat(len(rows), numel(nodes[-1].shape), nums), fmpq(1, den))
+    else:
+        rows = (rows, fmpq(1))
+    n_rows = rows[0].nrows()
+    lam = {nodes[-1].id: rows}
+    const = [fmpq(0)] * n_rows
+    for node in reversed(nodes):
+        if node.id not in lam:  # not an ancestor of the last node
+            continue
+        mat, sc = lam.pop(node.id)
+        x_id = node.inputs[0]
+        z = values[x_id]
+        if node.op in ("flatten", "reshape", "add"):
+            for i in node.inputs:
+                _give(lam, i, mat, sc)
+            continue
+        if node.op in AFFINE_OPS:
+            w, w_den, b, b_den = _affine(graph, node, z.shape)
+            if b is not None:
+                const = _plus(const, (mat * b).entries(), sc / b_den)
+            _give(lam, x_id, mat * w, sc / w_den)
+            continue
+        entries = mat.entries()
+        if node.op == "relu":
+            mat, sc, const = _relu_back(node, z, entries, n_rows, const, sc, cert, rule, path)
+            _give(lam, x_id, mat, sc)
+            continue
+        if node.op == "maxpool2d":
+            out, sc, const = _maxpool_back(node, z, entries, n_rows, const, sc)
+        elif node.op == "batchnorm":
+            out, sc, const = _batchnorm_back(graph, node, z, entries, n_rows, const, sc)
+        else:
+            out, sc, const = backward_smooth(node.op, z.lo, z.hi, z.den, entries, sc, const)
+        mat, sc, const = _shrink(out, n_rows, sc, const, z)
+        _give(lam, x_id, mat, sc)
+    inp = graph.the_input(rule, path).id
+    if inp not in lam:
+        raise refuse(rule, path, f"node {nodes[-1].id!r} does not depend on the input")
+    mat, sc = lam[inp]
+    # concretise over the input box: min lam.x = lam.lo + sum over lam_i < 0 of lam_i (hi - lo)
     box = dom.box
-    mid = fmpz_mat(len(box.lo), 1, [a + b for a, b in zip(box.lo, box.hi, strict=True)])
-    rad = fmpz_mat(len(box.lo), 1, [b - a for a, b in zip(box.lo, box.hi, strict=True)])
-    lam_abs = fmpz_mat(n_rows, len(box.lo), [abs(v) for v in lam.entries()])
-    m, r = (lam * mid).entries(), (lam_abs * rad).entries()
-    scale = 2 * lam_den * box.den
-    return [c + fmpq(int(a) - int(b), scale) for c, a, b in zip(const, m, r, strict=True)]
+    n_in = len(box.lo)
+    at_lo = (mat * fmpz_mat(n_in, 1, box.lo)).entries()
+    width = [b - a for a, b in zip(box.lo, box.hi, strict=True)]
+    entries = mat.entries()
+    mins = [a + sum([v * w for v, w in zip(entries[r * n_in:(r + 1) * n_in], width) if v < 0])
+            for r, a in enumerate(at_lo)]
+    return _plus(const, mins, sc / box.den)
 
 
 def spec_rows(claim: Claim, n_out: int) -> list:
@@ -341,24 +460,47 @@ def _keys(cert, rule, path, allowed):
         raise refuse(rule, path, f"unexpected keys {sorted(extra)}")
 
 
-def check_crown(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) -> bool:
-    """Check a crown certificate on a domain; False means the domain is empty (vacuous)."""
-    _keys(cert, "crown", path, {"intermediate", "alpha", "upper"})
-    chain = chain_to(graph, claim.node, "crown")
-    certified: dict = {}
-    inter = cert.get("intermediate", [])
+def _certify(graph: Graph, nodes: list[Node], values: dict, dom: Domain, entry: tuple,
+             path: str) -> tuple:
+    """Prove an intermediate entry's bounds on nodes[-1]; its full certified (lo, hi, den)."""
+    idx, lo, hi, cert = entry
+    nid = nodes[-1].id
+    m = len(idx)
+    rows = fmpz_mat(2 * m, numel(nodes[-1].shape))
+    for k, j in enumerate(idx):
+        rows[k, j], rows[m + k, j] = 1, -1
+    lows = backward_lower_bounds(graph, nodes, values, dom, rows, cert, "crown", path)
+    for k, j in enumerate(idx):
+        if lows[k] < lo[k]:
+            raise refuse("crown", f"{path}.lo[{k}]", f"claimed lower bound {lo[k]} of neuron {j} "
+                         f"is above the kernel's bound {approx_text(lows[k])}")
+        if -lows[m + k] > hi[k]:
+            raise refuse("crown", f"{path}.hi[{k}]", f"claimed upper bound {hi[k]} of neuron {j} "
+                         f"is below the kernel's bound {approx_text(-lows[m + k])}")
+    cur = values[nid]
+    full_lo = [fmpq(v, cur.den) for v in cur.lo]
+    full_hi = [fmpq(v, cur.den) for v in cur.hi]
+    for k, j in enumerate(idx):
+        full_lo[j], full_hi[j] = lo[k], hi[k]
+    lo_nums, lo_den = _rationals_common(full_lo)
+    hi_nums, hi_den = _rationals_common(full_hi)
+    d = lcm(lo_den, hi_den)
+    return [v * (d // lo_den) for v in lo_nums], [v * (d // hi_den) for v in hi_nums], d
+
+
+def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
+    """The intermediate entries, validated: node id -> (position, indices, lo, hi, entry)."""
     if not isinstance(inter, list):
         raise refuse("crown", f"{path}.intermediate", "expected a list")
-    order = {node.id: i for i, node in enumerate(chain)}
-    last = -1
+    out, last = {}, -1
     for i, entry in enumerate(inter):
         p = f"{path}.intermediate[{i}]"
         _keys(entry, "crown", p, {"node", "indices", "lo", "hi", "alpha", "upper"})
         nid = entry.get("node")
         if not isinstance(nid, str) or nid not in order or order[nid] <= last or (
                 nid == claim.node):
-            raise refuse("crown", f"{p}.node", f"expected a node of the chain before "
-                         f"{claim.node!r}, after the previous entry; found {nid!r}")
+            raise refuse("crown", f"{p}.node", f"expected an ancestor of {claim.node!r} listed "
+                         f"after the previous entry (graph order); found {nid!r}")
         last = order[nid]
         n = numel(graph.by_id[nid].shape)
         idx = entry.get("indices", list(range(n)))
@@ -366,37 +508,30 @@ def check_crown(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) 
                 isinstance(j, int) and not isinstance(j, bool) and 0 <= j < n for j in idx)):
             raise refuse("crown", f"{p}.indices", f"expected distinct neuron indices < {n} (at "
                          "least one)")
-        lo = decode_vector(entry.get("lo"), f"{p}.lo", "crown", len(idx))
-        hi = decode_vector(entry.get("hi"), f"{p}.hi", "crown", len(idx))
-        sub_chain = chain[:order[nid] + 1]
-        values = forward(graph, sub_chain, dom, certified)
-        if values is None:
+        out[nid] = (p, (idx, decode_vector(entry.get("lo"), f"{p}.lo", "crown", len(idx)),
+                        decode_vector(entry.get("hi"), f"{p}.hi", "crown", len(idx)), entry))
+    return out
+
+
+def check_crown(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) -> bool:
+    """Check a crown certificate on a domain; False means the domain is empty (vacuous)."""
+    _keys(cert, "crown", path, {"intermediate", "alpha", "upper"})
+    nodes = ancestors(graph, claim.node, "crown")
+    order = {node.id: i for i, node in enumerate(nodes)}
+    entries = _entries(graph, claim, cert.get("intermediate", []), order, path)
+    values = {graph.the_input("crown", "claim").id: dom.box}
+    certified: dict = {}
+    for k, node in enumerate(nodes):  # one forward pass; each entry is proved where it sits
+        if not _step(graph, node, values, dom, certified):
             return False
-        rows = [_unit(n, j, 1) for j in idx] + [_unit(n, j, -1) for j in idx]
-        lows = backward_lower_bounds(graph, sub_chain, values, dom, rows, entry, "crown", p)
-        m = len(idx)
-        for k, j in enumerate(idx):
-            if lows[k] < lo[k]:
-                raise refuse("crown", f"{p}.lo[{k}]", f"claimed lower bound {lo[k]} of neuron {j} "
-                             f"is above the kernel's bound {approx_text(lows[k])}")
-            if -lows[m + k] > hi[k]:
-                raise refuse("crown", f"{p}.hi[{k}]", f"claimed upper bound {hi[k]} of neuron {j} "
-                             f"is below the kernel's bound {approx_text(-lows[m + k])}")
-        cur = values[nid]
-        full_lo = [fmpq(v, cur.den) for v in cur.lo]
-        full_hi = [fmpq(v, cur.den) for v in cur.hi]
-        for k, j in enumerate(idx):
-            full_lo[j], full_hi[j] = lo[k], hi[k]
-        lo_nums, lo_den = _rationals_common(full_lo)
-        hi_nums, hi_den = _rationals_common(full_hi)
-        d = lcm(lo_den, hi_den)
-        certified[nid] = ([v * (d // lo_den) for v in lo_nums],
-                          [v * (d // hi_den) for v in hi_nums], d)
-    values = forward(graph, chain, dom, certified)
-    if values is None:
-        return False
-    n_out = numel(chain[-1].shape)
-    lows = backward_lower_bounds(graph, chain, values, dom, spec_rows(claim, n_out), cert,
+        if node.id in entries:
+            p, entry = entries[node.id]
+            certified[node.id] = _certify(graph, nodes[:k + 1], values, dom, entry, p)
+            x = values[node.id] = _clip(values[node.id], *certified[node.id])
+            if any(a > b for a, b in zip(x.lo, x.hi, strict=True)):
+                return False
+    n_out = numel(nodes[-1].shape)
+    lows = backward_lower_bounds(graph, nodes, values, dom, spec_rows(claim, n_out), cert,
                                  "crown", path)
     conclude(claim, lows, "crown")
     return True
@@ -405,7 +540,7 @@ def check_crown(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) 
 def check_ibp_on_domain(graph: Graph, claim: Claim, dom: Domain, path: str) -> bool:
     from kernel_checker.rules import check_output_box
 
-    values = forward(graph, chain_to(graph, claim.node, "ibp"), dom, {})
+    values = forward(graph, ancestors(graph, claim.node, "ibp"), dom, {})
     if values is None:
         return False
     check_output_box(claim, values[claim.node], "ibp")
@@ -467,11 +602,11 @@ def check_split(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
         return
     if kind == "relu":
         nid, j = spec.get("node"), spec.get("index")
-        chain = chain_to(graph, claim.node, "split")
-        pre = {chain[i - 1].id for i, node in enumerate(chain) if node.op == "relu" and i > 0}
+        pre = {node.inputs[0] for node in ancestors(graph, claim.node, "split")
+               if node.op == "relu"} - {graph.the_input("split", "claim").id}
         if not isinstance(nid, str) or nid not in pre:
-            raise refuse("split", f"{path}.split.node", f"expected the input node of a relu on "
-                         f"the chain {sorted(pre)}, found {nid!r}")
+            raise refuse("split", f"{path}.split.node", f"expected the input node of a relu "
+                         f"(not the graph's input) among {sorted(pre)}, found {nid!r}")
         n = numel(graph.by_id[nid].shape)
         if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < n:
             raise refuse("split", f"{path}.split.index", f"expected a neuron index < {n}, found "

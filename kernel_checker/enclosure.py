@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from flint import fmpq, fmpz, fmpz_mat
+from flint import fmpq, fmpz
 
 from kernel_checker.errors import KernelError, refuse
 from kernel_checker.exact import decode_ball, decode_rational, encode_rational
@@ -471,21 +471,20 @@ def relax(func: str, lo: fmpq, hi: fmpq, bits: int = RELAX_BITS, pieces: int = 8
     return fmpq(a), b_lo, fmpq(a), b_hi
 
 
-def backward_smooth(func: str, z_lo: list, z_hi: list, z_den: int, lam: fmpz_mat,
-                    lam_den: int, const: list) -> tuple[fmpz_mat, int, list]:
-    """One CROWN step back through y = f(z) element-wise: lam.y >= lam'.z + c with, per
-    coefficient v, the lower line when v >= 0 and the upper line when v < 0."""
+def backward_smooth(func: str, z_lo: list, z_hi: list, z_den: int, entries: list,
+                    scale: fmpq, const: list) -> tuple[list, fmpq, list]:
+    """One CROWN step back through y = f(z) element-wise: coefficients (flat rows, times scale)
+    on y to coefficients on z, lam.y >= lam'.z + c with, per coefficient v, the lower line when
+    v >= 0 and the upper line when v < 0."""
     n = len(z_lo)
     lines = [[_fix(v, RELAX_BITS) for v in relax(func, fmpq(lo, z_den), fmpq(hi, z_den))]
              for lo, hi in zip(z_lo, z_hi, strict=True)]
-    entries = [int(v) for v in lam.entries()]
-    out, extra = [], []
-    for r in range(len(entries) // n):
+    out, new_const = [], []
+    step = scale / (1 << RELAX_BITS)
+    for r, c in enumerate(const):
         acc = 0
         for v, (al, bl, au, bu) in zip(entries[r * n:(r + 1) * n], lines, strict=True):
             out.append(v * (al if v >= 0 else au))
             acc += v * (bl if v >= 0 else bu)
-        extra.append(acc)
-    scale = lam_den << RELAX_BITS
-    return (fmpz_mat(len(extra), n, out), scale,
-            [c + fmpq(x, scale) for c, x in zip(const, extra, strict=True)])
+        new_const.append(c + int(acc) * step)
+    return out, step, new_const

@@ -150,17 +150,27 @@ def decode_vector(value: object, path: str, rule: str = "decode", length: int | 
     if length is not None and len(value) != length:
         raise refuse(rule, path, f"expected {length} numbers, found {len(value)}")
     out = []
+    if len(_SHORT) > 1 << 18:
+        _SHORT.clear()
     for i, v in enumerate(value):
         if type(v) is str and len(v) < 64:  # fast paths for what producers send; same grammar
-            if _INT_RE.match(v):
-                out.append(fmpq(int(v)))
-                continue
-            m = _FRACTION_RE.match(v)
-            if m and m.group(2) != "0" * len(m.group(2)):
-                out.append(fmpq(int(m.group(1)), int(m.group(2))))
-                continue
+            q = _SHORT.get(v)
+            if q is None:
+                m = _FRACTION_RE.match(v)
+                if _INT_RE.match(v):
+                    q = fmpq(int(v))
+                elif m and m.group(2) != "0" * len(m.group(2)):
+                    q = fmpq(int(m.group(1)), int(m.group(2)))
+                else:
+                    q = decode_rational(v, f"{path}[{i}]", rule)
+                _SHORT[v] = q
+            out.append(q)
+            continue
         out.append(decode_rational(v, f"{path}[{i}]", rule))
     return out
+
+
+_SHORT: dict = {}  # short texts already decoded (fmpq values are immutable)
 
 
 def common_denominator(values: list[fmpq]) -> tuple[list[int], int]:

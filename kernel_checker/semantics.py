@@ -385,23 +385,33 @@ def inv_sqrt_enclosure(v: fmpq, prec: int = SQRT_PRECISION_BITS) -> tuple[fmpq, 
     return fmpq(r, 1 << shift), fmpq(r if exact else r + 1, 1 << shift)
 
 
+def batchnorm_channels(node: Node, graph: Graph) -> list[tuple]:
+    """Per channel (k_lo, k_hi, mean, beta) with k_lo <= gamma / sqrt(var + eps) <= k_hi, so
+    that y = k (x - mean) + beta; cached per graph."""
+    key = ("batchnorm", node.id)
+    if key not in graph._cache:
+        a = node.attrs
+        gamma, beta = graph.param(a["weight"]), graph.param(a["bias"])
+        mean, var = graph.param(a["running_mean"]), graph.param(a["running_var"])
+        out = []
+        for ch in range(gamma.shape[0]):
+            v = var.value(ch) + a["eps"]
+            if v <= 0:
+                raise refuse("semantics", f"{node.id}.running_var[{ch}]",
+                             f"running_var + eps must be positive, found {v}")
+            s_lo, s_hi = inv_sqrt_enclosure(v)
+            g = gamma.value(ch)
+            k_lo, k_hi = (g * s_lo, g * s_hi) if g >= 0 else (g * s_hi, g * s_lo)
+            out.append((k_lo, k_hi, mean.value(ch), beta.value(ch)))
+        graph._cache[key] = out
+    return graph._cache[key]
+
+
 def batchnorm(x: Interval, node: Node, graph: Graph) -> Interval:
     """y = (x - mean) * gamma / sqrt(var + eps) + beta, channel = first dimension."""
-    a = node.attrs
-    gamma, beta = graph.param(a["weight"]), graph.param(a["bias"])
-    mean, var = graph.param(a["running_mean"]), graph.param(a["running_var"])
-    c = x.shape[0]
-    per = numel(x.shape) // c if c else 0
+    per = numel(x.shape) // x.shape[0] if x.shape[0] else 0
     lo, hi = [], []
-    for ch in range(c):
-        v = var.value(ch) + a["eps"]
-        if v <= 0:
-            raise refuse("semantics", f"{node.id}.running_var[{ch}]",
-                         f"running_var + eps must be positive, found {v}")
-        s_lo, s_hi = inv_sqrt_enclosure(v)
-        g = gamma.value(ch)
-        k_lo, k_hi = (g * s_lo, g * s_hi) if g >= 0 else (g * s_hi, g * s_lo)
-        m, b = mean.value(ch), beta.value(ch)
+    for ch, (k_lo, k_hi, m, b) in enumerate(batchnorm_channels(node, graph)):
         for i in range(ch * per, (ch + 1) * per):
             t_lo = fmpq(x.lo[i], x.den) - m
             t_hi = fmpq(x.hi[i], x.den) - m

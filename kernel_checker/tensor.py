@@ -15,7 +15,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from flint import fmpq, fmpz, fmpz_mat
+from flint import fmpq, fmpz
 
 from kernel_checker.errors import refuse
 from kernel_checker.exact import decode_rational, float_bits_to_dyadic
@@ -54,11 +54,6 @@ class Tensor:
 
     def values(self) -> list[fmpq]:
         return [fmpq(n, self.den) for n in self.nums]
-
-    def to_matrix(self) -> fmpz_mat:
-        """A 2-D tensor's numerators as an integer matrix."""
-        rows, cols = self.shape
-        return fmpz_mat(rows, cols, self.nums)
 
 
 def rescale(nums: list, den: int, new_den: int) -> list:

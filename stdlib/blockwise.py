@@ -71,7 +71,7 @@ def split_graph(graph_path: str, cuts: list[str]) -> tuple[list[str], list[str]]
 def _bounds_claim(graph: kernel_checker.Graph, input_set, node: str) -> tuple[Claim, dict]:
     """Bounds on `node` computed with the kernel's own CROWN arithmetic (as a producer), rounded
     outward, with a crown certificate for them."""
-    chain = crown.chain_to(graph, node, "crown")
+    chain = crown.ancestors(graph, node, "crown")
     dom = crown.Domain(box_interval(input_set.as_box(), graph.the_input("b", "b").shape))
     values = crown.forward(graph, chain, dom, {})
     n = numel(graph.by_id[node].shape)

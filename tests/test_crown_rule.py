@@ -16,7 +16,6 @@ from itertools import product
 import numpy as np
 import pytest
 import torch
-from flint import fmpq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rule_helpers import build_mlp, enc, fr, q, randn, rejected  # noqa: E402
@@ -64,7 +63,7 @@ def domain(graph, box: Box, phases=None) -> crown.Domain:
 
 def node_interval(graph, box: Box, node: str, phases=None) -> tuple[list, list]:
     """The kernel's interval replay of `node` over the box (no certified bounds)."""
-    chain = crown.chain_to(graph, node, "crown")
+    chain = crown.ancestors(graph, node, "crown")
     values = crown.forward(graph, chain, domain(graph, box, phases), {})
     iv = values[node]
     return [Fraction(v, iv.den) for v in iv.lo], [Fraction(v, iv.den) for v in iv.hi]
@@ -72,7 +71,7 @@ def node_interval(graph, box: Box, node: str, phases=None) -> tuple[list, list]:
 
 def kernel_lows(graph, box: Box, node: str, rows, cert=None, phases=None) -> list[Fraction]:
     """The kernel's exact CROWN lower bounds of `rows` over node (no intermediate entries)."""
-    chain = crown.chain_to(graph, node, "crown")
+    chain = crown.ancestors(graph, node, "crown")
     dom = domain(graph, box, phases)
     values = crown.forward(graph, chain, dom, {})
     rows_q = [[q(v) for v in r] for r in rows]
@@ -469,7 +468,7 @@ def test_intermediate_entry_not_on_the_chain_or_out_of_order_rejected(net, nodes
     claim = claims.bounds(g, box, [-50, -50], [50, 50], node="fc3")
     rejected(claim, {"rule": "crown", "intermediate": entries}, g, rule="crown",
              path=f"certificate.intermediate[{bad}].node",
-             contains=("expected a node of the chain before 'fc3'", repr(nodes[bad])))
+             contains=("expected an ancestor of 'fc3' listed after", repr(nodes[bad])))
 
 
 def test_intermediate_entry_after_the_claim_node_rejected(net):
@@ -479,7 +478,7 @@ def test_intermediate_entry_after_the_claim_node_rejected(net):
     claim = claims.bounds(g, box, [-50] * 8, [50] * 8, node="relu1")
     rejected(claim, {"rule": "crown", "intermediate": [
         {"node": "fc2", "lo": [enc(v) for v in lo], "hi": [enc(v) for v in hi]}]}, g,
-        rule="crown", path="certificate.intermediate[0].node", contains="before 'relu1'")
+        rule="crown", path="certificate.intermediate[0].node", contains="ancestor of 'relu1'")
 
 
 @pytest.mark.parametrize("change,path,fragment", [
@@ -536,46 +535,6 @@ def test_certificate_for_a_moved_ball_is_refused_at_its_intermediate_bounds(net)
     err = info.value
     assert err.rule == "crown" and err.path.startswith("certificate.intermediate[0]."), err
     assert "the kernel's bound" in err.message  # (here: lo[1], neuron 3)
-
-
-def test_maxpool_on_the_chain_is_refused_naming_op_node_and_set(cnn):
-    g = cnn.graph
-    pool = next(n.id for n in g.nodes if n.op == "maxpool2d")
-    box = Box(tuple([fmpq(0)] * 128), tuple([fmpq(1, 64)] * 128))
-    claim = claims.bounds(g, box, [-100] * 3, [100] * 3)
-    err = rejected(claim, {"rule": "crown"}, g, rule="crown", path=f"node {pool!r}",
-                   contains=("op 'maxpool2d' is not supported", str(list(crown.CHAIN_OPS))))
-    assert "avgpool2d" in err.message
-
-
-def test_batchnorm_and_add_on_the_chain_are_refused(kit):
-    rng = np.random.default_rng(5)
-    g = GraphBuilder()
-    x = g.input([4])
-    h = g.linear(x, randn(rng, 4, 4), None, name="fc1")
-    h = g.batchnorm(h, np.ones(4, np.float32), np.zeros(4, np.float32),
-                    np.zeros(4, np.float32), np.ones(4, np.float32), name="bn")
-    h = g.linear(g.relu(h), randn(rng, 2, 4), None, name="fc2")
-    g.output(h)
-    built = kit.save(g, "bn")
-    box = claims.box([0] * 4, [1] * 4)
-    claim = claims.bounds(built.graph, box, [-100] * 2, [100] * 2)
-    rejected(claim, {"rule": "crown"}, built.graph, rule="crown", path="node 'bn'",
-             contains=("op 'batchnorm'", "supported: ['linear'"))
-    g = GraphBuilder()
-    x = g.input([4])
-    h = g.relu(g.linear(x, randn(rng, 4, 4), None, name="fc1"))
-    h = g.add(h, x)
-    g.output(g.linear(h, randn(rng, 2, 4), None, name="fc2"))
-    built = kit.save(g, "res")
-    add = next(n.id for n in built.graph.nodes if n.op == "add")
-    claim = claims.bounds(built.graph, box, [-100] * 2, [100] * 2)
-    rejected(claim, {"rule": "crown"}, built.graph, rule="crown", path=f"node {add!r}",
-             contains="op 'add' is not supported")
-    # the same graph is fine for crown up to the node before the add
-    lo, hi = node_interval(built.graph, box, "fc1")
-    accepted(claims.bounds(built.graph, box, lo, hi, node="fc1"), {"rule": "crown"},
-             built.graph)
 
 
 def test_bundle_with_a_crown_certificate_rechecks_in_a_fresh_process(net, kit):
@@ -696,7 +655,9 @@ def test_exact_crown_bounds_are_below_every_sampled_output(kit, seed, depth):
 @given(seed=st.integers(0, 2**32 - 1))
 def test_one_hidden_layer_crown_with_zero_slopes_and_exact_chords_beats_ibp(kit, seed):
     """With alpha = 0 and exact chords, each relu term's relaxation is no worse than its interval
-    bound, and CROWN minimises their sum jointly: lower bound >= IBP's, exactly."""
+    bound, and CROWN minimises their sum jointly: lower bound >= IBP's, up to the kernel's
+    rounding of coefficients to COEF_BITS bits (its error is charged to the bound, so it may
+    sit below IBP by that much, never above the true minimum)."""
     rng = np.random.default_rng(seed)
     n_in, width, n_out = int(rng.integers(1, 4)), int(rng.integers(1, 7)), int(rng.integers(1, 4))
     graph = random_net(kit, rng, n_in, [width], n_out)
@@ -708,9 +669,10 @@ def test_one_hidden_layer_crown_with_zero_slopes_and_exact_chords_beats_ibp(kit,
     rows = unit_rows(n_out)
     lows = kernel_lows(graph, box, out, rows, cert)
     ylo, yhi = kit.ibp(graph, [fr(v) for v in box.lo], [fr(v) for v in box.hi])[out]
+    tol = Fraction(1, 2 ** (crown.COEF_BITS - 16))
     for i in range(n_out):
-        assert lows[i] >= fr(ylo[i]), (seed, i)
-        assert -lows[n_out + i] <= fr(yhi[i]), (seed, i)
+        assert lows[i] >= fr(ylo[i]) - tol, (seed, i)
+        assert -lows[n_out + i] <= fr(yhi[i]) + tol, (seed, i)
     lo, hi = lows[:n_out], [-v for v in lows[n_out:]]
     accepted(claims.bounds(graph, box, lo, hi), {"rule": "crown", **cert}, graph)
 

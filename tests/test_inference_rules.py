@@ -61,7 +61,7 @@ def prem(claim, cert):
 
 
 def kernel_lows(graph, box: Box, node: str, rows) -> list[Fraction]:
-    chain = crown.chain_to(graph, node, "crown")
+    chain = crown.ancestors(graph, node, "crown")
     dom = crown.Domain(box_interval(box, graph.the_input("t", "t").shape))
     values = crown.forward(graph, chain, dom, {})
     rows_q = [[q(v) for v in r] for r in rows]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import kernel_checker
-from kernel_checker.crown import chain_to
+from kernel_checker.crown import ancestors
 
 onnx = pytest.importorskip("onnx")
 from onnx import helper, numpy_helper  # noqa: E402
@@ -54,7 +54,7 @@ def test_every_acas_xu_network_imports_as_a_crown_chain(tmp_path):
         g = r.graph
         assert [n.shape for n in g.input_nodes] == [(1, 1, 5)]  # ONNX [1, 1, 1, 5] minus batch
         assert g.by_id[g.outputs[0]].shape == (5,)
-        chain = chain_to(g, g.outputs[0], "crown")  # the zero mean image folded away
+        chain = ancestors(g, g.outputs[0], "crown")  # the zero mean image folded away
         assert [n.op for n in chain] == ["flatten"] + ["linear", "relu"] * 6 + ["linear"]
         assert all(n.attrs["bias"] for n in chain if n.op == "linear")
         assert g.parameter_count() == 13305
