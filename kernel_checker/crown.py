@@ -33,6 +33,7 @@ CROWN_OPS = (*AFFINE_OPS, "batchnorm", "add", "flatten", "reshape", "relu", "max
              *GRAPH_FUNCS)
 UPPER_LINE_BITS = 32
 COEF_BITS = 56  # coefficients are rounded to this many bits after each nonlinearity
+_ZERO, _ONE = fmpq(0), fmpq(1)
 
 
 @dataclass
@@ -112,7 +113,8 @@ def forward(graph: Graph, nodes: list[Node], dom: Domain, certified: dict) -> di
 
 
 def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
-    """(W as fmpz_mat, W den, b as a column fmpz_mat or None, b den): out = W in + b, flat."""
+    """(W as fmpz_mat, W den, b as a column fmpz_mat or None, b den, bits of the largest column
+    sum of |W|): out = W in + b, flat."""
     key = ("affine", node.id)
     if key in graph._cache:
         return graph._cache[key]
@@ -164,7 +166,10 @@ def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
         w = fmpz_mat(n_out, n_in, dense)
         b_nums = None
     b = fmpz_mat(n_out, 1, b_nums) if b_nums is not None else None
-    graph._cache[key] = (w, w_den, b, bias.den if bias else 1)
+    col_sums = [0] * n_in  # |lam W| <= max|lam| * max column sum of |W|
+    for i, v in enumerate(w.entries()):
+        col_sums[i % n_in] += abs(int(v))
+    graph._cache[key] = (w, w_den, b, bias.den if bias else 1, max(col_sums).bit_length())
     return graph._cache[key]
 
 
@@ -213,7 +218,7 @@ def _alphas(rule, path, cert_alpha, relu_id, n, rows, lo, hi, den):
     if cert_alpha is not None and not isinstance(cert_alpha, dict):
         raise refuse(rule, f"{path}.alpha", "expected an object keyed by relu node id")
     if cert_alpha is None or relu_id not in cert_alpha:
-        default = [fmpq(0) if -lo[j] >= hi[j] else fmpq(1) for j in range(n)]
+        default = [_ZERO if -lo[j] >= hi[j] else _ONE for j in range(n)]
         return [default] * rows
     value = cert_alpha[relu_id]
     p = f"{path}.alpha.{relu_id}"
@@ -236,11 +241,11 @@ def _plus(const: list, ints: list, factor: fmpq) -> list:
     return [c + int(x) * factor if x else c for c, x in zip(const, ints, strict=True)]
 
 
-def _relu_back(node: Node, z: Interval, entries: list, rows: int, const: list, sc: fmpq,
-               cert: dict, rule: str, path: str) -> tuple[fmpz_mat, fmpq, list]:
-    """Coefficients on relu(z) (flat, `rows` x n) to coefficients on z, rounded to COEF_BITS:
-    (matrix, scale, const)."""
-    n = len(z.lo)
+def _relu_back(node: Node, z: Interval, mat: fmpz_mat, const: list, sc: fmpq, cert: dict,
+               rule: str, path: str) -> tuple[fmpz_mat, fmpq, list, int]:
+    """Coefficients on relu(z) to coefficients on z: (matrix, scale, const, bits added). Stable
+    neurons are a diagonal product; only unstable columns are looked at entry by entry."""
+    n, rows = len(z.lo), mat.nrows()
     unstable = [j for j in range(n) if z.lo[j] < 0 < z.hi[j]]
     s_map, t_map = _upper_lines(rule, path, node.id, z.lo, z.hi, z.den, unstable,
                                 cert.get("upper"))
@@ -252,29 +257,30 @@ def _relu_back(node: Node, z: Interval, entries: list, rows: int, const: list, s
     e = 1
     for d in dens:
         e = lcm(e, d)
-    upper = [e if z.lo[j] >= 0 else 0 for j in range(n)]
-    t_nums, t_den = _rationals_common([t_map[j] for j in unstable])
-    for j in unstable:
-        upper[j] = int(s_map[j].p) * (e // int(s_map[j].q))
-    # entries of the result are at most max|v| * max(e, slopes): shift them to COEF_BITS now
-    sh = _shift_for(max(max(entries, default=0), -min(entries, default=0)) * max(upper + [e]))
-    half = (1 << sh) >> 1
-    lower, out, extra = upper, [], []
-    for r in range(rows):
-        if r == 0 or not shared:
-            lower = list(upper)
-            for j in unstable:
-                a = alphas[r][j]
-                lower[j] = int(a.p) * (e // int(a.q))
-        row = entries[r * n:(r + 1) * n]
-        # coefficient v >= 0 takes the lower relaxation, v < 0 the upper one (scaled by e)
-        out.extend([(v * lo + half) >> sh if v > 0 else (v * up + half) >> sh
-                    for v, lo, up in zip(row, lower, upper)])
-        # negative coefficients take the upper line's intercept into the constant
-        extra.append(sum(row[j] * t for j, t in zip(unstable, t_nums) if row[j] < 0))
-    const = _plus(const, extra, sc / t_den)
-    sc = sc / e
-    return fmpz_mat(rows, n, out), sc * (1 << sh), _less(const, _round_err(sc, sh, z))
+    diag = fmpz_mat(n, n)
+    for j in range(n):
+        if z.lo[j] >= 0:  # active: relu(z) = z
+            diag[j, j] = e
+    out = mat * diag  # inactive and unstable columns are 0 here
+    ups = [int(s_map[j].p) * (e // int(s_map[j].q)) for j in unstable]
+    if unstable:
+        k = len(unstable)
+        pick = fmpz_mat(n, k)
+        for c, j in enumerate(unstable):
+            pick[j, c] = 1
+        cols = (mat * pick).entries()
+        t_nums, t_den = _rationals_common([t_map[j] for j in unstable])
+        new, extra, lows = [], [], None
+        for r in range(rows):
+            if lows is None or not shared:
+                lows = [int(alphas[r][j].p) * (e // int(alphas[r][j].q)) for j in unstable]
+            row = cols[r * k:(r + 1) * k]
+            # v >= 0 takes the lower line alpha z, v < 0 the upper line s z + t
+            new.extend([v * lo if v > 0 else v * up for v, lo, up in zip(row, lows, ups)])
+            extra.append(sum(v * t for v, t in zip(row, t_nums) if v < 0))
+        out += fmpz_mat(rows, k, new) * pick.transpose()
+        const = _plus(const, extra, sc / t_den)
+    return out, sc / e, const, int(fmpz(max(ups + [e])).bit_length())
 
 
 def _maxpool_back(node: Node, z: Interval, entries: list, rows: int, const: list,
@@ -340,69 +346,81 @@ def _less(const: list, err: fmpq) -> list:
     return [c - err for c in const] if err else const
 
 
-def _shrink(out: list, rows: int, sc: fmpq, const: list, z: Interval) -> tuple:
-    """Coefficients on z rounded to COEF_BITS bits, the error taken off every row's constant."""
+def _shrink(out, rows: int, sc: fmpq, const: list, z: Interval) -> tuple:
+    """Coefficients on z (a matrix or flat list) rounded to COEF_BITS bits, the error taken off
+    every row's constant: (matrix, scale, const, bits)."""
+    if isinstance(out, fmpz_mat):
+        out = out.entries()
     sh = _shift_for(max(max(out, default=0), -min(out, default=0)))
     half = (1 << sh) >> 1
     mat = fmpz_mat(rows, len(z.lo), [(v + half) >> sh for v in out] if sh else out)
-    return mat, sc * (1 << sh), _less(const, _round_err(sc, sh, z))
+    return mat, sc * (1 << sh), _less(const, _round_err(sc, sh, z)), COEF_BITS
 
 
-def _give(lam: dict, nid: str, mat: fmpz_mat, sc: fmpq) -> None:
-    """Add coefficients (mat * sc) on node nid to those already there."""
+def _give(lam: dict, nid: str, mat: fmpz_mat, sc: fmpq, bits: int) -> None:
+    """Add coefficients (mat * sc, entries below 2^bits) on node nid to those already there."""
     if nid not in lam:
-        lam[nid] = (mat, sc)
+        lam[nid] = (mat, sc, bits)
         return
-    m2, s2 = lam[nid]
+    m2, s2, b2 = lam[nid]
     common = fmpq(fmpz(sc.p).gcd(s2.p), lcm(int(sc.q), int(s2.q)))
-    lam[nid] = (mat * int(sc / common) + m2 * int(s2 / common), common)
+    f1, f2 = int(sc / common), int(s2 / common)
+    lam[nid] = (mat * f1 + m2 * f2, common,
+                max(bits + f1.bit_length(), b2 + f2.bit_length()) + 1)
 
 
 def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Domain,
                           rows: list, cert: dict, rule: str, path: str) -> list[fmpq]:
     """Exact CROWN lower bounds of each spec row (over the last node) on the domain; `rows` is
-    a list of rational rows or an integer fmpz_mat."""
+    a list of rational rows or an fmpz_mat of unit rows."""
     if not isinstance(rows, fmpz_mat):  # rational rows: integers over a common denominator
         nums, den = _rationals_common([v for r in rows for v in r])
-        rows = (fmpz_mat(len(rows), numel(nodes[-1].shape), nums), fmpq(1, den))
-    else:
-        rows = (rows, fmpq(1))
+        top = max(max(nums, default=0), -min(nums, default=0))
+        rows = (fmpz_mat(len(rows), numel(nodes[-1].shape), nums), fmpq(1, den),
+                int(top).bit_length())
+    else:  # unit rows
+        rows = (rows, fmpq(1), 1)
     n_rows = rows[0].nrows()
     lam = {nodes[-1].id: rows}
     const = [fmpq(0)] * n_rows
     for node in reversed(nodes):
         if node.id not in lam:  # not an ancestor of the last node
             continue
-        mat, sc = lam.pop(node.id)
+        mat, sc, bits = lam.pop(node.id)
         x_id = node.inputs[0]
         z = values[x_id]
         if node.op in ("flatten", "reshape", "add"):
             for i in node.inputs:
-                _give(lam, i, mat, sc)
+                _give(lam, i, mat, sc, bits)
             continue
         if node.op in AFFINE_OPS:
-            w, w_den, b, b_den = _affine(graph, node, z.shape)
+            w, w_den, b, b_den, w_bits = _affine(graph, node, z.shape)
             if b is not None:
                 const = _plus(const, (mat * b).entries(), sc / b_den)
-            _give(lam, x_id, mat * w, sc / w_den)
+            _give(lam, x_id, mat * w, sc / w_den, bits + w_bits)
+            continue
+        if node.op == "relu":
+            mat, sc, const, grow = _relu_back(node, z, mat, const, sc, cert, rule, path)
+            bits += grow
+            # round when the coefficients outgrow COEF_BITS on a wide matrix (fast products
+            # next) or outgrow 10 COEF_BITS on any: a speed choice, the error is charged either way
+            if bits > COEF_BITS and (n_rows * len(z.lo) >= 1 << 14 or bits > 10 * COEF_BITS):
+                mat, sc, const, bits = _shrink(mat, n_rows, sc, const, z)
+            _give(lam, x_id, mat, sc, bits)
             continue
         entries = mat.entries()
-        if node.op == "relu":
-            mat, sc, const = _relu_back(node, z, entries, n_rows, const, sc, cert, rule, path)
-            _give(lam, x_id, mat, sc)
-            continue
         if node.op == "maxpool2d":
             out, sc, const = _maxpool_back(node, z, entries, n_rows, const, sc)
         elif node.op == "batchnorm":
             out, sc, const = _batchnorm_back(graph, node, z, entries, n_rows, const, sc)
         else:
             out, sc, const = backward_smooth(node.op, z.lo, z.hi, z.den, entries, sc, const)
-        mat, sc, const = _shrink(out, n_rows, sc, const, z)
-        _give(lam, x_id, mat, sc)
+        mat, sc, const, bits = _shrink(out, n_rows, sc, const, z)
+        _give(lam, x_id, mat, sc, bits)
     inp = graph.the_input(rule, path).id
     if inp not in lam:
         raise refuse(rule, path, f"node {nodes[-1].id!r} does not depend on the input")
-    mat, sc = lam[inp]
+    mat, sc, _ = lam[inp]
     # concretise over the input box: min lam.x = lam.lo + sum over lam_i < 0 of lam_i (hi - lo)
     box = dom.box
     n_in = len(box.lo)

@@ -245,7 +245,7 @@ def _relu_children(chain, spec, node: _Node, res, open_rows, lookahead: int) -> 
     children are tried). None when no neuron is unstable."""
     cands = []
     for k, gap in res.scores.items():
-        if k == 0:  # a relu on the input itself has no splittable pre-activation node
+        if chain.layers[k].src[0] == 0:  # a relu on the input has no splittable node
             continue
         r = res.relax[k]
         g = gap[open_rows].sum(dim=0) if len(open_rows) else gap.sum(dim=0)
@@ -260,13 +260,13 @@ def _relu_children(chain, spec, node: _Node, res, open_rows, lookahead: int) -> 
     best, best_v = pool[0], -np.inf
     if len(pool) > 1:
         for c in pool:
-            nid = chain.ids[c[2]]
+            nid = chain.ids[chain.layers[c[2]].src[0]]
             v = min(_try(chain, spec, node.lo_f, node.hi_f, _with_phase(node.phases, nid, c[3], ph))
                     for ph in ("inactive", "active"))
             if v > best_v:
                 best, best_v = c, v
     _, _, k, j = best
-    nid = chain.ids[k]
+    nid = chain.ids[chain.layers[k].src[0]]  # the relu's input (pre-activation) node
     node.split = {"kind": "relu", "node": nid, "index": j}
     return [_Node(node.lo, node.hi, node.lo_f, node.hi_f, _with_phase(node.phases, nid, j, ph),
                   node.depth + 1) for ph in ("inactive", "active")]
