@@ -257,11 +257,11 @@ def _relu_back(node: Node, z: Interval, mat: fmpz_mat, const: list, sc: fmpq, ce
     e = 1
     for d in dens:
         e = lcm(e, d)
-    diag = fmpz_mat(n, n)
-    for j in range(n):
-        if z.lo[j] >= 0:  # active: relu(z) = z
-            diag[j, j] = e
-    out = mat * diag  # inactive and unstable columns are 0 here
+    active = [j for j in range(n) if z.lo[j] >= 0]  # relu(z) = z
+    keep = fmpz_mat(n, len(active))
+    for c, j in enumerate(active):
+        keep[j, c] = 1
+    out = (mat * keep) * (keep.transpose() * e)  # inactive and unstable columns are 0 here
     ups = [int(s_map[j].p) * (e // int(s_map[j].q)) for j in unstable]
     if unstable:
         k = len(unstable)
