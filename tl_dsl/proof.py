@@ -59,7 +59,7 @@ def write_bundle(path: str, claim: Claim, certificate: dict, graph_path: str,
     doc = {"format": "tl.bundle.v1", "claim": claim.to_json(), "certificate": certificate,
            "artifacts": artifacts, "producer": producer or {"tool": "tl-verify"}}
     with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
+        json.dump(doc, f, separators=(",", ":"))
     return path
 
 
