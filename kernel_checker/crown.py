@@ -6,12 +6,14 @@ Soundness in brief. The claim's node and its ancestors form a DAG over the graph
 a spec row c, walking the nodes backwards (reverse topological order) with lam = c on the claim
 node, each node passes its coefficients to its inputs, summed where a node feeds several others:
 through y = W x + b, const += lam.b and lam_x += lam W; through an add, lam goes to both inputs;
-through batchnorm y = k (x - m) + beta with k enclosed in [k_lo, k_hi], lam k_lo goes to x and the
+through batchnorm y = k (x - m) + b with k enclosed in [k_lo, k_hi], lam k_lo goes to x and the
 rest is bounded by |lam| (k_hi - k_lo) max|x - m|. Through a relu with input z and certified
 bounds [l, u], each lam_j >= 0 uses relu(z) >= alpha z (alpha in [0, 1]), lam_j < 0 uses
 relu(z) <= s z + t (checked on [l, u]); stable neurons are exact. Through maxpool, lam_j >= 0 uses
 y >= x_i (i: the window's largest lower bound), lam_j < 0 uses y <= max u (exact when x_i's lower
-bound is above every other upper bound). After a nonlinearity lam is rounded to COEF_BITS bits,
+bound is above every other upper bound). In a leaf under relu splits sign * z_j >= 0, a
+multiplier beta >= 0 adds -beta * sign to lam_z[j]: the objective drops by beta * sign * z_j >= 0
+(beta-CROWN). After a nonlinearity lam may be rounded to COEF_BITS bits,
 the error bounded by |lam - lam'| . max|z|. At the input, min lam.x over the box is
 lam.lo + (lam_i < 0) lam_i (hi_i - lo_i). So c.y >= that minimum + const on the whole domain.
 """
@@ -357,16 +359,51 @@ def _shrink(out, rows: int, sc: fmpq, const: list, z: Interval) -> tuple:
     return mat, sc * (1 << sh), _less(const, _round_err(sc, sh, z)), COEF_BITS
 
 
+def _sum(m1: fmpz_mat, s1: fmpq, b1: int, m2: fmpz_mat, s2: fmpq, b2: int) -> tuple:
+    """m1 * s1 + m2 * s2 as (matrix, scale, bits)."""
+    common = fmpq(fmpz(s1.p).gcd(s2.p), lcm(int(s1.q), int(s2.q)))
+    f1, f2 = int(s1 / common), int(s2 / common)
+    return m1 * f1 + m2 * f2, common, max(b1 + f1.bit_length(), b2 + f2.bit_length()) + 1
+
+
 def _give(lam: dict, nid: str, mat: fmpz_mat, sc: fmpq, bits: int) -> None:
     """Add coefficients (mat * sc, entries below 2^bits) on node nid to those already there."""
-    if nid not in lam:
-        lam[nid] = (mat, sc, bits)
-        return
-    m2, s2, b2 = lam[nid]
-    common = fmpq(fmpz(sc.p).gcd(s2.p), lcm(int(sc.q), int(s2.q)))
-    f1, f2 = int(sc / common), int(s2 / common)
-    lam[nid] = (mat * f1 + m2 * f2, common,
-                max(bits + f1.bit_length(), b2 + f2.bit_length()) + 1)
+    lam[nid] = _sum(*lam[nid], mat, sc, bits) if nid in lam else (mat, sc, bits)
+
+
+def _betas(cert: dict, dom: Domain, rows: int, rule: str, path: str) -> dict:
+    """Split multipliers (beta-CROWN, Wang et al. 2021): node -> [(index, sign, values)], one
+    value >= 0 per spec row, each for a split constraint sign * z[index] >= 0 of the domain."""
+    value = cert.get("beta", [])
+    if not isinstance(value, list):
+        raise refuse(rule, f"{path}.beta", "expected a list of {node, index, values}")
+    out: dict = {}
+    for i, entry in enumerate(value):
+        p = f"{path}.beta[{i}]"
+        if not isinstance(entry, dict) or set(entry) != {"node", "index", "values"}:
+            raise refuse(rule, p, "expected {node, index, values}")
+        nid, j = entry["node"], entry["index"]
+        signs = dom.phases.get(nid, {}) if isinstance(nid, str) else {}
+        if type(j) is not int or j not in signs:
+            raise refuse(rule, p, f"no split constraint on {nid!r}[{j!r}] in this domain "
+                         "(a beta multiplier belongs to a relu split above the leaf)")
+        vals = decode_vector(entry["values"], f"{p}.values", rule, rows)
+        for k, v in enumerate(vals):
+            if v < 0:
+                raise refuse(rule, f"{p}.values[{k}]", f"expected a multiplier >= 0, found {v}")
+        out.setdefault(nid, []).append((j, signs[j], vals))
+    return out
+
+
+def _beta_term(terms: list, rows: int, n: int) -> tuple:
+    """-sum beta * sign * e_index as (matrix, scale, bits): added to the coefficients on the
+    constrained node, it subtracts beta * (sign * z) >= 0 from every row's objective."""
+    nums, den = _rationals_common([v for _, _, vals in terms for v in vals])
+    mat = fmpz_mat(rows, n)
+    for t, (j, sign, _) in enumerate(terms):
+        for r in range(rows):
+            mat[r, j] -= sign * nums[t * rows + r]
+    return mat, fmpq(1, den), max(int(abs(v)).bit_length() for v in nums)
 
 
 def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Domain,
@@ -383,9 +420,12 @@ def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Do
     n_rows = rows[0].nrows()
     lam = {nodes[-1].id: rows}
     const = [fmpq(0)] * n_rows
+    betas = _betas(cert, dom, n_rows, rule, path)
     for node in reversed(nodes):
         if node.id not in lam:  # not an ancestor of the last node
             continue
+        if node.id in betas:
+            _give(lam, node.id, *_beta_term(betas[node.id], n_rows, numel(node.shape)))
         mat, sc, bits = lam.pop(node.id)
         x_id = node.inputs[0]
         z = values[x_id]
@@ -513,7 +553,7 @@ def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
     out, last = {}, -1
     for i, entry in enumerate(inter):
         p = f"{path}.intermediate[{i}]"
-        _keys(entry, "crown", p, {"node", "indices", "lo", "hi", "alpha", "upper"})
+        _keys(entry, "crown", p, {"node", "indices", "lo", "hi", "alpha", "upper", "beta"})
         nid = entry.get("node")
         if not isinstance(nid, str) or nid not in order or order[nid] <= last or (
                 nid == claim.node):
@@ -533,7 +573,7 @@ def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
 
 def check_crown(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) -> bool:
     """Check a crown certificate on a domain; False means the domain is empty (vacuous)."""
-    _keys(cert, "crown", path, {"intermediate", "alpha", "upper"})
+    _keys(cert, "crown", path, {"intermediate", "alpha", "upper", "beta"})
     nodes = ancestors(graph, claim.node, "crown")
     order = {node.id: i for i, node in enumerate(nodes)}
     entries = _entries(graph, claim, cert.get("intermediate", []), order, path)
