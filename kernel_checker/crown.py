@@ -33,7 +33,7 @@ from kernel_checker.tensor import lcm, numel
 AFFINE_OPS = ("linear", "conv2d", "avgpool2d")
 CROWN_OPS = (*AFFINE_OPS, "batchnorm", "add", "flatten", "reshape", "relu", "maxpool2d",
              *GRAPH_FUNCS)
-UPPER_LINE_BITS = 32
+UPPER_LINE_BITS = 16
 COEF_BITS = 56  # coefficients are rounded to this many bits after each nonlinearity
 _ZERO, _ONE = fmpq(0), fmpq(1)
 
@@ -244,9 +244,11 @@ def _plus(const: list, ints: list, factor: fmpq) -> list:
 
 
 def _relu_back(node: Node, z: Interval, mat: fmpz_mat, const: list, sc: fmpq, cert: dict,
-               rule: str, path: str) -> tuple[fmpz_mat, fmpq, list, int]:
-    """Coefficients on relu(z) to coefficients on z: (matrix, scale, const, bits added). Stable
-    neurons are a diagonal product; only unstable columns are looked at entry by entry."""
+               rule: str, path: str) -> tuple[list, fmpq, list, int]:
+    """Coefficients on relu(z) to coefficients on z: (parts, scale, const, bits added), the
+    coefficients being the sum of left * right over parts (left: rows x k, right: k x n, a
+    selection of z's neurons). Active neurons are kept by selection products; only unstable
+    columns are looked at entry by entry."""
     n, rows = len(z.lo), mat.nrows()
     unstable = [j for j in range(n) if z.lo[j] < 0 < z.hi[j]]
     s_map, t_map = _upper_lines(rule, path, node.id, z.lo, z.hi, z.den, unstable,
@@ -263,7 +265,7 @@ def _relu_back(node: Node, z: Interval, mat: fmpz_mat, const: list, sc: fmpq, ce
     keep = fmpz_mat(n, len(active))
     for c, j in enumerate(active):
         keep[j, c] = 1
-    out = (mat * keep) * (keep.transpose() * e)  # inactive and unstable columns are 0 here
+    parts = [(mat * keep, keep.transpose() * e)]  # inactive and unstable columns are 0 here
     ups = [int(s_map[j].p) * (e // int(s_map[j].q)) for j in unstable]
     if unstable:
         k = len(unstable)
@@ -280,9 +282,9 @@ def _relu_back(node: Node, z: Interval, mat: fmpz_mat, const: list, sc: fmpq, ce
             # v >= 0 takes the lower line alpha z, v < 0 the upper line s z + t
             new.extend([v * lo if v > 0 else v * up for v, lo, up in zip(row, lows, ups)])
             extra.append(sum(v * t for v, t in zip(row, t_nums) if v < 0))
-        out += fmpz_mat(rows, k, new) * pick.transpose()
+        parts.append((fmpz_mat(rows, k, new), pick.transpose()))
         const = _plus(const, extra, sc / t_den)
-    return out, sc / e, const, int(fmpz(max(ups + [e])).bit_length())
+    return parts, sc / e, const, int(fmpz(max(ups + [e])).bit_length())
 
 
 def _maxpool_back(node: Node, z: Interval, entries: list, rows: int, const: list,
@@ -366,6 +368,14 @@ def _sum(m1: fmpz_mat, s1: fmpq, b1: int, m2: fmpz_mat, s2: fmpq, b2: int) -> tu
     return m1 * f1 + m2 * f2, common, max(b1 + f1.bit_length(), b2 + f2.bit_length()) + 1
 
 
+def _total(parts: list) -> fmpz_mat:
+    """The sum of left * right over the parts."""
+    out = parts[0][0] * parts[0][1]
+    for left, right in parts[1:]:
+        out += left * right
+    return out
+
+
 def _give(lam: dict, nid: str, mat: fmpz_mat, sc: fmpq, bits: int) -> None:
     """Add coefficients (mat * sc, entries below 2^bits) on node nid to those already there."""
     lam[nid] = _sum(*lam[nid], mat, sc, bits) if nid in lam else (mat, sc, bits)
@@ -421,6 +431,10 @@ def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Do
     lam = {nodes[-1].id: rows}
     const = [fmpq(0)] * n_rows
     betas = _betas(cert, dom, n_rows, rule, path)
+    uses: dict = {}
+    for node in nodes:
+        for i in node.inputs:
+            uses[i] = uses.get(i, 0) + 1
     for node in reversed(nodes):
         if node.id not in lam:  # not an ancestor of the last node
             continue
@@ -440,12 +454,24 @@ def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Do
             _give(lam, x_id, mat * w, sc / w_den, bits + w_bits)
             continue
         if node.op == "relu":
-            mat, sc, const, grow = _relu_back(node, z, mat, const, sc, cert, rule, path)
+            parts, sc, const, grow = _relu_back(node, z, mat, const, sc, cert, rule, path)
             bits += grow
+            src = graph.by_id[x_id]
             # round when the coefficients outgrow COEF_BITS on a wide matrix (fast products
             # next) or outgrow 10 COEF_BITS on any: a speed choice, the error is charged either way
             if bits > COEF_BITS and (n_rows * len(z.lo) >= 1 << 14 or bits > 10 * COEF_BITS):
-                mat, sc, const, bits = _shrink(mat, n_rows, sc, const, z)
+                mat, sc, const, bits = _shrink(_total(parts), n_rows, sc, const, z)
+            elif src.op in AFFINE_OPS and uses[x_id] == 1 and x_id not in betas:
+                # z = W x + b feeds only this relu: (sum left right) W = sum left (right W)
+                w, w_den, b, b_den, w_bits = _affine(graph, src, values[src.inputs[0]].shape)
+                if b is not None:
+                    const = _plus(const, _total([(lf, rt * b) for lf, rt in parts]).entries(),
+                                  sc / b_den)
+                _give(lam, src.inputs[0], _total([(lf, rt * w) for lf, rt in parts]),
+                      sc / w_den, bits + w_bits)
+                continue
+            else:
+                mat = _total(parts)
             _give(lam, x_id, mat, sc, bits)
             continue
         entries = mat.entries()

@@ -26,7 +26,7 @@ SUPPORTED_OPS = ("linear", "conv2d", "relu", "flatten", "reshape", "avgpool2d", 
                  "maxpool2d", "add")
 BOUND_BITS = 20  # intermediate bounds: multiples of 2^-20
 ALPHA_BITS = 16  # lower slopes: multiples of 2^-16
-UPPER_BITS = 32  # the kernel's default upper lines: multiples of 2^-32, rounded up
+UPPER_BITS = 16  # the kernel's default upper lines: multiples of 2^-16, rounded up
 MARGIN_REL = 1e-7  # safety margin before rounding: MARGIN_REL * (1 + |v|) + MARGIN_SCALE * scale
 MARGIN_SCALE = 1e-11
 DECIDE_TOL = 1e-8  # a float row bound counts as proving only with this relative slack
