@@ -240,7 +240,17 @@ def _alphas(rule, path, cert_alpha, relu_id, n, rows, lo, hi, den):
 
 
 def _plus(const: list, ints: list, factor: fmpq) -> list:
-    return [c + int(x) * factor if x else c for c, x in zip(const, ints, strict=True)]
+    """The rows' constants are kept as terms (integers per row, factor), summed at the end."""
+    return [*const, (ints, factor)]
+
+
+def _values(const: list, rows: int) -> list[fmpq]:
+    """Each row's constant: sum of ints[r] * factor over the terms, over their common den."""
+    den = 1
+    for _, f in const:
+        den = lcm(den, int(f.q))
+    scaled = [(ints, int(f.p) * (den // int(f.q))) for ints, f in const]
+    return [fmpq(sum(int(ints[r]) * m for ints, m in scaled), den) for r in range(rows)]
 
 
 def _relu_back(node: Node, z: Interval, mat: fmpz_mat, const: list, sc: fmpq, cert: dict,
@@ -347,7 +357,7 @@ def _round_err(sc: fmpq, sh: int, z: Interval) -> fmpq:
 
 
 def _less(const: list, err: fmpq) -> list:
-    return [c - err for c in const] if err else const
+    return [*const, ([-1] * len(const[0][0]), err)] if err else const
 
 
 def _shrink(out, rows: int, sc: fmpq, const: list, z: Interval) -> tuple:
@@ -429,7 +439,7 @@ def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Do
         rows = (rows, fmpq(1), 1)
     n_rows = rows[0].nrows()
     lam = {nodes[-1].id: rows}
-    const = [fmpq(0)] * n_rows
+    const = [([0] * n_rows, fmpq(0))]
     betas = _betas(cert, dom, n_rows, rule, path)
     uses: dict = {}
     for node in nodes:
@@ -480,7 +490,8 @@ def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Do
         elif node.op == "batchnorm":
             out, sc, const = _batchnorm_back(graph, node, z, entries, n_rows, const, sc)
         else:
-            out, sc, const = backward_smooth(node.op, z.lo, z.hi, z.den, entries, sc, const)
+            out, sc, extra = backward_smooth(node.op, z.lo, z.hi, z.den, entries, sc, n_rows)
+            const = _plus(const, extra, sc)
         mat, sc, const, bits = _shrink(out, n_rows, sc, const, z)
         _give(lam, x_id, mat, sc, bits)
     inp = graph.the_input(rule, path).id
@@ -495,7 +506,7 @@ def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Do
     entries = mat.entries()
     mins = [a + sum([v * w for v, w in zip(entries[r * n_in:(r + 1) * n_in], width) if v < 0])
             for r, a in enumerate(at_lo)]
-    return _plus(const, mins, sc / box.den)
+    return _values(_plus(const, mins, sc / box.den), n_rows)
 
 
 def spec_rows(claim: Claim, n_out: int) -> list:

@@ -472,19 +472,19 @@ def relax(func: str, lo: fmpq, hi: fmpq, bits: int = RELAX_BITS, pieces: int = 8
 
 
 def backward_smooth(func: str, z_lo: list, z_hi: list, z_den: int, entries: list,
-                    scale: fmpq, const: list) -> tuple[list, fmpq, list]:
+                    scale: fmpq, rows: int) -> tuple[list, fmpq, list]:
     """One CROWN step back through y = f(z) element-wise: coefficients (flat rows, times scale)
-    on y to coefficients on z, lam.y >= lam'.z + c with, per coefficient v, the lower line when
-    v >= 0 and the upper line when v < 0."""
+    on y to coefficients on z, lam.y >= lam'.z + extra with, per coefficient v, the lower line
+    when v >= 0 and the upper line when v < 0. Returns (lam', new scale, extra per row, in units
+    of the new scale)."""
     n = len(z_lo)
     lines = [[_fix(v, RELAX_BITS) for v in relax(func, fmpq(lo, z_den), fmpq(hi, z_den))]
              for lo, hi in zip(z_lo, z_hi, strict=True)]
-    out, new_const = [], []
-    step = scale / (1 << RELAX_BITS)
-    for r, c in enumerate(const):
+    out, extra = [], []
+    for r in range(rows):
         acc = 0
         for v, (al, bl, au, bu) in zip(entries[r * n:(r + 1) * n], lines, strict=True):
             out.append(v * (al if v >= 0 else au))
             acc += v * (bl if v >= 0 else bu)
-        new_const.append(c + int(acc) * step)
-    return out, step, new_const
+        extra.append(acc)
+    return out, scale / (1 << RELAX_BITS), extra

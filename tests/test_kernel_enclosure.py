@@ -315,8 +315,9 @@ def test_backward_smooth_bounds_a_linear_form():
     rng = random.Random(9)
     z_lo, z_hi, den = [-3, 1, -10], [2, 4, -2], 4
     lam = fmpz_mat(2, 3, [3, -2, 5, -1, 4, -7])
-    out, scale, const = enc.backward_smooth("sigmoid", z_lo, z_hi, den, lam.entries(),
-                                            fmpq(1, 5), [fmpq(0), fmpq(1)])
+    out, scale, extra = enc.backward_smooth("sigmoid", z_lo, z_hi, den, lam.entries(),
+                                            fmpq(1, 5), 2)
+    const = [fmpq(0) + int(extra[0]) * scale, fmpq(1) + int(extra[1]) * scale]
     lam2, den2 = fmpz_mat(2, 3, out), mp(1 / scale)
     for _ in range(200):
         z = [mpmath.mpf(rng.uniform(a / den, b / den)) for a, b in zip(z_lo, z_hi)]
