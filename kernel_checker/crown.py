@@ -25,7 +25,7 @@ from flint import fmpq, fmpz, fmpz_mat
 from kernel_checker.claims import Claim
 from kernel_checker.enclosure import GRAPH_FUNCS, backward_smooth
 from kernel_checker.errors import refuse
-from kernel_checker.exact import approx_text, decode_vector
+from kernel_checker.exact import approx_text, common_denominator, decode_vector
 from kernel_checker.graph import Graph, Node
 from kernel_checker.semantics import Interval, _window_indices, batchnorm_channels, eval_node
 from kernel_checker.tensor import lcm, numel
@@ -175,15 +175,6 @@ def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
     return graph._cache[key]
 
 
-def _rationals_common(values: list) -> tuple[list, int]:
-    """Numbers (ints or fmpq) to integer numerators over their least common denominator."""
-    den = 1
-    for v in values:
-        if not isinstance(v, int) and v.q != 1 and den % int(v.q):
-            den = lcm(den, int(v.q))
-    return [v * den if isinstance(v, int) else int(v.p) * (den // int(v.q)) for v in values], den
-
-
 def _upper_lines(rule, path, relu_id, lo, hi, den, unstable, cert_upper):
     """Upper lines s z + t >= relu(z) on [l, u] for unstable neurons: given and checked at both
     endpoints (relu is convex, so the endpoints suffice), or computed with outward rounding."""
@@ -283,7 +274,7 @@ def _relu_back(node: Node, z: Interval, mat: fmpz_mat, const: list, sc: fmpq, ce
         for c, j in enumerate(unstable):
             pick[j, c] = 1
         cols = (mat * pick).entries()
-        t_nums, t_den = _rationals_common([t_map[j] for j in unstable])
+        t_nums, t_den = common_denominator([t_map[j] for j in unstable])
         new, extra, lows = [], [], None
         for r in range(rows):
             if lows is None or not shared:
@@ -329,13 +320,13 @@ def _batchnorm_back(graph: Graph, node: Node, z: Interval, entries: list, rows: 
     chans = batchnorm_channels(node, graph)
     n = len(z.lo)
     per = n // len(chans)
-    k_nums, k_den = _rationals_common([k_lo for k_lo, _, _, _ in chans])
-    t_nums, t_den = _rationals_common([b - k_lo * m for k_lo, _, m, b in chans])
+    k_nums, k_den = common_denominator([k_lo for k_lo, _, _, _ in chans])
+    t_nums, t_den = common_denominator([b - k_lo * m for k_lo, _, m, b in chans])
     w = []
     for i in range(n):
         k_lo, k_hi, m, _ = chans[i // per]
         w.append((k_hi - k_lo) * max(abs(fmpq(z.lo[i], z.den) - m), abs(fmpq(z.hi[i], z.den) - m)))
-    w_nums, w_den = _rationals_common(w)
+    w_nums, w_den = common_denominator(w)
     mat = fmpz_mat(rows, n, entries)
     t_col = fmpz_mat(n, 1, [t_nums[i // per] for i in range(n)])
     const = _plus(const, (mat * t_col).entries(), sc / t_den)
@@ -380,10 +371,7 @@ def _sum(m1: fmpz_mat, s1: fmpq, b1: int, m2: fmpz_mat, s2: fmpq, b2: int) -> tu
 
 def _total(parts: list) -> fmpz_mat:
     """The sum of left * right over the parts."""
-    out = parts[0][0] * parts[0][1]
-    for left, right in parts[1:]:
-        out += left * right
-    return out
+    return sum((left * right for left, right in parts[1:]), parts[0][0] * parts[0][1])
 
 
 def _give(lam: dict, nid: str, mat: fmpz_mat, sc: fmpq, bits: int) -> None:
@@ -418,7 +406,7 @@ def _betas(cert: dict, dom: Domain, rows: int, rule: str, path: str) -> dict:
 def _beta_term(terms: list, rows: int, n: int) -> tuple:
     """-sum beta * sign * e_index as (matrix, scale, bits): added to the coefficients on the
     constrained node, it subtracts beta * (sign * z) >= 0 from every row's objective."""
-    nums, den = _rationals_common([v for _, _, vals in terms for v in vals])
+    nums, den = common_denominator([v for _, _, vals in terms for v in vals])
     mat = fmpz_mat(rows, n)
     for t, (j, sign, _) in enumerate(terms):
         for r in range(rows):
@@ -431,7 +419,7 @@ def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Do
     """Exact CROWN lower bounds of each spec row (over the last node) on the domain; `rows` is
     a list of rational rows or an fmpz_mat of unit rows."""
     if not isinstance(rows, fmpz_mat):  # rational rows: integers over a common denominator
-        nums, den = _rationals_common([v for r in rows for v in r])
+        nums, den = common_denominator([fmpq(v) for r in rows for v in r])
         top = max(max(nums, default=0), -min(nums, default=0))
         rows = (fmpz_mat(len(rows), numel(nodes[-1].shape), nums), fmpq(1, den),
                 int(top).bit_length())
@@ -577,10 +565,8 @@ def _certify(graph: Graph, nodes: list[Node], values: dict, dom: Domain, entry: 
     full_hi = [fmpq(v, cur.den) for v in cur.hi]
     for k, j in enumerate(idx):
         full_lo[j], full_hi[j] = lo[k], hi[k]
-    lo_nums, lo_den = _rationals_common(full_lo)
-    hi_nums, hi_den = _rationals_common(full_hi)
-    d = lcm(lo_den, hi_den)
-    return [v * (d // lo_den) for v in lo_nums], [v * (d // hi_den) for v in hi_nums], d
+    nums, d = common_denominator(full_lo + full_hi)
+    return nums[:len(full_lo)], nums[len(full_lo):], d
 
 
 def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
