@@ -13,8 +13,10 @@ relu(z) <= s z + t (checked on [l, u]); stable neurons are exact. Through maxpoo
 y >= x_i (i: the window's largest lower bound), lam_j < 0 uses y <= max u (exact when x_i's lower
 bound is above every other upper bound). In a leaf under relu splits sign * z_j >= 0, a
 multiplier beta >= 0 adds -beta * sign to lam_z[j]: the objective drops by beta * sign * z_j >= 0
-(beta-CROWN). After a nonlinearity lam may be rounded to COEF_BITS bits,
-the error bounded by |lam - lam'| . max|z|. At the input, min lam.x over the box is
+(beta-CROWN). Rounding keeps integers small: through a relu, the unstable columns' products
+with slopes are rounded to integers (lam holding at least COEF_BITS bits), and after a
+nonlinearity wide or very long coefficients are rounded to COEF_BITS bits; each time the error,
+|lam - lam'| . max|z|, comes off the constant. At the input, min lam.x over the box is
 lam.lo + (lam_i < 0) lam_i (hi_i - lo_i). So c.y >= that minimum + const on the whole domain.
 """
 
@@ -236,56 +238,60 @@ def _plus(const: list, ints: list, factor: fmpq) -> list:
 
 
 def _values(const: list, rows: int) -> list[fmpq]:
-    """Each row's constant: sum of ints[r] * factor over the terms, over their common den."""
+    """Each row's constant: sum of ints[r] * factor over the terms (ints None: 1 for every
+    row), over the terms' common denominator."""
     den = 1
     for _, f in const:
         den = lcm(den, int(f.q))
-    scaled = [(ints, int(f.p) * (den // int(f.q))) for ints, f in const]
-    return [fmpq(sum(int(ints[r]) * m for ints, m in scaled), den) for r in range(rows)]
+    every = sum(int(f.p) * (den // int(f.q)) for ints, f in const if ints is None)
+    scaled = [(ints, int(f.p) * (den // int(f.q))) for ints, f in const if ints is not None]
+    return [fmpq(every + sum(int(ints[r]) * m for ints, m in scaled), den) for r in range(rows)]
 
 
-def _relu_back(node: Node, z: Interval, mat: fmpz_mat, const: list, sc: fmpq, cert: dict,
-               rule: str, path: str) -> tuple[list, fmpq, list, int]:
-    """Coefficients on relu(z) to coefficients on z: (parts, scale, const, bits added), the
+def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, sc: fmpq,
+               cert: dict, rule: str, path: str) -> tuple[list, fmpq, list, int]:
+    """Coefficients on relu(z) to coefficients on z: (parts, scale, const, bits), the
     coefficients being the sum of left * right over parts (left: rows x k, right: k x n, a
-    selection of z's neurons). Active neurons are kept by selection products; only unstable
-    columns are looked at entry by entry."""
+    selection of z's neurons). Active neurons are kept by a selection product; only unstable
+    columns are looked at entry by entry, their products with the slopes rounded to integers
+    (the error, half a unit per entry times max|z_j|, comes off every row's constant)."""
     n, rows = len(z.lo), mat.nrows()
+    if bits < COEF_BITS:  # enough bits that rounding to integers costs ~2^-COEF_BITS
+        mat, sc, bits = mat * (1 << (COEF_BITS - bits)), sc / (1 << (COEF_BITS - bits)), COEF_BITS
     unstable = [j for j in range(n) if z.lo[j] < 0 < z.hi[j]]
     s_map, t_map = _upper_lines(rule, path, node.id, z.lo, z.hi, z.den, unstable,
                                 cert.get("upper"))
     alphas = _alphas(rule, path, cert.get("alpha"), node.id, n, rows, z.lo, z.hi, z.den)
     shared = alphas[0] is alphas[-1]
-    dens = {int(s_map[j].q) for j in unstable}
-    for r in (0,) if shared else range(rows):
-        dens.update(int(alphas[r][j].q) for j in unstable)
-    e = 1
-    for d in dens:
-        e = lcm(e, d)
     active = [j for j in range(n) if z.lo[j] >= 0]  # relu(z) = z
     keep = fmpz_mat(n, len(active))
     for c, j in enumerate(active):
         keep[j, c] = 1
-    parts = [(mat * keep, keep.transpose() * e)]  # inactive and unstable columns are 0 here
-    ups = [int(s_map[j].p) * (e // int(s_map[j].q)) for j in unstable]
-    if unstable:
-        k = len(unstable)
-        pick = fmpz_mat(n, k)
-        for c, j in enumerate(unstable):
-            pick[j, c] = 1
-        cols = (mat * pick).entries()
-        t_nums, t_den = common_denominator([t_map[j] for j in unstable])
-        new, extra, lows = [], [], None
-        for r in range(rows):
-            if lows is None or not shared:
-                lows = [int(alphas[r][j].p) * (e // int(alphas[r][j].q)) for j in unstable]
-            row = cols[r * k:(r + 1) * k]
-            # v >= 0 takes the lower line alpha z, v < 0 the upper line s z + t
-            new.extend([v * lo if v > 0 else v * up for v, lo, up in zip(row, lows, ups)])
-            extra.append(sum(v * t for v, t in zip(row, t_nums) if v < 0))
-        parts.append((fmpz_mat(rows, k, new), pick.transpose()))
-        const = _plus(const, extra, sc / t_den)
-    return parts, sc / e, const, int(fmpz(max(ups + [e])).bit_length())
+    parts = [(mat * keep, keep.transpose())]  # inactive and unstable columns are 0 here
+    if not unstable:
+        return parts, sc, const, bits
+    k = len(unstable)
+    pick = fmpz_mat(n, k)
+    for c, j in enumerate(unstable):
+        pick[j, c] = 1
+    cols = (mat * pick).entries()
+    ups = [(2 * int(s_map[j].p), int(s_map[j].q), 2 * int(s_map[j].q)) for j in unstable]
+    t_nums, t_den = common_denominator([t_map[j] for j in unstable])
+    new, extra, lows = [], [], None
+    for r in range(rows):
+        if lows is None or not shared:
+            lows = [(2 * int(a.p), int(a.q), 2 * int(a.q)) for a in (alphas[r][j] for j in
+                                                                     unstable)]
+        row = cols[r * k:(r + 1) * k]
+        # v >= 0 takes the lower line alpha z, v < 0 the upper line s z + t: v * slope (p/q)
+        # rounded to the nearest integer, (2 v p + q) // 2q
+        new.extend([(v * a2 + aq) // aq2 if v > 0 else (v * s2 + sq) // sq2
+                    for v, (a2, aq, aq2), (s2, sq, sq2) in zip(row, lows, ups)])
+        extra.append(sum(v * t for v, t in zip(row, t_nums) if v < 0))
+    parts.append((fmpz_mat(rows, k, new), pick.transpose()))
+    err = sc * sum(max(-z.lo[j], z.hi[j]) for j in unstable) / (2 * z.den)
+    grow = max(0, int(fmpz(max(s_map[j] for j in unstable).ceil()).bit_length()) - 1)
+    return parts, sc, _less(_plus(const, extra, sc / t_den), err), bits + grow
 
 
 def _maxpool_back(node: Node, z: Interval, entries: list, rows: int, const: list,
@@ -348,7 +354,7 @@ def _round_err(sc: fmpq, sh: int, z: Interval) -> fmpq:
 
 
 def _less(const: list, err: fmpq) -> list:
-    return [*const, ([-1] * len(const[0][0]), err)] if err else const
+    return [*const, (None, -err)] if err else const
 
 
 def _shrink(out, rows: int, sc: fmpq, const: list, z: Interval) -> tuple:
@@ -452,8 +458,8 @@ def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Do
             _give(lam, x_id, mat * w, sc / w_den, bits + w_bits)
             continue
         if node.op == "relu":
-            parts, sc, const, grow = _relu_back(node, z, mat, const, sc, cert, rule, path)
-            bits += grow
+            parts, sc, const, bits = _relu_back(node, z, mat, bits, const, sc, cert, rule,
+                                                path)
             src = graph.by_id[x_id]
             # round when the coefficients outgrow COEF_BITS on a wide matrix (fast products
             # next) or outgrow 10 COEF_BITS on any: a speed choice, the error is charged either way
