@@ -244,8 +244,10 @@ def _values(const: list, rows: int) -> list[fmpq]:
     for _, f in const:
         den = lcm(den, int(f.q))
     every = sum(int(f.p) * (den // int(f.q)) for ints, f in const if ints is None)
-    scaled = [(ints, int(f.p) * (den // int(f.q))) for ints, f in const if ints is not None]
-    return [fmpq(every + sum(int(ints[r]) * m for ints, m in scaled), den) for r in range(rows)]
+    terms = [(ints, int(f.p) * (den // int(f.q))) for ints, f in const if ints is not None]
+    sums = (fmpz_mat(1, len(terms), [m for _, m in terms]) *
+            fmpz_mat(len(terms), rows, [x for ints, _ in terms for x in ints])).entries()
+    return [fmpq(every + int(v), den) for v in sums]
 
 
 def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, sc: fmpq,
