@@ -13,6 +13,7 @@ from flint import fmpq, fmpz, fmpz_mat
 
 from kernel_checker.enclosure import GRAPH_FUNCS, unary_interval
 from kernel_checker.errors import refuse
+from kernel_checker.exact import common_denominator
 from kernel_checker.graph import Graph, Node
 from kernel_checker.ops import OPS
 from kernel_checker.tensor import Tensor, lcm, numel, rescale
@@ -418,12 +419,8 @@ def batchnorm(x: Interval, node: Node, graph: Graph) -> Interval:
             prods = (t_lo * k_lo, t_lo * k_hi, t_hi * k_lo, t_hi * k_hi)
             lo.append(min(prods) + b)
             hi.append(max(prods) + b)
-    den = fmpz(1)
-    for q in lo + hi:
-        den = den * q.q // den.gcd(q.q)
-    den = int(den)
-    return _make(node.shape, [int(q.p) * (den // int(q.q)) for q in lo],
-                 [int(q.p) * (den // int(q.q)) for q in hi], den, False)
+    nums, den = common_denominator(lo + hi)
+    return _make(node.shape, nums[:len(lo)], nums[len(lo):], den, False)
 
 
 def eval_node(node: Node, args: list[Interval], graph: Graph) -> Interval:
