@@ -1,7 +1,8 @@
 """Branch and bound (untrusted producer) emitting `split` certificates whose leaves are `crown`
 certificates (docs/crown_certificate.md). Input bisection for few inputs, ReLU splitting for wide
-ones; counterexample candidates are tried along the way in float arithmetic. The kernel re-checks
-the whole tree exactly."""
+ones (leaves with beta multipliers on their split constraints: beta-CROWN); counterexample
+candidates are tried along the way in float arithmetic. The kernel re-checks the whole tree
+exactly."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ class _Node:
     phases: dict  # pre-activation id -> {index: "active" | "inactive"}
     depth: int
     alpha_init: dict | None = None
+    beta_init: dict | None = None  # the parent's multipliers, (position, index) -> [m]
     cert: dict | None = None
     split: dict | None = None
     children: list = field(default_factory=list)
@@ -91,11 +93,13 @@ def prove_with_bab(graph_path: str, claim, timeout_s: float = 60.0, method: str 
                    iterations: int = 20, lr: float = 0.25, max_domains: int = 100000,
                    attack: bool = True, seed: int = 0, tol: float = DECIDE_TOL,
                    lookahead: int = 8, optimize_intermediate: bool = True,
-                   max_depth: int = 400) -> BabResult:
+                   max_depth: int = 400, beta: bool = True) -> BabResult:
     """Prove `claim` (bounds / linear_bound / unsat) by branch and bound, or find a float
     counterexample. strategy: "input" (bisect input dimensions; the default for <= 10 inputs),
     "relu" (split unstable ReLUs by a relaxation-gap score; the default otherwise) or "auto".
-    Leaves are closed by CROWN / alpha-CROWN (`method`). Each split tries the children of up to
+    Leaves are closed by CROWN / alpha-CROWN (`method`); under relu splits alpha-CROWN also
+    optimises beta multipliers for the split constraints (beta-CROWN, unless `beta` is off),
+    warm-started with the slopes from the parent domain. Each split tries the children of up to
     `lookahead` candidates with plain CROWN and takes the one whose worse child is best. Returns
     a BabResult; its stats hold leaves, domains, splits, depth and producer seconds. Trees stay
     within `max_depth` (the kernel's limit is 400)."""
@@ -144,8 +148,9 @@ def prove_with_bab(graph_path: str, claim, timeout_s: float = 60.0, method: str 
         res, _ = bounds_for_claim(graph_path, claim, method, domain, iterations=iterations,
                                   lr=lr, alpha_init=node.alpha_init, want_scores=True,
                                   chain=chain, tol=tol,
-                                  optimize_intermediate=optimize_intermediate)
-        node.alpha_init = None
+                                  optimize_intermediate=optimize_intermediate, beta=beta,
+                                  beta_init=node.beta_init)
+        node.alpha_init = node.beta_init = None
         if res.vacuous or spec.holds(res.lower, tol):
             node.cert = res.certificate()
             stats["leaves"] += 1
@@ -178,6 +183,7 @@ def prove_with_bab(graph_path: str, claim, timeout_s: float = 60.0, method: str 
         gap = float(np.min(res.lower[open_rows] - spec.thr[open_rows]))
         for child in children:
             child.alpha_init = res.alpha_rows or None
+            child.beta_init = res.beta_rows or None
             heapq.heappush(heap, (gap, next(counter), child))
     return finish("proved", _assemble(root))
 

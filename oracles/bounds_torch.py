@@ -1,9 +1,10 @@
 """IBP, CROWN and alpha-CROWN in torch (untrusted producer) and `crown` certificates for the
 kernel (docs/crown_certificate.md). Everything here is float arithmetic; soundness comes from the
 kernel's exact replay. To make that replay succeed, every intermediate bound sent is rounded
-outward to a multiple of 2^-20 after a safety margin, alphas are multiples of 2^-16, and the float
-computation uses exactly those rounded bounds (and the kernel's rounded upper lines), so the float
-final bound tracks the kernel's exact one closely.
+outward to a multiple of 2^-20 after a safety margin, alphas are multiples of 2^-16, beta
+multipliers (beta-CROWN, on a domain's relu split constraints) are rounded down to multiples of
+2^-16, and the float computation uses exactly those rounded values (and the kernel's rounded upper
+lines), so the float final bound tracks the kernel's exact one closely.
 
 The claim node's ancestors form a DAG with one input node and ops in `SUPPORTED_OPS` (a chain of
 single-input nodes is the common case); relaxations as in the kernel (docs/crown_certificate.md).
@@ -586,6 +587,8 @@ class BoundsResult:
     scores: dict = field(default_factory=dict)  # relu layer index -> [m, n] relaxation gaps
     method: str = "crown"
     stage: str = "crown"  # crown | alpha (final slopes) | alpha+intermediate
+    beta: list = field(default_factory=list)  # certificate `beta` (JSON-ready)
+    beta_rows: dict = field(default_factory=dict)  # (position, index) -> [m] multipliers used
 
     def certificate(self) -> dict:
         cert = {"rule": "crown"}
@@ -593,17 +596,22 @@ class BoundsResult:
             cert["intermediate"] = self.entries
         if self.alpha:
             cert["alpha"] = self.alpha
+        if self.beta:
+            cert["beta"] = self.beta
         return cert
 
 
 def _backward(chain: TorchChain, a: torch.Tensor, end: int, relax: dict, alphas: dict | None,
               lo: torch.Tensor, hi: torch.Tensor, const: torch.Tensor | None = None,
-              record: dict | None = None, pools: dict | None = None):
+              record: dict | None = None, pools: dict | None = None,
+              betas: dict | None = None):
     """Lower bounds of the rows `a` [m, *shape of position `end`] over the domain: walk back
     through layers end-1 .. 0 with the relaxations, summing the coefficients of a position read
     by several layers; `alphas` {relu layer index: [m, n] or [n]} replaces CROWN's default lower
-    slopes, `pools` {maxpool layer index: _PoolRelax}. Returns (lower [m], a_input [m, n_in],
-    scale [m]) where scale bounds the magnitude of the terms (for margins)."""
+    slopes, `pools` {maxpool layer index: _PoolRelax}, `betas` {position: (indices [s], signs
+    [s], multipliers [m, s])} adds -beta * sign on the constrained neurons when the walk reaches
+    their node, as the kernel does (beta-CROWN). Returns (lower [m], a_input [m, n_in], scale
+    [m]) where scale bounds the magnitude of the terms (for margins)."""
     m = a.shape[0]
     if const is None:
         const = torch.zeros(m, dtype=a.dtype, device=a.device)
@@ -612,6 +620,9 @@ def _backward(chain: TorchChain, a: torch.Tensor, end: int, relax: dict, alphas:
         a = acc.pop(k + 1, None)
         if a is None:  # not an ancestor of `end`
             continue
+        if betas and k + 1 in betas:
+            idx, sign, vals = betas[k + 1]
+            a = a.reshape(m, -1).index_add(1, idx, -vals * sign).reshape(a.shape)
         layer = chain.layers[k]
         if layer.op == "relu":
             r = relax[k]
@@ -690,8 +701,10 @@ def _apply_phase(lo, hi, masks):
 
 
 def _intermediate_rows(chain: TorchChain, pos: int, idx: torch.Tensor, relax: dict,
-                       alphas: dict | None, lo, hi, pools: dict | None = None):
-    """CROWN lower bounds of rows e_j then -e_j (j in idx) of node `pos`: (lower [2n], scale)."""
+                       alphas: dict | None, lo, hi, pools: dict | None = None,
+                       betas: dict | None = None):
+    """CROWN lower bounds of rows e_j then -e_j (j in idx) of node `pos`: (lower [2n], scale);
+    `betas` as in `_backward`."""
     layer = chain.layers[pos - 1]
     n = len(idx)
     if layer.op == "linear":  # rows e_j W are rows of W: skip the identity product
@@ -701,7 +714,7 @@ def _intermediate_rows(chain: TorchChain, pos: int, idx: torch.Tensor, relax: di
         if layer.bias is not None:
             const = torch.cat([layer.bias[idx], -layer.bias[idx]])
         lower, _, scale = _backward(chain, a, layer.src[0], relax, alphas, lo, hi, const=const,
-                                    pools=pools)
+                                    pools=pools, betas=betas)
         return lower, scale
     size = math.prod(layer.out_shape)
     a = torch.zeros(2 * n, size, dtype=lo.dtype, device=lo.device)
@@ -709,7 +722,7 @@ def _intermediate_rows(chain: TorchChain, pos: int, idx: torch.Tensor, relax: di
     a[ar, idx] = 1
     a[ar + n, idx] = -1
     lower, _, scale = _backward(chain, a.reshape((2 * n,) + layer.out_shape), pos, relax, alphas,
-                                lo, hi, pools=pools)
+                                lo, hi, pools=pools, betas=betas)
     return lower, scale
 
 
@@ -719,19 +732,23 @@ class _Pass:
     inter: list  # (pos, idx, lb_lo, lb_hi, alphas {k: [2n, n_k]} or None)
     vacuous: bool
     pools: dict = field(default_factory=dict)  # maxpool layer index -> _PoolRelax
+    betas: dict = field(default_factory=dict)  # pos -> {constraint pos: [2n, s]} multipliers
 
 
 def _bounds_pass(chain: TorchChain, lo, hi, masks: dict, tables: dict | None = None,
-                 sets: dict | None = None, diff: bool = False) -> _Pass:
+                 sets: dict | None = None, diff: bool = False, btables: dict | None = None,
+                 cons: dict | None = None) -> _Pass:
     """Forward over the graph: IBP, and CROWN bounds of the unstable neurons of every relu input
     and of the cells of every maxpool input in windows whose relaxation is not exact (those only
     where tighter than IBP), rounded outward unless `diff`, intersected, with the phase
     constraints. `tables` {pos: {k: [2|S|, n_k]}} gives per-row lower slopes for the neurons
-    S = sets[pos] (rows e_j then -e_j); `diff` (differentiable, for optimisation) uses exactly
-    the neurons S."""
+    S = sets[pos] (rows e_j then -e_j), `btables` {pos: {constraint pos: [2|S|, s]}} per-row
+    multipliers for the split constraints `cons` (see `_split_constraints`); `diff`
+    (differentiable, for optimisation) uses exactly the neurons S."""
     relax: dict = {}
     pools: dict = {}
     inter: list = []
+    inter_betas: dict = {}
     bounds = [(lo, hi)]  # per position: its bounds (certified where CROWN bounds were sent)
     idx_none = torch.zeros(0, dtype=torch.long, device=lo.device)
     for pos, layer in enumerate(chain.layers, start=1):
@@ -762,7 +779,9 @@ def _bounds_pass(chain: TorchChain, lo, hi, masks: dict, tables: dict | None = N
                 idx = torch.nonzero(want).reshape(-1)
             if len(idx):
                 al = _table_rows(tables, sets, pos, idx, relax) if tables else None
-                lower, scale = _intermediate_rows(chain, pos, idx, relax, al, lo, hi, pools)
+                mult = _beta_table_rows(btables, sets, pos, idx) if btables else None
+                lower, scale = _intermediate_rows(chain, pos, idx, relax, al, lo, hi, pools,
+                                                  _signed(cons, mult) if mult else None)
                 n = len(idx)
                 if diff:
                     lb_lo, lb_hi = lower[:n], -lower[n:]
@@ -775,11 +794,15 @@ def _bounds_pass(chain: TorchChain, lo, hi, masks: dict, tables: dict | None = N
                             keep = keep | uns[idx]
                         if not bool(keep.all()):
                             idx, lb_lo, lb_hi = idx[keep], lb_lo[keep], lb_hi[keep]
+                            both = torch.cat([keep, keep])
                             if al is not None:
-                                both = torch.cat([keep, keep])
                                 al = {k: t[both] for k, t in al.items()}
+                            if mult:
+                                mult = {q: t[both] for q, t in mult.items()}
                 if len(idx):
                     inter.append((pos, idx, lb_lo, lb_hi, al))
+                    if mult:
+                        inter_betas[pos] = mult
                     cur_lo = cur_lo.index_put((idx,), torch.maximum(cur_lo[idx], lb_lo))
                     cur_hi = cur_hi.index_put((idx,), torch.minimum(cur_hi[idx], lb_hi))
         if pos in masks:
@@ -791,11 +814,22 @@ def _bounds_pass(chain: TorchChain, lo, hi, masks: dict, tables: dict | None = N
         if (gap > 0).any():
             tiny = gap <= 1e-9 * (1 + cur_lo.abs())
             if bool(((gap > 0) & ~tiny).any()):
-                return _Pass(relax, inter, True, pools)
+                return _Pass(relax, inter, True, pools, inter_betas)
             cur_lo = torch.where(gap > 0, (cur_lo + cur_hi) / 2, cur_lo)
             cur_hi = torch.maximum(cur_hi, cur_lo)
         bounds.append((cur_lo, cur_hi))
-    return _Pass(relax, inter, False, pools)
+    return _Pass(relax, inter, False, pools, inter_betas)
+
+
+def _pick_rows(s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+    """For rows e_j then -e_j (j in idx), the row of a table over the neurons s (same layout)
+    holding each, -1 where j is not in s; None when idx is s."""
+    if len(idx) == len(s) and bool((idx == s).all()):
+        return None
+    where = {j: i for i, j in enumerate(s.tolist())}
+    rows = [where.get(j, -1) for j in idx.tolist()]
+    n_s = len(s)
+    return torch.tensor(rows + [r + n_s if r >= 0 else -1 for r in rows], device=idx.device)
 
 
 def _table_rows(tables, sets, pos, idx, relax) -> dict | None:
@@ -803,22 +837,31 @@ def _table_rows(tables, sets, pos, idx, relax) -> dict | None:
     neurons outside the set: CROWN's default)."""
     if pos not in tables:
         return None
-    table, s = tables[pos], sets[pos]
-    if len(idx) == len(s) and bool((idx == s).all()):
-        return table
-    where = {j: i for i, j in enumerate(s.tolist())}
-    rows = [where.get(j, -1) for j in idx.tolist()]
-    n_s = len(s)
-    pick = torch.tensor(rows + [r + n_s if r >= 0 else -1 for r in rows], device=idx.device)
+    pick = _pick_rows(sets[pos], idx)
+    if pick is None:
+        return tables[pos]
     out = {}
-    for k, t in table.items():
+    for k, t in tables[pos].items():
         fill = relax[k].default_alpha.expand(len(pick), -1)
         out[k] = torch.where((pick >= 0)[:, None], t[pick.clamp(min=0)], fill)
     return out
 
 
-def _entries(chain: TorchChain, p: _Pass, per_row: bool) -> list:
-    """`intermediate` entries (JSON) of an exact pass: shared default slopes, or per-row ones."""
+def _beta_table_rows(btables, sets, pos, idx) -> dict | None:
+    """Per-row multipliers for the neurons idx of node pos from a table over sets[pos] (rows of
+    neurons outside the set: 0)."""
+    if pos not in btables:
+        return None
+    pick = _pick_rows(sets[pos], idx)
+    if pick is None:
+        return btables[pos]
+    return {q: torch.where((pick >= 0)[:, None], t[pick.clamp(min=0)], torch.zeros_like(t[:1]))
+            for q, t in btables[pos].items()}
+
+
+def _entries(chain: TorchChain, p: _Pass, per_row: bool, cons: dict | None = None) -> list:
+    """`intermediate` entries (JSON) of an exact pass: shared default slopes, or per-row ones
+    and multipliers for the split constraints `cons`."""
     out = []
     for pos, idx, lb_lo, lb_hi, al in p.inter:
         entry = {"node": chain.ids[pos], "indices": idx.tolist(),
@@ -831,6 +874,10 @@ def _entries(chain: TorchChain, p: _Pass, per_row: bool) -> list:
                 alpha[chain.layers[k].id] = encode_dyadic(p.relax[k].default_alpha, 0)
         if alpha:
             entry["alpha"] = alpha
+        if per_row and cons and pos in p.betas:
+            beta, _ = _beta_entries(chain, cons, p.betas[pos])
+            if beta:
+                entry["beta"] = beta
         out.append(entry)
     return out
 
@@ -838,14 +885,19 @@ def _entries(chain: TorchChain, p: _Pass, per_row: bool) -> list:
 def compute_bounds(chain: TorchChain, lo, hi, spec_c, method: str = "crown",
                    phases: dict | None = None, iterations: int = 30, lr: float = 0.25,
                    stop=None, alpha_init: dict | None = None, want_scores: bool = False,
-                   optimize_intermediate: bool = True) -> BoundsResult:
+                   optimize_intermediate: bool = True, beta: bool = True,
+                   beta_init: dict | None = None) -> BoundsResult:
     """CROWN (method "crown") or alpha-CROWN ("alpha") lower bounds of spec_c . y over the box
     [lo, hi] (flat floats) with relu phase constraints {pre-activation id: {index: phase}}.
     Intermediate bounds of the unstable neurons of every relu input are computed by CROWN,
     rounded outward and intersected with IBP. alpha-CROWN optimises per-row lower slopes of
     the final rows, then (optimize_intermediate) also those of the intermediate bounds jointly,
     keeping that only where it is no worse row by row or proves what the first could not.
-    `stop(lower ndarray) -> bool` ends the optimisation early (e.g. when the claim is proved)."""
+    With `beta` (beta-CROWN), alpha-CROWN also optimises one multiplier >= 0 per final row and
+    split constraint of the domain, jointly with the slopes; `beta_init` {(position, index): [m]}
+    warm-starts them (a parent domain's `beta_rows`). The multipliers are rounded down to
+    multiples of 2^-16 before the final float bound. `stop(lower ndarray) -> bool` ends the
+    optimisation early (e.g. when the claim is proved)."""
     if method not in ("crown", "alpha"):
         raise ValueError(f"method must be 'crown' or 'alpha', found {method!r}")
     with torch.no_grad():
@@ -861,36 +913,43 @@ def compute_bounds(chain: TorchChain, lo, hi, spec_c, method: str = "crown",
         a0 = c.reshape((m,) + chain.out_shape)
         lower, a_in, _ = _backward(chain, a0, len(chain.layers), base.relax, None, lo, hi,
                                    pools=base.pools)
-    chosen, alpha_rows, stage = base, {}, "crown"
+    cons = _split_constraints(chain, masks) if beta and method == "alpha" else {}
+    chosen, alpha_rows, stage, betas = base, {}, "crown", {}
     if method == "alpha" and base.relax:
-        lower_a, rows_a, a_in_a = _optimise(chain, a0, base.relax, base.pools, lo, hi, lower,
-                                            iterations, lr, stop, alpha_init)
-        lower, alpha_rows, a_in, stage = lower_a, rows_a, a_in_a, "alpha"
+        beta0 = _beta_start(cons, m, beta_init, lo)
+        lower_a, rows_a, a_in_a, betas_a = _optimise(chain, a0, base.relax, base.pools, lo, hi,
+                                                     lower, iterations, lr, stop, alpha_init,
+                                                     cons, beta0)
+        lower, alpha_rows, a_in, stage, betas = lower_a, rows_a, a_in_a, "alpha", betas_a
         done = stop is not None and stop(lower.cpu().numpy())
         if optimize_intermediate and base.inter and not done:
-            got = _optimise_joint(chain, a0, base, masks, lo, hi, iterations, lr, stop, rows_a)
+            got = _optimise_joint(chain, a0, base, masks, lo, hi, iterations, lr, stop, rows_a,
+                                  cons, betas_a)
             if got is not None and got[1] is None:
-                return BoundsResult(np.full(m, np.inf), True, _entries(chain, got[0], True), {},
-                                    got[0].relax, method=method, stage="alpha+intermediate")
+                return BoundsResult(np.full(m, np.inf), True,
+                                    _entries(chain, got[0], True, cons), {}, got[0].relax,
+                                    method=method, stage="alpha+intermediate")
             if got is not None:
-                p, lower_b, rows_b, a_in_b = got
+                p, lower_b, rows_b, a_in_b, betas_b = got
                 better = bool((lower_b >= lower - 1e-12).all()) or (
                     stop is not None and stop(lower_b.cpu().numpy()))
                 if better:
-                    chosen, lower, alpha_rows, a_in = p, lower_b, rows_b, a_in_b
+                    chosen, lower, alpha_rows, a_in, betas = p, lower_b, rows_b, a_in_b, betas_b
                     stage = "alpha+intermediate"
     scores: dict = {}
     if want_scores:
         with torch.no_grad():
             _backward(chain, a0, len(chain.layers), chosen.relax, alpha_rows or None, lo, hi,
-                      record=scores, pools=chosen.pools)
+                      record=scores, pools=chosen.pools, betas=_signed(cons, betas))
     alpha_out = {chain.layers[k].id: encode_dyadic(r.default_alpha, 0)
                  for k, r in chosen.relax.items()}
     for k, al in alpha_rows.items():
         alpha_out[chain.layers[k].id] = [encode_dyadic(row, ALPHA_BITS) for row in al]
-    entries = _entries(chain, chosen, per_row=stage == "alpha+intermediate")
+    entries = _entries(chain, chosen, stage == "alpha+intermediate", cons)
+    beta_out, beta_rows = _beta_entries(chain, cons, betas)
     return BoundsResult(lower.detach().cpu().numpy().astype(np.float64), False, entries,
-                        alpha_out, chosen.relax, alpha_rows, a_in.detach(), scores, method, stage)
+                        alpha_out, chosen.relax, alpha_rows, a_in.detach(), scores, method, stage,
+                        beta_out, beta_rows)
 
 
 def _round_alpha(v: torch.Tensor) -> torch.Tensor:
@@ -898,28 +957,98 @@ def _round_alpha(v: torch.Tensor) -> torch.Tensor:
     return (torch.round(v * scale) / scale).clamp(0, 1)
 
 
-def _optimise(chain, a0, relax, pools, lo, hi, lower0, iterations, lr, stop, alpha_init):
-    """alpha-CROWN on the final rows: per-row lower slopes by projected Adam, best kept per row,
-    rounded to multiples of 2^-16; rows where rounding lost against CROWN fall back to CROWN."""
+# beta-CROWN (Wang et al. 2021, "Beta-CROWN: Efficient Bound Propagation with Per-neuron Split
+# Constraints"): a split constraint sign * z_j >= 0 of the domain enters the Lagrangian with a
+# multiplier beta >= 0, so c.y >= c.y - beta * sign * z_j on the domain; any beta >= 0 is sound.
+
+BETA_LR = 0.2  # the multipliers' Adam step, relative to the slopes' (they are unbounded above)
+
+
+def _split_constraints(chain: TorchChain, masks: dict) -> dict:
+    """{position: (indices [s], signs [s])}: the domain's relu split constraints sign * z_j >= 0
+    (+1: z_j >= 0, -1: z_j <= 0) on nodes after the input."""
+    out = {}
+    for pos, (act, ina) in sorted(masks.items()):
+        idx = torch.nonzero(act | ina).reshape(-1)
+        if pos and len(idx):
+            out[pos] = (idx, act[idx].to(chain.dtype) * 2 - 1)
+    return out
+
+
+def _beta_start(cons: dict, m: int, init: dict | None, like: torch.Tensor) -> dict:
+    """Initial multipliers {position: [m, s]}: from `init` {(position, index): [m]} where given
+    (a parent domain's), else 0."""
+    out = {}
+    for pos, (idx, _) in cons.items():
+        v = torch.zeros((m, len(idx)), dtype=like.dtype, device=like.device)
+        for t, j in enumerate(idx.tolist()):
+            b = init.get((pos, j)) if init else None
+            if b is not None and b.shape == (m,):
+                v[:, t] = b
+        out[pos] = v
+    return out
+
+
+def _signed(cons: dict, values: dict) -> dict | None:
+    """The `betas` argument of `_backward`: {position: (indices, signs, multipliers [m, s])}."""
+    return {pos: (*cons[pos], v) for pos, v in values.items()} or None
+
+
+def _round_beta(v: torch.Tensor) -> torch.Tensor:
+    """Down to a multiple of 2^-ALPHA_BITS, never below 0 (rounding changes tightness only)."""
+    scale = 2.0 ** ALPHA_BITS
+    return (torch.floor(v * scale) / scale).clamp(min=0)
+
+
+def _beta_entries(chain: TorchChain, cons: dict, values: dict) -> tuple[list, dict]:
+    """Certificate `beta` entries (JSON; constraints whose multipliers are all 0 left out) and
+    the multipliers by (position, index), for warm starts."""
+    entries, rows = [], {}
+    for pos, v in values.items():
+        for t, j in enumerate(cons[pos][0].tolist()):
+            col = v[:, t]
+            if bool((col > 0).any()):
+                entries.append({"node": chain.ids[pos], "index": j,
+                                "values": encode_dyadic(col, ALPHA_BITS)})
+                rows[(pos, j)] = col
+    return entries, rows
+
+
+def _optimise(chain, a0, relax, pools, lo, hi, lower0, iterations, lr, stop, alpha_init,
+              cons: dict | None = None, beta0: dict | None = None):
+    """alpha-CROWN on the final rows: per-row lower slopes (and, given split constraints
+    `cons`, per-row multipliers from `beta0` {position: [m, s]}) by projected Adam, best kept
+    per row, slopes rounded to multiples of 2^-16 and multipliers down to them; rows where
+    rounding lost against CROWN fall back to CROWN. Returns (lower, slopes, a_input,
+    multipliers {position: [m, s]})."""
     m = a0.shape[0]
     n_layers = len(chain.layers)
+    cons = cons or {}
     params = {}
     for k, r in relax.items():
         init = r.default_alpha.expand(m, -1)
         if alpha_init and k in alpha_init and alpha_init[k].shape == init.shape:
             init = alpha_init[k]
         params[k] = init.detach().clone().requires_grad_(True)
+    bparams = {pos: v.detach().clone().requires_grad_(True) for pos, v in (beta0 or {}).items()}
     best = lower0.detach().clone()
     best_alpha = {k: r.default_alpha.expand(m, -1).clone() for k, r in relax.items()}
-    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    best_beta = {pos: torch.zeros_like(v) for pos, v in bparams.items()}
+    groups = [{"params": list(params.values()), "lr": lr}]
+    if bparams:
+        groups.append({"params": list(bparams.values()), "lr": lr * BETA_LR})
+    opt = torch.optim.Adam(groups)
     for _ in range(iterations):
-        lower, _, _ = _backward(chain, a0, n_layers, relax, params, lo, hi, pools=pools)
+        lower, _, _ = _backward(chain, a0, n_layers, relax, params, lo, hi, pools=pools,
+                                betas=_signed(cons, bparams))
         with torch.no_grad():
             better = lower > best
             if better.any():
                 best = torch.where(better, lower, best)
                 for k, p in params.items():
                     best_alpha[k] = torch.where(better[:, None], p.detach(), best_alpha[k])
+                for pos, v in bparams.items():
+                    best_beta[pos] = torch.where(better[:, None], v.detach(), best_beta[pos])
             if stop is not None and stop(best.cpu().numpy()):
                 break
         opt.zero_grad(set_to_none=True)
@@ -928,61 +1057,93 @@ def _optimise(chain, a0, relax, pools, lo, hi, lower0, iterations, lr, stop, alp
         with torch.no_grad():
             for p in params.values():
                 p.clamp_(0, 1)
+            for v in bparams.values():
+                v.clamp_(min=0)
     with torch.no_grad():
         rounded = {k: _round_alpha(v) for k, v in best_alpha.items()}
-        lower_r, a_in, _ = _backward(chain, a0, n_layers, relax, rounded, lo, hi, pools=pools)
+        rbeta = {pos: _round_beta(v) for pos, v in best_beta.items()}
+        lower_r, a_in, _ = _backward(chain, a0, n_layers, relax, rounded, lo, hi, pools=pools,
+                                     betas=_signed(cons, rbeta))
         worse = lower_r < lower0
         if worse.any():
             for k, r in relax.items():
                 rounded[k] = torch.where(worse[:, None], r.default_alpha.expand(m, -1),
                                          rounded[k])
-            lower_r, a_in, _ = _backward(chain, a0, n_layers, relax, rounded, lo, hi, pools=pools)
-    return lower_r, rounded, a_in
+            for pos, v in rbeta.items():
+                rbeta[pos] = torch.where(worse[:, None], torch.zeros_like(v), v)
+            lower_r, a_in, _ = _backward(chain, a0, n_layers, relax, rounded, lo, hi,
+                                         pools=pools, betas=_signed(cons, rbeta))
+    return lower_r, rounded, a_in, rbeta
 
 
-def _optimise_joint(chain, a0, base: _Pass, masks, lo, hi, iterations, lr, stop, final_init):
+def _optimise_joint(chain, a0, base: _Pass, masks, lo, hi, iterations, lr, stop, final_init,
+                    cons: dict | None = None, beta_init: dict | None = None):
     """alpha-CROWN with the intermediate bounds' slopes too (one lower slope per relu neuron per
-    row of every intermediate bound and of the final spec), optimised jointly for the sum of the
-    final bounds; per row, the best slopes seen are kept. Then an exact pass with those slopes
-    (rounded), and the final slopes re-optimised on its bounds. None if nothing to optimise."""
+    row of every intermediate bound and of the final spec), optimised jointly with multipliers
+    for the split constraints `cons` below each intermediate node (from 0) and for the final
+    rows (from `beta_init` {position: [m, s]}) for the sum of the final bounds; per row, the
+    best slopes and multipliers seen are kept. Then an exact pass with those slopes
+    (rounded), and the final slopes and multipliers re-optimised on its bounds. None if nothing
+    to optimise."""
     sets = {pos: idx for pos, idx, *_ in base.inter}
     n_layers = len(chain.layers)
-    tables, best_inter = {}, {}
+    cons = cons or {}
+    tables, btables, best_inter = {}, {}, {}
     for pos, idx, *_ in base.inter:
         ks = chain.relu_ancestors[pos]
         if ks:
             tables[pos] = {k: base.relax[k].default_alpha.expand(2 * len(idx), -1).clone()
                            .requires_grad_(True) for k in ks}
+            # multipliers for the split constraints on relu inputs below this node
+            below = {chain.layers[k].src[0] for k in ks} & set(cons)
+            btables[pos] = {q: torch.zeros((2 * len(idx), len(cons[q][0])), dtype=lo.dtype,
+                                           device=lo.device).requires_grad_(True)
+                            for q in sorted(below)}
             best_inter[pos] = (torch.full((2 * len(idx),), -np.inf, dtype=lo.dtype,
                                           device=lo.device),
-                               {k: t.detach().clone() for k, t in tables[pos].items()})
+                               {k: t.detach().clone() for k, t in tables[pos].items()},
+                               {q: t.detach().clone() for q, t in btables[pos].items()})
     if not tables:
         return None
+    btables = {pos: tab for pos, tab in btables.items() if tab}
     final = {k: v.detach().clone().requires_grad_(True) for k, v in final_init.items()}
+    bparams = {pos: v.detach().clone().requires_grad_(True)
+               for pos, v in (beta_init or {}).items()}
     params = [t for tab in tables.values() for t in tab.values()] + list(final.values())
-    opt = torch.optim.Adam(params, lr=lr)
+    bvars = list(bparams.values()) + [t for tab in btables.values() for t in tab.values()]
+    groups = [{"params": params, "lr": lr}]
+    if bvars:
+        groups.append({"params": bvars, "lr": lr * BETA_LR})
+    opt = torch.optim.Adam(groups)
     m = a0.shape[0]
     best = torch.full((m,), -np.inf, dtype=lo.dtype, device=lo.device)
     best_final = {k: v.detach().clone() for k, v in final.items()}
+    best_beta = {pos: v.detach().clone() for pos, v in bparams.items()}
     for _ in range(max(1, (2 * iterations) // 3)):
-        p = _bounds_pass(chain, lo, hi, masks, tables, sets, diff=True)
-        lower, _, _ = _backward(chain, a0, n_layers, p.relax, final, lo, hi, pools=p.pools)
+        p = _bounds_pass(chain, lo, hi, masks, tables, sets, diff=True, btables=btables,
+                         cons=cons)
+        lower, _, _ = _backward(chain, a0, n_layers, p.relax, final, lo, hi, pools=p.pools,
+                                betas=_signed(cons, bparams))
         with torch.no_grad():
             for pos, _, lb_lo, lb_hi, _ in p.inter:
                 if pos not in best_inter:
                     continue
                 vals = torch.cat([lb_lo, -lb_hi])
-                prev, tab = best_inter[pos]
+                prev, tab, btab = best_inter[pos]
                 imp = vals > prev
                 if imp.any():
                     best_inter[pos] = (torch.where(imp, vals, prev),
                                        {k: torch.where(imp[:, None], tables[pos][k].detach(),
-                                                       tab[k]) for k in tab})
+                                                       tab[k]) for k in tab},
+                                       {q: torch.where(imp[:, None], btables[pos][q].detach(),
+                                                       btab[q]) for q in btab})
             better = lower > best
             if better.any():
                 best = torch.where(better, lower, best)
                 for k, v in final.items():
                     best_final[k] = torch.where(better[:, None], v.detach(), best_final[k])
+                for pos, v in bparams.items():
+                    best_beta[pos] = torch.where(better[:, None], v.detach(), best_beta[pos])
             if stop is not None and stop(lower.detach().cpu().numpy()):
                 break
         opt.zero_grad(set_to_none=True)
@@ -991,16 +1152,21 @@ def _optimise_joint(chain, a0, base: _Pass, masks, lo, hi, iterations, lr, stop,
         with torch.no_grad():
             for t in params:
                 t.clamp_(0, 1)
+            for v in bvars:
+                v.clamp_(min=0)
     with torch.no_grad():
         rounded = {pos: {k: _round_alpha(t) for k, t in tab.items()}
-                   for pos, (_, tab) in best_inter.items()}
-        p = _bounds_pass(chain, lo, hi, masks, rounded, sets)
+                   for pos, (_, tab, _) in best_inter.items()}
+        rbt = {pos: {q: _round_beta(t) for q, t in btab.items()}
+               for pos, (_, _, btab) in best_inter.items() if btab}
+        p = _bounds_pass(chain, lo, hi, masks, rounded, sets, btables=rbt, cons=cons)
         if p.vacuous:  # the tighter bounds show the domain is empty
-            return p, None, None, None
+            return p, None, None, None, None
         lower0, _, _ = _backward(chain, a0, n_layers, p.relax, None, lo, hi, pools=p.pools)
-    lower_b, rows_b, a_in_b = _optimise(chain, a0, p.relax, p.pools, lo, hi, lower0,
-                                        max(3, iterations // 6), lr, stop, best_final)
-    return p, lower_b, rows_b, a_in_b
+    lower_b, rows_b, a_in_b, betas_b = _optimise(chain, a0, p.relax, p.pools, lo, hi, lower0,
+                                                 max(3, iterations // 6), lr, stop, best_final,
+                                                 cons, best_beta)
+    return p, lower_b, rows_b, a_in_b, betas_b
 
 
 # --------------------------------------------------------------------------------------------
@@ -1023,9 +1189,11 @@ def bounds_for_claim(graph_path: str, claim, method: str = "crown", domain: dict
                      device=None, dtype=torch.float64, iterations: int = 30, lr: float = 0.25,
                      early_stop: bool = True, alpha_init: dict | None = None,
                      want_scores: bool = False, chain: TorchChain | None = None,
-                     tol: float = DECIDE_TOL, optimize_intermediate: bool = True
+                     tol: float = DECIDE_TOL, optimize_intermediate: bool = True,
+                     beta: bool = True, beta_init: dict | None = None
                      ) -> tuple[BoundsResult, Spec]:
-    """Run CROWN / alpha-CROWN for a kernel Claim on a domain; see `crown_certificate`."""
+    """Run CROWN / alpha-CROWN (beta-CROWN on a domain with relu splits, unless `beta` is
+    off) for a kernel Claim on a domain; see `crown_certificate`."""
     chain = chain or load_chain(graph_path, claim.node, device, dtype)
     spec = spec_of(claim, chain.n_out)
     lo, hi = domain_box(claim, domain)
@@ -1034,7 +1202,7 @@ def bounds_for_claim(graph_path: str, claim, method: str = "crown", domain: dict
     phases = (domain or {}).get("relu") or (domain or {}).get("phases")
     stop = (lambda lb: spec.holds(lb, tol)) if early_stop else None
     res = compute_bounds(chain, lo_f, hi_f, spec.c, method, phases, iterations, lr, stop,
-                         alpha_init, want_scores, optimize_intermediate)
+                         alpha_init, want_scores, optimize_intermediate, beta, beta_init)
     return res, spec
 
 
@@ -1044,9 +1212,10 @@ def crown_certificate(graph_path: str, claim, method: str = "crown", domain: dic
     lower bounds of its spec rows (docs/crown_certificate.md order). `method`: "crown" or
     "alpha" (per-row optimised lower slopes). `domain` (branch and bound): {"lo": [...],
     "hi": [...]} overrides the input box; {"relu": {pre-activation id: {index: "active" |
-    "inactive"}}} adds phase constraints. Keyword options: device, dtype, iterations, lr,
-    early_stop, alpha_init, chain, tol, optimize_intermediate. The bounds are floats: the caller
-    decides (e.g. with `Spec.holds`), the kernel re-checks exactly."""
+    "inactive"}}} adds phase constraints, and alpha-CROWN then also optimises beta multipliers
+    for them (certificate `beta`). Keyword options: device, dtype, iterations, lr, early_stop,
+    alpha_init, chain, tol, optimize_intermediate, beta, beta_init. The bounds are floats: the
+    caller decides (e.g. with `Spec.holds`), the kernel re-checks exactly."""
     res, _ = bounds_for_claim(graph_path, claim, method, domain, **kw)
     return res.certificate(), res.lower
 
