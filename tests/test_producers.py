@@ -413,10 +413,10 @@ def test_batched_bounds_match_per_domain_crown(nets):
     r = bc.bounds(chain.tensor(lo), chain.tensor(hi), chain.tensor(spec.c))
     for i in range(len(lo)):
         res, _ = bt.bounds_for_claim(path, claim, "crown", {"lo": lo[i], "hi": hi[i]})
-        assert np.allclose(r.lower[i].numpy(), res.lower, atol=1e-9)
+        assert np.allclose(r.lower[i].cpu().numpy(), res.lower, atol=1e-9)
         ibp = bt.ibp_bounds(path, claim, {"lo": lo[i], "hi": hi[i]})
-        assert np.allclose(r.ibp[i].numpy(), ibp, atol=1e-9)
-        assert np.all(r.plain[i].numpy() <= res.lower + 1e-9)
+        assert np.allclose(r.ibp[i].cpu().numpy(), ibp, atol=1e-9)
+        assert np.all(r.plain[i].cpu().numpy() <= res.lower + 1e-9)
 
 
 def test_batched_bounds_and_alpha_are_sound_on_samples(nets):
@@ -429,16 +429,17 @@ def test_batched_bounds_and_alpha_are_sound_on_samples(nets):
         return sum((lower - thr)[:, a:b].amax(dim=1) for a, b in spec.groups)
 
     ra, _, _ = bc.optimise(chain.tensor(lo), chain.tensor(hi), c, objective,
-                           lambda lw: torch.zeros(lw.shape[0], dtype=lw.dtype) - 1,
+                           lambda lw: torch.full((lw.shape[0],), -1.0, dtype=lw.dtype,
+                                                 device=lw.device),
                            iterations=8, lr=0.5)
     rng = np.random.default_rng(3)
     for i in range(len(lo)):
         xs = rng.uniform(lo[i], hi[i], size=(500, lo.shape[1]))
         with torch.no_grad():
-            y = chain.forward(chain.tensor(xs)).reshape(len(xs), -1).numpy()
+            y = chain.forward(chain.tensor(xs)).reshape(len(xs), -1).cpu().numpy()
         vals = y @ spec.c.T
         for bound in (r.ibp, r.plain, r.lower, ra.lower):
-            assert np.all(vals >= bound[i].numpy()[None, :] - 1e-9)
+            assert np.all(vals >= bound[i].cpu().numpy()[None, :] - 1e-9)
 
 
 def test_outward_floats_contain_the_exact_box():
@@ -569,7 +570,7 @@ def test_batched_bounds_with_phases_match_per_domain_crown(nets):
     base = bc.bounds(chain.tensor(lo), chain.tensor(hi), c)
     k = chain.relus[1]  # the second relu: its input is a linear node
     rng = np.random.default_rng(4)
-    sign = torch.zeros(len(lo), chain.layers[k].n_out, dtype=torch.int8)
+    sign = torch.zeros(len(lo), chain.layers[k].n_out, dtype=torch.int8, device=chain.device)
     doms = []
     for i in range(len(lo)):
         j = int(rng.integers(chain.layers[k].n_out))
@@ -581,5 +582,5 @@ def test_batched_bounds_with_phases_match_per_domain_crown(nets):
         res = bt.compute_bounds(chain, lo[i], hi[i], spec.c, "crown", doms[i])
         assert res.vacuous == bool(r.vacuous[i])
         if not res.vacuous:
-            assert np.allclose(r.lower[i].numpy(), res.lower, atol=1e-9)
+            assert np.allclose(r.lower[i].cpu().numpy(), res.lower, atol=1e-9)
     assert not bool(base.vacuous.any())
