@@ -74,6 +74,15 @@ def run_one(inst: dict) -> dict:
             and verdict != inst["expected"], "stderr_tail": proc.stderr[-300:]}
 
 
+def _commit() -> str:
+    """The commit the instances ran on (with '+dirty' when the tree had changes)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", nargs="*", default=["acasxu", "mnistfc"])
@@ -92,8 +101,11 @@ def main() -> int:
             if (i["benchmark"], i["onnx"], i["vnnlib"]) not in done]
     if args.limit:
         todo = todo[:args.limit]
+    run = {"command": " ".join(["python benchmarks/vnncomp2021/run.py"] + sys.argv[1:]),
+           "code": _commit(), "parallel": args.parallel}
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel) as pool:
         for r in pool.map(run_one, todo):
+            r.update(run)
             done[(r["benchmark"], r["onnx"], r["vnnlib"])] = r
             with open(log, "a") as f:
                 f.write(json.dumps(r) + "\n")
@@ -130,9 +142,10 @@ def write_report(rows: list[dict]) -> None:
                      "median_setup_s": sorted(r["setup_s"] or 0 for r in rs)[len(rs) // 2],
                      "abcrown_2021_total_s": sum(float(r["abcrown_2021_s"] or 0) for r in rs),
                      "nnenum_2021_total_s": sum(float(r["nnenum_2021_s"] or 0) for r in rs)}
+    runs = sorted({(r.get("command", "?"), r.get("code", "?"), r.get("parallel", "?"))
+                   for r in rows}, key=str)
     meta = {"machine": machine_info(BASIC_FIELDS), "date": utc_now(),
-            "command": "python benchmarks/vnncomp2021/run.py --bench mnistfc acasxu --parallel 2",
-            "code": os.environ.get("TL_BENCH_COMMIT", ""),
+            "runs": [{"command": c, "code": k, "parallel": p} for c, k, p in runs],
             "note": "2021 competition times ran on other hardware (the competition's AWS "
                     "instances), so they are context, not a same-machine comparison"}
     write_result(os.path.join(RESULTS, "vnncomp2021.json"), {"totals": totals, **meta})
