@@ -276,24 +276,23 @@ def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, s
     pick = fmpz_mat(n, k)
     for c, j in enumerate(unstable):
         pick[j, c] = 1
-    cols = (mat * pick).entries()
+    sel = mat * pick
+    cols = sel.entries()
     ups = [(2 * int(s_map[j].p), int(s_map[j].q), 2 * int(s_map[j].q)) for j in unstable]
     t_nums, t_den = common_denominator([t_map[j] for j in unstable])
-    new, extra, lows = [], [], None
-    for r in range(rows):
-        if lows is None or not shared:
-            lows = [(2 * int(a.p), int(a.q), 2 * int(a.q)) for a in (alphas[r][j] for j in
-                                                                     unstable)]
-        row = cols[r * k:(r + 1) * k]
-        # v >= 0 takes the lower line alpha z, v < 0 the upper line s z + t: v * slope (p/q)
-        # rounded to the nearest integer, (2 v p + q) // 2q
-        new.extend([(v * a2 + aq) // aq2 if v > 0 else (v * s2 + sq) // sq2
-                    for v, (a2, aq, aq2), (s2, sq, sq2) in zip(row, lows, ups)])
-        extra.append(sum(v * t for v, t in zip(row, t_nums) if v < 0))
+    lows = [(2 * int(a.p), int(a.q), 2 * int(a.q)) for r in ((0,) if shared else range(rows))
+            for a in (alphas[r][j] for j in unstable)]
+    # v >= 0 takes the lower line alpha z, v < 0 the upper line s z + t: v * slope (p/q)
+    # rounded to the nearest integer, (2 v p + q) // 2q
+    new = [(v * a2 + aq) // aq2 if v > 0 else (v * s2 + sq) // sq2 for v, (a2, aq, aq2),
+           (s2, sq, sq2) in zip(cols, lows * rows if shared else lows, ups * rows)]
+    # negative coefficients take the upper line's intercept: sum of min(v, 0) t = (v - |v|) t / 2
+    t_col = fmpz_mat(k, 1, t_nums)
+    extra = (sel * t_col - fmpz_mat(rows, k, [abs(v) for v in cols]) * t_col).entries()
     parts.append((fmpz_mat(rows, k, new), pick.transpose()))
     err = sc * sum(max(-z.lo[j], z.hi[j]) for j in unstable) / (2 * z.den)
     grow = max(0, int(fmpz(max(s_map[j] for j in unstable).ceil()).bit_length()) - 1)
-    return parts, sc, _less(_plus(const, extra, sc / t_den), err), bits + grow
+    return parts, sc, _less(_plus(const, extra, sc / (2 * t_den)), err), bits + grow
 
 
 def _maxpool_back(node: Node, z: Interval, entries: list, rows: int, const: list,
