@@ -6,6 +6,8 @@ import datetime
 import json
 import os
 import platform
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -55,3 +57,13 @@ def write_result(path: str | os.PathLike, result: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """The median seconds of `repeats` calls of fn, and the last call's result."""
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out

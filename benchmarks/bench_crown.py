@@ -7,10 +7,8 @@ Writes benchmarks/results/crown.json (numbers, the command and the machine)."""
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -21,7 +19,7 @@ import flint  # noqa: E402
 import torch  # noqa: E402
 
 import kernel_checker  # noqa: E402
-from benchmarks._common import BASIC_FIELDS, machine_info, utc_now, write_result  # noqa: E402
+from benchmarks._common import BASIC_FIELDS, machine_info, median_time, utc_now, write_result  # noqa: E402
 from oracles.bounds_torch import crown_certificate, ibp_bounds, load_chain  # noqa: E402
 from stdlib.robustness import margin  # noqa: E402
 from tl_dsl import proof  # noqa: E402
@@ -41,15 +39,6 @@ def random_mlp(folder: str, seed: int) -> str:
             x = g.relu(x)
     g.output(x)
     return g.save(folder)
-
-
-def timed(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
 
 
 def main() -> int:
@@ -88,7 +77,7 @@ def main() -> int:
     probe = margin(graph, x0, eps, label, -10**6, clamp=(0, 1))
     rows = []
     for method in ("crown", "alpha"):
-        t_float, (cert, lows) = timed(lambda m=method: crown_certificate(
+        t_float, (cert, lows) = median_time(lambda m=method: crown_certificate(
             graph_path, probe, m, chain=chain, early_stop=False), args.repeats)
         # the claim: each margin row >= its float bound, lowered by 2^-10 and made dyadic
         rhs = [str(np.floor((lo - 2 ** -10) * 2 ** 20) / 2 ** 20) for lo in lows]
@@ -96,12 +85,12 @@ def main() -> int:
         claim = kernel_checker.Claim(**{**claim.__dict__, "rhs": tuple(
             kernel_checker.claims.decode_rational(r, "rhs") for r in rhs)})
         proof.check(claim, cert, graph)  # warm caches (weight matrices), and must hold
-        t_kernel, _ = timed(lambda c=cert, cl=claim: proof.check(cl, c, graph), args.repeats)
+        t_kernel, _ = median_time(lambda c=cert, cl=claim: proof.check(cl, c, graph), args.repeats)
         n_inter = sum(len(e.get("indices", e["lo"])) for e in cert.get("intermediate", []))
         rows.append({"method": method, "float_s": t_float, "kernel_s": t_kernel,
                      "ratio_kernel_over_float": t_kernel / t_float,
                      "intermediate_neurons": n_inter, "min_margin_lower_bound": float(min(lows))})
-    t_ibp, _ = timed(lambda: ibp_bounds(graph_path, probe), args.repeats)
+    t_ibp, _ = median_time(lambda: ibp_bounds(graph_path, probe), args.repeats)
     print(f"{source}, eps {eps}, 9 margin rows, label {label}")
     print(f"{'certificate':<12} {'float producer':>15} {'kernel check':>13} {'ratio':>7} "
           f"{'interm. neurons':>16} {'target':>8}")

@@ -8,7 +8,6 @@ Writes benchmarks/results/resnet_crown.json (numbers, the command, the machine a
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ import flint  # noqa: E402
 import torch  # noqa: E402
 
 import kernel_checker  # noqa: E402
-from benchmarks._common import BASIC_FIELDS, machine_info, utc_now, write_result  # noqa: E402
+from benchmarks._common import BASIC_FIELDS, machine_info, median_time, utc_now, write_result  # noqa: E402
 from oracles.bounds_torch import crown_certificate, load_chain  # noqa: E402
 from stdlib.robustness import margin  # noqa: E402
 from tl_dsl import proof  # noqa: E402
@@ -56,15 +55,6 @@ def resnet(folder: str, size: int, channels: int, seed: int) -> str:
     return g.save(folder)
 
 
-def timed(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=16)
@@ -93,7 +83,7 @@ def main() -> int:
             crown_certificate(path, probe, method, chain=chain, early_stop=False)  # warm up
             if dev == "cuda":
                 torch.cuda.synchronize()
-            t_prod, (cert, lows) = timed(lambda m=method, c=chain: crown_certificate(
+            t_prod, (cert, lows) = median_time(lambda m=method, c=chain: crown_certificate(
                 path, probe, m, chain=c, early_stop=False), args.repeats)
             rhs = [str(np.floor((lo - 2 ** -10) * 2 ** 20) / 2 ** 20) for lo in lows]
             claim = margin(graph, x0, str(args.eps), label, 0, clamp=(0, 1))
