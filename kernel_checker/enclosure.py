@@ -475,8 +475,8 @@ def backward_smooth(func: str, z_lo: list, z_hi: list, z_den: int, entries: list
                     scale: fmpq, rows: int) -> tuple[list, fmpq, list]:
     """One CROWN step back through y = f(z) element-wise: coefficients (flat rows, times scale)
     on y to coefficients on z, lam.y >= lam'.z + extra with, per coefficient v, the lower line
-    when v >= 0 and the upper line when v < 0. Returns (lam', new scale, extra per row, in units
-    of the new scale)."""
+    when v >= 0 and the upper line when v is negative. Returns (lam', new scale, extra per row,
+    in units of the new scale)."""
     n = len(z_lo)
     lines = [[_fix(v, RELAX_BITS) for v in relax(func, fmpq(lo, z_den), fmpq(hi, z_den))]
              for lo, hi in zip(z_lo, z_hi, strict=True)]
