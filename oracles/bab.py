@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -345,7 +346,9 @@ def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
              "hi": encode_dyadic(lb_hi[i][idx], BOUND_BITS)}
         tab = (alpha_inter or {}).get(pos)
         if tab:
-            e["alpha"] = {chain.layers[k].id: encode_dyadic(t[i], ALPHA_BITS)
+            rows = torch.cat([idx, idx + use.shape[1]])  # per-row tables: rows e_j, then -e_j
+            e["alpha"] = {chain.layers[k].id: encode_dyadic(t[i], ALPHA_BITS) if t.dim() == 2
+                          else [encode_dyadic(row, ALPHA_BITS) for row in t[i][rows]]
                           for k, t in tab.items()}
         entries.append(e)
         count += len(idx)
@@ -621,6 +624,290 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         ids, depth = new_ids + ids, new_depth + depth
     if 0 in certs:
         return finish("proved", certs[0])
+    out: dict[int, dict] = {}  # assembled bottom-up, iteratively (trees can be deep)
+    stack = [(0, False)]
+    while stack:
+        nid, done = stack.pop()
+        if nid in certs:
+            out[nid] = certs.pop(nid)
+            continue
+        split, kids = splits[nid]
+        if not done:
+            stack.append((nid, True))
+            stack.extend((kk, False) for kk in kids)
+            continue
+        out[nid] = {"rule": "split", "split": split, "children": [out.pop(kk) for kk in kids]}
+    return finish("proved", out[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Batched relu-split branch and bound (many inputs, linear / relu chains; beta-CROWN leaves)
+
+
+def _relu_objective(spec, lower: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
+    """What the slopes and multipliers maximise, per domain: the rows' gaps (unsat: each
+    polytope's best row), each capped at 0 so proved rows stop pulling."""
+    gap = lower - thr
+    if spec.kind != "unsat":
+        return gap.clamp(max=0).sum(dim=1)
+    return sum(gap[:, a:b].amax(dim=1).clamp(max=0) for a, b in spec.groups)
+
+
+def _beta_cert(chain, phases: dict, betas: dict, i: int) -> list:
+    """Certificate `beta` entries of domain i: the multipliers of its split constraints (all
+    rows), leaving out constraints whose multipliers are all 0."""
+    out = []
+    for pos, v in betas.items():
+        for j in torch.nonzero(phases[pos][i]).reshape(-1).tolist():
+            col = v[i, :, j]
+            if bool((col > 0).any()):
+                out.append({"node": chain.ids[pos], "index": j,
+                            "values": encode_dyadic(col, ALPHA_BITS)})
+    return out
+
+
+def _settle_leaves(chain, r, ai, af, bt, ph, idx, take, certs, stats) -> None:
+    """Leaf certificates of the proved or empty domains idx of a batch's bounds r (slopes ai,
+    af, multipliers bt, phases ph); take maps batch rows to node ids."""
+    for i in idx.tolist():
+        nid = take[i]
+        if bool(r.vacuous[i]):
+            certs[nid], _ = _leaf_cert(chain, r, i, ai)
+            stats["vacuous"] += 1
+        else:
+            certs[nid], _ = _leaf_cert(chain, r, i, ai, af)
+            beta = _beta_cert(chain, ph, bt, i)
+            if beta:
+                certs[nid]["beta"] = beta
+        stats["leaves"] += 1
+
+
+def _lookahead_choice(bc, c, margins, score, choice, lookahead, ks, offsets, split_pos, ph,
+                      open_, ai, af, bt, lo_r, hi_r, batch):
+    """Among each open domain's `lookahead` best-scored neurons, the one whose worse child has
+    the best margin: the children bounded (intermediate bounds recomputed) with the parent's
+    slopes and multipliers (0 on the new constraint)."""
+    top = score.topk(min(lookahead, score.shape[1]), dim=1)
+    cand = torch.where(top.values >= 0, top.indices, choice[:, None])  # [d, K]
+    nd, kk = cand.shape
+    flat = cand.reshape(-1)
+    dom = open_.repeat_interleave(kk)  # batch rows of the parent domains
+    layer = torch.as_tensor(np.searchsorted(offsets, flat.cpu().numpy(), side="right") - 1,
+                            device=flat.device)
+    vals = []
+    for s in (-1, 1):
+        kph = {pos: v[dom].clone() for pos, v in ph.items()}
+        for li, k in enumerate(ks):
+            sel = torch.nonzero(layer == li).reshape(-1)
+            if len(sel):
+                kph[split_pos[k]][sel, flat[sel] - int(offsets[li])] = s
+        out = []
+        for a in range(0, len(dom), 4 * batch):
+            b = slice(a, a + 4 * batch)
+            d = dom[b]
+            nb = len(d)
+            r = bc.bounds(lo_r.expand(nb, -1), hi_r.expand(nb, -1), c, plain=False,
+                          alpha_inter={pos: {k: t[d] for k, t in tab.items()}
+                                       for pos, tab in ai.items()},
+                          alpha_final={k: t[d] for k, t in af.items()},
+                          phases={pos: v[b] for pos, v in kph.items()},
+                          beta_final={pos: t[d] for pos, t in bt.items()})
+            mg = margins(r.lower)
+            out.append(torch.where(r.vacuous, torch.full_like(mg, torch.inf), mg))
+        vals.append(torch.cat(out))
+    worse = torch.minimum(vals[0], vals[1]).reshape(nd, kk)
+    return cand[torch.arange(nd, device=cand.device), worse.argmax(dim=1)]
+
+
+def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, device=None,
+                       dtype=torch.float64, batch: int = 32, iterations: int = 20,
+                       lr: float = 0.1, beta_lr: float = 0.05, root_iterations: int = 40,
+                       max_domains: int = 2_000_000, seed: int = 0, attack: bool = True,
+                       tol: float = DECIDE_TOL, max_depth: int = 400, chain=None,
+                       kernel_cost: float = 0.0, lookahead: int = 8,
+                       per_row_inter: bool = True) -> BabResult:
+    """ReLU-split branch and bound over batches of domains (beta-CROWN, Wang et al. 2021; as
+    alpha-beta-CROWN batches it), for linear / relu chains. Per batch (the `batch` domains
+    with the worst margins, stacked with their phase constraints): an exact pass with the
+    slopes and multipliers inherited from the parent (a domain it proves is a leaf), then
+    `BatchChain.optimise` on the others: the lower slopes of the intermediate bounds (one list
+    per row with `per_row_inter`, else shared per node), per-row slopes of the final rows and
+    one multiplier per final row and split constraint, by projected Adam (`iterations` steps,
+    warm-started from the parent; the root gets `root_iterations`), rounded (slopes to
+    multiples of 2^-16, multipliers down to them) and replayed exactly as the kernel does. A
+    proved or empty domain becomes a `crown` leaf with its intermediate entries, slopes and
+    multipliers; an open one is split on an unstable neuron: among its `lookahead` best by
+    relaxation gap on the open rows (BaBSR-like), the one whose worse child bounds best with
+    the parent's slopes (1: the best gap). The vertices minimising the open rows' linear
+    bounds and the box centre are tried as counterexamples. A batch is not started when the
+    previous one's time plus `kernel_cost` seconds per leaf (the kernel's check) would pass
+    the budget. Returns a BabResult (certificate: a `split` tree of relu splits, or one
+    leaf)."""
+    t0 = time.perf_counter()
+    deadline = t0 + timeout_s
+    chain = chain or load_chain(graph_path, claim.node, device, dtype)
+    bc = BatchChain(chain)
+    spec = spec_of(claim, chain.n_out)
+    dev = chain.device
+    c = chain.tensor(spec.c)
+    m = c.shape[0]
+    thr = torch.as_tensor(spec.thr, dtype=dtype, device=dev)
+    n = len(chain.layers)
+    stats = {"strategy": "relu-batched", "method": "beta", "domains": 0, "leaves": 0,
+             "input_splits": 0, "relu_splits": 0, "max_depth": 0, "vacuous": 0, "batches": 0}
+
+    def finish(status, cert=None, point=None):
+        stats["producer_s"] = time.perf_counter() - t0
+        return BabResult(status, cert, point, stats)
+
+    def margins(lower):
+        return spec_margins(spec, lower, tol)
+
+    def breaks(points: torch.Tensor) -> np.ndarray | None:
+        with torch.no_grad():
+            y = chain.forward(points).reshape(points.shape[0], -1).cpu().numpy()
+        hit = spec.is_violation(spec.violated(y))
+        if not hit.any():
+            return None
+        return points[int(np.argmax(hit))].cpu().numpy().reshape(chain.input_shape)
+
+    lo0, hi0 = claim_box(claim)
+    lo_f0, hi_f0 = _outward_floats(lo0, hi0)
+    if attack:
+        point = pgd_attack(graph_path, claim, steps=20, restarts=2, seed=seed,
+                           box=(lo_f0, hi_f0), device=device, dtype=dtype)
+        if point is not None:
+            return finish("counterexample", point=point)
+    lo_r = torch.as_tensor(lo_f0, dtype=dtype, device=dev)[None]
+    hi_r = torch.as_tensor(hi_f0, dtype=dtype, device=dev)[None]
+    # splittable relus: k -> position of its input (pre-activation) node
+    split_pos = {k: chain.layers[k].src[0] for k in chain.relus if chain.layers[k].src[0] != 0}
+    widths = {pos: math.prod(chain.layers[pos - 1].out_shape) for pos in split_pos.values()}
+
+    def objective(lower):
+        return _relu_objective(spec, lower, thr)
+
+    r0, ai0, af0 = bc.optimise(lo_r, hi_r, c, objective, margins, iterations=root_iterations,
+                               lr=0.25, per_row_inter=per_row_inter)
+    if bool(r0.vacuous[0]) or bool(margins(r0.lower)[0] > 0):
+        cert, _ = _leaf_cert(chain, r0, 0, ai0, af0)
+        stats["leaves"] = stats["domains"] = 1
+        return finish("proved", cert)
+    # a pending domain: (phases {pos: int8 [n]}, final slopes {k: [m, n_k]}, multipliers
+    # {pos: [m, n]}, intermediate slopes {pos: {k: [2 n, n_k] or [n_k]}}, depth)
+    pending: dict[int, tuple] = {0: ({pos: torch.zeros(w, dtype=torch.int8, device=dev)
+                                      for pos, w in widths.items()},
+                                     {k: t[0] for k, t in af0.items()},
+                                     {pos: torch.zeros((m, w), dtype=dtype, device=dev)
+                                      for pos, w in widths.items()},
+                                     {pos: {k: t[0] for k, t in tab.items()}
+                                      for pos, tab in ai0.items()}, 0)}
+    heap = [(float(margins(r0.lower)[0]), 0)]
+    certs: dict[int, dict] = {}
+    splits: dict[int, tuple] = {}
+    next_id = 1
+    last = 0.0  # the previous batch's seconds: a batch that cannot finish is not started
+    while heap:
+        now = time.perf_counter()
+        if now + last + kernel_cost * stats["leaves"] > deadline:
+            return finish("timeout")
+        if stats["domains"] >= max_domains:
+            return finish("unknown")
+        take = [heapq.heappop(heap)[1] for _ in range(min(batch, len(heap)))]
+        doms = [pending.pop(i) for i in take]
+        bn = len(take)
+        stats["domains"] += bn
+        stats["batches"] += 1
+        ph = {pos: torch.stack([d[0][pos] for d in doms]) for pos in widths}
+        af = {k: torch.stack([d[1][k] for d in doms]) for k in af0}
+        bt = {pos: torch.stack([d[2][pos] for d in doms]) for pos in widths}
+        ai = {pos: {k: torch.stack([d[3][pos][k] for d in doms]) for k in tab}
+              for pos, tab in ai0.items()}
+        lo, hi = lo_r.expand(bn, -1), hi_r.expand(bn, -1)
+        r = bc.bounds(lo, hi, c, plain=False, alpha_inter=ai, alpha_final=af, phases=ph,
+                      beta_final=bt)
+        live = torch.nonzero(~r.vacuous & (margins(r.lower) <= 0)).reshape(-1)
+        if iterations > 0 and len(live):
+            # every slope and the final rows' multipliers, warm-started from the parent; the
+            # other domains are leaves already
+            ro, rio, rfo = bc.optimise(
+                lo[live], hi[live], c, objective, margins, iterations, lr, base=r.take(live),
+                phases={pos: v[live] for pos, v in ph.items()},
+                init_inter={pos: {k: t[live] for k, t in tab.items()} for pos, tab in ai.items()},
+                init_final={k: t[live] for k, t in af.items()},
+                init_beta={pos: t[live] for pos, t in bt.items()}, beta_lr=beta_lr)
+            _settle_leaves(chain, r, ai, af, bt, ph, torch.nonzero(
+                r.vacuous | (margins(r.lower) > 0)).reshape(-1), take, certs, stats)
+            r, ai, af, bt = ro, rio, rfo, ro.betas
+            ph = {pos: v[live] for pos, v in ph.items()}
+            take = [take[i] for i in live.tolist()]
+            doms = [doms[i] for i in live.tolist()]
+            lo, hi = lo[live], hi[live]
+        with torch.no_grad():
+            record: dict = {}
+            lower, a_in, _ = bc.backward(c, n - 1, r.relax, lo, hi, None, af,
+                                         bc.signed_betas(ph, bt), record=record)
+        mg = margins(lower)
+        proved = r.vacuous | (mg > 0)
+        _settle_leaves(chain, r, ai, af, bt, ph, torch.nonzero(proved).reshape(-1), take,
+                       certs, stats)
+        open_ = torch.nonzero(~proved).reshape(-1)
+        if not len(open_):
+            continue
+        coef, signed = _open_rows_coef(spec, lower[open_], a_in[open_])
+        olo, ohi = lo[open_], hi[open_]
+        point = breaks(torch.cat([(olo + ohi) / 2, torch.where(signed > 0, olo, ohi)]))
+        if point is not None:
+            return finish("counterexample", point=point)
+        # split scores: relaxation gaps on the open rows (each open polytope's best row)
+        gap = lower[open_] - thr
+        if spec.kind != "unsat":
+            wrow = (gap <= 0).to(dtype)
+        else:
+            wrow = torch.zeros_like(gap)
+            for a, b in spec.groups:
+                g = gap[:, a:b]
+                best_row = g.argmax(dim=1)
+                wrow[torch.arange(len(open_), device=dev), a + best_row] = \
+                    (g.amax(dim=1) <= 0).to(dtype)
+        ks = sorted(split_pos)
+        if not ks:
+            return finish("unknown")
+        score = torch.cat([(record[k][open_] * wrow[:, :, None]).sum(dim=1)
+                           + 1e-12 * r.relax[k].unstable[open_] for k in ks], dim=1)
+        uns = torch.cat([r.relax[k].unstable[open_] > 0 for k in ks], dim=1)
+        score = torch.where(uns, score, torch.full_like(score, -1.0))
+        offsets = np.cumsum([0] + [widths[split_pos[k]] for k in ks])
+        choice = score.argmax(dim=1)
+        if lookahead > 1:
+            choice = _lookahead_choice(bc, c, margins, score, choice, lookahead, ks, offsets,
+                                       split_pos, ph, open_, ai, af, bt, lo_r, hi_r, batch)
+        choice = choice.tolist()
+        for t, i in enumerate(open_.tolist()):
+            if score[t, choice[t]] < 0:
+                return finish("unknown")  # nothing left to split
+            li = int(np.searchsorted(offsets, choice[t], side="right") - 1)
+            k, j = ks[li], choice[t] - int(offsets[li])
+            pos = split_pos[k]
+            phases, depth = doms[i][0], doms[i][4]
+            if depth + 1 > max_depth:
+                return finish("unknown")
+            kids = (next_id, next_id + 1)
+            next_id += 2
+            splits[take[i]] = ({"kind": "relu", "node": chain.ids[pos], "index": j}, kids)
+            # copies (not views of the batch's tensors, which would stay alive), shared by
+            # both children
+            warm = ({q: t[i].clone() for q, t in af.items()},
+                    {q: t[i].clone() for q, t in bt.items()},
+                    {q: {kk: t[i].clone() for kk, t in tab.items()} for q, tab in ai.items()})
+            for kid, s in zip(kids, (-1, 1)):
+                kph = {p: v.clone() for p, v in phases.items()}
+                kph[pos][j] = s
+                pending[kid] = (kph, *warm, depth + 1)
+                heapq.heappush(heap, (float(mg[i]), kid))
+            stats["relu_splits"] += 1
+            stats["max_depth"] = max(stats["max_depth"], depth + 1)
+        last = time.perf_counter() - now
     out: dict[int, dict] = {}  # assembled bottom-up, iteratively (trees can be deep)
     stack = [(0, False)]
     while stack:

@@ -1249,6 +1249,7 @@ class BatchBounds:
     inter: list  # (pos, use [B, n] bool, lb_lo [B, n], lb_hi [B, n]) per certified node
     vacuous: torch.Tensor  # [B] bool: some interval is empty (no point in the box)
     relax: dict = field(default_factory=dict)  # relu layer index -> batched _Relax
+    betas: dict = field(default_factory=dict)  # pos -> [B, m, n] final multipliers used
 
     def take(self, idx: torch.Tensor) -> BatchBounds:
         """The domains idx (for the CROWN fields the alpha optimisation starts from)."""
@@ -1269,11 +1270,13 @@ def _apply_signs(lo, hi, sign):
 
 
 class _Adam:
-    """Adam with the iterates projected to [0, 1] (a small local version: torch.optim's first
-    use imports much of torch, about a second)."""
+    """Adam with the iterates projected to [0, upper] (no upper limit when None; a small local
+    version: torch.optim's first use imports much of torch, about a second)."""
 
-    def __init__(self, params: list, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, params: list, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                 upper: float | None = 1.0):
         self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.upper = upper
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
         self.t = 0
@@ -1289,7 +1292,7 @@ class _Adam:
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-self.lr / c1)
-                p.clamp_(0, 1)
+                p.clamp_(0, self.upper)
 
 
 class BatchChain:
@@ -1335,12 +1338,19 @@ class BatchChain:
         r = rad @ wa.T
         return c - r, c + r
 
-    def backward(self, a, top: int, relax: dict, lo, hi, const=None, alphas: dict | None = None):
+    def backward(self, a, top: int, relax: dict, lo, hi, const=None, alphas: dict | None = None,
+                 betas: dict | None = None, record: dict | None = None):
         """Lower bounds of rows a ([m, n] shared or [B, m, n], over the output of layer `top`)
-        walking back through layers top .. 0. Returns (lower [B, m], a_input [B, m, n_in],
-        scale [B, m])."""
+        walking back through layers top .. 0. `betas` {position: (sign [B, n], multipliers
+        [B, m, n])} adds -beta * sign to the coefficients on that node's neurons (beta-CROWN on
+        the split constraints sign * z >= 0; sign 0: no constraint), as the kernel does;
+        `record` collects {relu layer k: [B, m, n] relaxation gaps} (split scores). Returns
+        (lower [B, m], a_input [B, m, n_in], scale [B, m])."""
         batch = lo.shape[0]
         for k in range(top, -1, -1):
+            if betas and k + 1 in betas:
+                sign, vals = betas[k + 1]
+                a = a - vals * sign[:, None, :]
             st = self.steps[k]
             if st is None:
                 continue
@@ -1361,9 +1371,13 @@ class BatchChain:
             if alphas is not None and k in alphas:
                 al = alphas[k]
                 al = al[:, None, :] if al.dim() == 2 else al
-                low = r.active[:, None, :] + r.unstable[:, None, :] * al
             else:
-                low = (r.active + r.unstable * r.default_alpha)[:, None, :]
+                al = r.default_alpha[:, None, :]
+            low = r.active[:, None, :] + r.unstable[:, None, :] * al
+            if record is not None:
+                gap = apos * torch.maximum((1 - al) * r.hi[:, None, :], -al * r.lo[:, None, :]) \
+                    - aneg * r.up_int[:, None, :]
+                record[k] = (gap * r.unstable[:, None, :]).detach()
             a = apos * low + aneg * r.up_slope[:, None, :]
         if a.dim() == 2:
             a = a.expand(batch, -1, -1)
@@ -1395,6 +1409,11 @@ class BatchChain:
             return low, scale
         order = torch.argsort(uns.to(torch.int8), dim=1, descending=True, stable=True)[:, :kk]
         valid = torch.arange(kk, device=lo.device)[None, :] < cnt[:, None]
+        if alphas and any(t.dim() == 3 for t in alphas.values()):
+            # per-row slopes over all rows e_j, -e_j: those of the rows bounded
+            rows = torch.cat([order, order + m], dim=1)[:, :, None]
+            alphas = {q: t.gather(1, rows.expand(-1, -1, t.shape[2])) if t.dim() == 3 else t
+                      for q, t in alphas.items()}
         if st is not None and st[0] == "lin":
             w, b = st[1][order], st[2][order]  # [B, kk, n_in], [B, kk]
             a, const, top = torch.cat([w, -w], dim=1), torch.cat([b, -b], dim=1), k - 1
@@ -1426,17 +1445,20 @@ class BatchChain:
 
     def bounds(self, lo, hi, c, plain: bool = True, crown_inter: bool = True, select=None,
                alpha_inter: dict | None = None, alpha_final: dict | None = None,
-               diff: bool = False, phases: dict | None = None) -> BatchBounds:
+               diff: bool = False, phases: dict | None = None,
+               beta_final: dict | None = None) -> BatchBounds:
         """IBP, CROWN with IBP intermediates (`plain`) and CROWN with CROWN intermediates of the
         rows c [m, n_out] over the boxes [lo, hi] ([B, n_in] each). alpha_inter {pos: {relu
-        layer k: [B, n_k], shared by the node's rows}} and alpha_final {k: [B, n_k] or
+        layer k: [B, n_k], shared by the node's rows, or [B, 2 n, n_k] per row: e_j for every
+        neuron j of the node, then -e_j}} and alpha_final {k: [B, n_k] or
         [B, m, n_k]} replace CROWN's default lower slopes. `select(pos, ibp_lo, ibp_hi, lo, hi)
         -> [B, n] bool` limits the neurons whose CROWN bounds are used. diff: differentiable
         (no rounding, unrounded upper lines, every IBP-unstable neuron), for optimisation.
         phases {pos: [B, n] int8}: relu phase constraints on pre-activation node pos (1: z >= 0,
         -1: z <= 0, 0: none), applied as the kernel does (after the CROWN bounds, which are
         computed for the neurons unstable before them); a domain whose interval empties is
-        `vacuous`."""
+        `vacuous`. beta_final {pos: [B, m, n]}: multipliers of the final rows for the phase
+        constraints on node pos (beta-CROWN; entries where the phase is 0 have no effect)."""
         n = len(self.steps)
         batch = lo.shape[0]
         ctx = torch.enable_grad() if diff else torch.no_grad()
@@ -1491,41 +1513,72 @@ class BatchChain:
                     cur_lo = torch.where(bad, mid, cur_lo)
                     cur_hi = torch.where(bad, mid, cur_hi)
                 inter.append((pos, use, lb_lo, lb_hi))
-            lower, a_in, _ = self.backward(c, n - 1, relax, lo, hi, None, alpha_final)
-        return BatchBounds(ibp, plain_lower, lower, a_in, inter, vac, relax)
+            lower, a_in, _ = self.backward(c, n - 1, relax, lo, hi, None, alpha_final,
+                                           self.signed_betas(phases, beta_final))
+        return BatchBounds(ibp, plain_lower, lower, a_in, inter, vac, relax, beta_final or {})
+
+    def width(self, pos: int) -> int:
+        """The number of neurons of node `pos`."""
+        return self.chain.layers[pos - 1].n_out if pos else self.chain.n_in
+
+    def signed_betas(self, phases: dict | None, betas: dict | None) -> dict | None:
+        """The `betas` argument of `backward` from phases {pos: [B, n]} and multipliers
+        {pos: [B, m, n]}."""
+        if not betas:
+            return None
+        return {pos: (phases[pos].to(v.dtype), v) for pos, v in betas.items()}
 
     def optimise(self, lo, hi, c, objective, margin, iterations: int = 20, lr: float = 0.25,
-                 base: BatchBounds | None = None, phases: dict | None = None):
+                 base: BatchBounds | None = None, phases: dict | None = None,
+                 init_inter: dict | None = None, init_final: dict | None = None,
+                 init_beta: dict | None = None, beta_lr: float = 0.05,
+                 per_row_inter: bool = False):
         """alpha-CROWN over a batch: lower slopes of the final rows (per row) and of every
         intermediate bound (one list per relu per intermediate node, shared by its rows; per-row
         lists cost the kernel much more for little gain) optimised by
         projected Adam for `objective(lower [B, m]) -> [B]` (maximised); per domain the
         slopes with the best `margin(lower) -> [B]` are kept, rounded to multiples of 2^-16,
-        and replayed exactly. Returns (BatchBounds, alpha_inter, alpha_final)."""
+        and replayed exactly. With phase constraints, `init_beta` {pos: [B, m, n]} adds
+        multipliers of the final rows for them (beta-CROWN; step `beta_lr`, rounded down to
+        multiples of 2^-16; the result's `betas`). per_row_inter: one intermediate slope list
+        per row (tighter, dearer for the kernel). `init_inter` / `init_final` warm-start the
+        slopes (layouts of the returned ones); `base` must be the bounds at the starting point.
+        Returns (BatchBounds, alpha_inter, alpha_final)."""
         batch = lo.shape[0]
         m = c.shape[0]
         if base is None:
-            base = self.bounds(lo, hi, c, plain=False, phases=phases)
+            base = self.bounds(lo, hi, c, plain=False, phases=phases, alpha_inter=init_inter,
+                               alpha_final=init_final, beta_final=init_beta)
         relus = sorted(base.relax)
         pi, pf = {}, {}
         for pos in self.inter_pos:
             tab = {}
             for k in relus:
                 if k < pos:
-                    tab[k] = base.relax[k].default_alpha.clone().requires_grad_(True)
+                    start = (init_inter or {}).get(pos, {}).get(k)
+                    if start is None:
+                        start = base.relax[k].default_alpha
+                        if per_row_inter:
+                            start = start[:, None, :].expand(-1, 2 * self.width(pos), -1)
+                    tab[k] = start.clone().requires_grad_(True)
             if tab:
                 pi[pos] = tab
         for k in relus:
-            pf[k] = base.relax[k].default_alpha[:, None, :].expand(batch, m, -1).clone() \
-                .requires_grad_(True)
+            start = (init_final or {}).get(k)
+            if start is None:
+                start = base.relax[k].default_alpha[:, None, :].expand(batch, m, -1)
+            pf[k] = start.clone().requires_grad_(True)
+        pb = {pos: v.clone().requires_grad_(True) for pos, v in (init_beta or {}).items()}
         params = [t for tab in pi.values() for t in tab.values()] + list(pf.values())
         best_m = margin(base.lower)
         best_i = {pos: {k: t.detach().clone() for k, t in tab.items()} for pos, tab in pi.items()}
         best_f = {k: t.detach().clone() for k, t in pf.items()}
+        best_b = {pos: t.detach().clone() for pos, t in pb.items()}
         opt = _Adam(params, lr)
+        opt_b = _Adam(list(pb.values()), beta_lr, upper=None)
         for _ in range(iterations):
             r = self.bounds(lo, hi, c, plain=False, alpha_inter=pi, alpha_final=pf, diff=True,
-                            phases=phases)
+                            phases=phases, beta_final=pb or None)
             with torch.no_grad():
                 mg = margin(r.lower)
                 imp = mg > best_m
@@ -1538,14 +1591,18 @@ class BatchChain:
                                                          best_i[pos][k])
                     for k, t in pf.items():
                         best_f[k] = torch.where(imp[:, None, None], t.detach(), best_f[k])
+                    for pos, t in pb.items():
+                        best_b[pos] = torch.where(imp[:, None, None], t.detach(), best_b[pos])
                 if bool((best_m > 0).all()):
                     break
-            grads = torch.autograd.grad(-(objective(r.lower) * (best_m <= 0)).sum(), params,
-                                        allow_unused=True)
-            opt.step(grads)
+            grads = torch.autograd.grad(-(objective(r.lower) * (best_m <= 0)).sum(),
+                                        params + list(pb.values()), allow_unused=True)
+            opt.step(grads[:len(params)])
+            opt_b.step(grads[len(params):])
         with torch.no_grad():
             ri = {pos: {k: _round_alpha(t) for k, t in tab.items()} for pos, tab in best_i.items()}
             rf = {k: _round_alpha(t) for k, t in best_f.items()}
+            rb = {pos: _round_beta(t) for pos, t in best_b.items()}
             r = self.bounds(lo, hi, c, plain=False, alpha_inter=ri, alpha_final=rf,
-                            phases=phases)
+                            phases=phases, beta_final=rb or None)
         return r, ri, rf
