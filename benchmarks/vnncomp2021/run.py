@@ -78,8 +78,9 @@ def _commit() -> str:
     """The commit the instances ran on (with '+dirty' when the tree had changes)."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":!benchmarks/results"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()  # results being rewritten are not code
     return head + ("+dirty" if dirty else "")
 
 
