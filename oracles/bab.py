@@ -283,6 +283,25 @@ def _relu_children(chain, spec, node: _Node, res, open_rows, lookahead: int) -> 
 # Batched input-split branch and bound (few inputs, linear / relu chains)
 
 
+def _tree(certs: dict, splits: dict) -> dict:
+    """The certificate tree rooted at domain 0 from leaf certificates {id: cert} and splits
+    {id: (split, child ids)}, assembled bottom-up without recursion (trees can be deep)."""
+    out: dict[int, dict] = {}
+    stack = [(0, False)]
+    while stack:
+        nid, done = stack.pop()
+        if nid in certs:
+            out[nid] = certs.pop(nid)
+            continue
+        split, kids = splits[nid]
+        if not done:
+            stack.append((nid, True))
+            stack.extend((kk, False) for kk in kids)
+            continue
+        out[nid] = {"rule": "split", "split": split, "children": [out.pop(kk) for kk in kids]}
+    return out[0]
+
+
 def _outward_floats(lo: list, hi: list) -> tuple[np.ndarray, np.ndarray]:
     """Float boxes containing the exact box (each bound rounded outward)."""
     lo_f = np.array([float(v) for v in lo])
@@ -624,20 +643,7 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         ids, depth = new_ids + ids, new_depth + depth
     if 0 in certs:
         return finish("proved", certs[0])
-    out: dict[int, dict] = {}  # assembled bottom-up, iteratively (trees can be deep)
-    stack = [(0, False)]
-    while stack:
-        nid, done = stack.pop()
-        if nid in certs:
-            out[nid] = certs.pop(nid)
-            continue
-        split, kids = splits[nid]
-        if not done:
-            stack.append((nid, True))
-            stack.extend((kk, False) for kk in kids)
-            continue
-        out[nid] = {"rule": "split", "split": split, "children": [out.pop(kk) for kk in kids]}
-    return finish("proved", out[0])
+    return finish("proved", _tree(certs, splits))
 
 
 # --------------------------------------------------------------------------------------------
@@ -908,17 +914,4 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
             stats["relu_splits"] += 1
             stats["max_depth"] = max(stats["max_depth"], depth + 1)
         last = time.perf_counter() - now
-    out: dict[int, dict] = {}  # assembled bottom-up, iteratively (trees can be deep)
-    stack = [(0, False)]
-    while stack:
-        nid, done = stack.pop()
-        if nid in certs:
-            out[nid] = certs.pop(nid)
-            continue
-        split, kids = splits[nid]
-        if not done:
-            stack.append((nid, True))
-            stack.extend((kk, False) for kk in kids)
-            continue
-        out[nid] = {"rule": "split", "split": split, "children": [out.pop(kk) for kk in kids]}
-    return finish("proved", out[0])
+    return finish("proved", _tree(certs, splits))

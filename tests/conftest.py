@@ -152,3 +152,30 @@ def cnn(kit) -> Built:
 def builders():
     """The graph-builder recipes, for tests that need a fresh copy on disk (e.g. to tamper)."""
     return {"mlp": build_mlp, "cnn": build_cnn}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks: torch's intra-op threads only add overhead (use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def mlp12(kit):
+    """A 12-24-24-3 relu MLP (build_mlp seed 3), a chain of it, an input point and its label."""
+    import torch
+
+    from oracles import bounds_torch as bt
+
+    built = kit.save(rule_helpers.build_mlp(3, sizes=(12, 24, 24, 3)), "mlp12")
+    chain = bt.load_chain(built.path)
+    x0 = np.random.default_rng(1).uniform(0.2, 0.8, size=12)
+    with torch.no_grad():
+        label = int(torch.argmax(chain.forward(chain.tensor(x0)[None])[0]))
+    return built, chain, x0, label

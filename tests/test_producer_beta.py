@@ -7,10 +7,9 @@ certificate with one multiplier made negative."""
 import copy
 from fractions import Fraction
 
-import numpy as np
 import pytest
 import torch
-from rule_helpers import build_mlp, rejected
+from rule_helpers import rejected
 
 from kernel_checker import KernelError, crown
 from kernel_checker.rules import box_interval
@@ -22,23 +21,13 @@ from tl_dsl import proof
 SIGNS = {"active": 1, "inactive": -1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def net(kit):
+def net(mlp12):
     """A 12-24-24-3 relu MLP and its input point's label."""
-    built = kit.save(build_mlp(3, sizes=(12, 24, 24, 3)), "beta_producer")
-    chain = bt.load_chain(built.path)
-    x0 = np.random.default_rng(1).uniform(0.2, 0.8, size=12)
-    with torch.no_grad():
-        label = int(torch.argmax(chain.forward(chain.tensor(x0)[None])[0]))
-    return built, chain, x0, label
+    return mlp12
 
 
 def _claim(net, eps):

@@ -20,13 +20,7 @@ SAMPLES = 2000
 EPS = (0.02, 0.1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny networks: torch's intra-op threads only add overhead."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _conv(g, rng, x, out_ch, bias=True):
