@@ -283,6 +283,16 @@ def _relu_children(chain, spec, node: _Node, res, open_rows, lookahead: int) -> 
 # Batched input-split branch and bound (few inputs, linear / relu chains)
 
 
+def _breaking_point(chain, spec, points: torch.Tensor) -> np.ndarray | None:
+    """The first of the float points [B, n_in] whose outputs break the spec, or None."""
+    with torch.no_grad():
+        y = chain.forward(points).reshape(points.shape[0], -1).cpu().numpy()
+    hit = spec.is_violation(spec.violated(y))
+    if not hit.any():
+        return None
+    return points[int(np.argmax(hit))].cpu().numpy().reshape(chain.input_shape)
+
+
 def _tree(certs: dict, splits: dict) -> dict:
     """The certificate tree rooted at domain 0 from leaf certificates {id: cert} and splits
     {id: (split, child ids)}, assembled bottom-up without recursion (trees can be deep)."""
@@ -435,12 +445,7 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         return BabResult(status, cert, point, stats)
 
     def breaks(points: torch.Tensor) -> np.ndarray | None:
-        with torch.no_grad():
-            y = chain.forward(points).reshape(points.shape[0], -1).cpu().numpy()
-        hit = spec.is_violation(spec.violated(y))
-        if not hit.any():
-            return None
-        return points[int(np.argmax(hit))].cpu().numpy().reshape(chain.input_shape)
+        return _breaking_point(chain, spec, points)
 
     lo0, hi0 = claim_box(claim)
     lo_f0, hi_f0 = _outward_floats(lo0, hi0)
@@ -770,12 +775,7 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
         return spec_margins(spec, lower, tol)
 
     def breaks(points: torch.Tensor) -> np.ndarray | None:
-        with torch.no_grad():
-            y = chain.forward(points).reshape(points.shape[0], -1).cpu().numpy()
-        hit = spec.is_violation(spec.violated(y))
-        if not hit.any():
-            return None
-        return points[int(np.argmax(hit))].cpu().numpy().reshape(chain.input_shape)
+        return _breaking_point(chain, spec, points)
 
     lo0, hi0 = claim_box(claim)
     lo_f0, hi_f0 = _outward_floats(lo0, hi0)
