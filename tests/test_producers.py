@@ -276,6 +276,18 @@ def test_unsupported_op_is_refused(tmp_path):
         bt.load_chain(path)
 
 
+def _false_claim(path, graph):
+    """Robustness at radius 0.9 around the point of seed 1: false (a counterexample exists)."""
+    x0, label = _x0_label(path, 1)
+    return robustness.robust(graph, x0, 0.9, label)
+
+
+def _check_counterexample(claim, point, graph):
+    """The kernel accepts the float point, clamped into the input set, as a counterexample."""
+    point = claims.clamp_into(point, claim.input_set.as_box())
+    proof.check(claims.counterexample(claim, point), proof.counterexample_cert(), graph)
+
+
 def _scan_crown_not_ibp(path, graph, seed):
     """A robustness claim CROWN proves and IBP does not (scanning the radius)."""
     x0, label = _x0_label(path, seed)
@@ -351,12 +363,10 @@ def test_bab_proves_what_alpha_cannot(nets, name, strategy):
 @needs_crown
 def test_bab_finds_counterexample(nets):
     path, graph = nets["mlp"]
-    x0, label = _x0_label(path, 1)
-    claim = robustness.robust(graph, x0, 0.9, label)
+    claim = _false_claim(path, graph)
     result = prove_with_bab(path, claim, timeout_s=10, attack=False)
     assert result.status == "counterexample"
-    point = claims.clamp_into(result.point, claim.input_set.as_box())
-    proof.check(claims.counterexample(claim, point), proof.counterexample_cert(), graph)
+    _check_counterexample(claim, result.point, graph)
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
@@ -513,13 +523,11 @@ def test_input_split_finds_counterexample(nets):
     from oracles.bab import prove_input_split
 
     path, graph = nets["mlp"]
-    x0, label = _x0_label(path, 1)
-    claim = robustness.robust(graph, x0, 0.9, label)
+    claim = _false_claim(path, graph)
     for attack in (True, False):
         result = prove_input_split(path, claim, timeout_s=10, attack=attack)
         assert result.status == "counterexample"
-        point = claims.clamp_into(result.point, claim.input_set.as_box())
-        proof.check(claims.counterexample(claim, point), proof.counterexample_cert(), graph)
+        _check_counterexample(claim, result.point, graph)
 
 
 def test_sample_attack(nets):
