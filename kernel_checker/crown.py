@@ -552,28 +552,31 @@ def _keys(cert, rule, path, allowed):
 
 def _certify(graph: Graph, nodes: list[Node], values: dict, dom: Domain, entry: tuple,
              path: str) -> tuple:
-    """Prove an intermediate entry's bounds on nodes[-1]; its full certified (lo, hi, den)."""
+    """Prove an entry's claimed bounds on nodes[-1] (None: not claimed); its full (lo, hi, den)."""
     idx, lo, hi, cert = entry
-    nid = nodes[-1].id
-    m = len(idx)
-    rows = fmpz_mat(2 * m, numel(nodes[-1].shape))
-    for k, j in enumerate(idx):
-        rows[k, j], rows[m + k, j] = 1, -1
+    sides = [(k, 1, "lo", lo, "lower", "above") for k in range(len(idx)) if lo[k] is not None]
+    sides += [(k, -1, "hi", hi, "upper", "below") for k in range(len(idx)) if hi[k] is not None]
+    rows = fmpz_mat(len(sides), numel(nodes[-1].shape))
+    for r, side in enumerate(sides):
+        rows[r, idx[side[0]]] = side[1]
     lows = backward_lower_bounds(graph, nodes, values, dom, rows, cert, "crown", path)
-    for k, j in enumerate(idx):
-        if lows[k] < lo[k]:
-            raise refuse("crown", f"{path}.lo[{k}]", f"claimed lower bound {lo[k]} of neuron {j} "
-                         f"is above the kernel's bound {approx_text(lows[k])}")
-        if -lows[m + k] > hi[k]:
-            raise refuse("crown", f"{path}.hi[{k}]", f"claimed upper bound {hi[k]} of neuron {j} "
-                         f"is below the kernel's bound {approx_text(-lows[m + k])}")
-    cur = values[nid]
-    full_lo = [fmpq(v, cur.den) for v in cur.lo]
-    full_hi = [fmpq(v, cur.den) for v in cur.hi]
-    for k, j in enumerate(idx):
-        full_lo[j], full_hi[j] = lo[k], hi[k]
-    nums, d = common_denominator(full_lo + full_hi)
-    return nums[:len(full_lo)], nums[len(full_lo):], d
+    for low, (k, sign, key, given, name, where) in zip(lows, sides):
+        if low < sign * given[k]:
+            raise refuse("crown", f"{path}.{key}[{k}]", f"claimed {name} bound {given[k]} of "
+                         f"neuron {idx[k]} is {where} the kernel's bound {approx_text(sign * low)}")
+    cur = values[nodes[-1].id]
+    full = [[fmpq(v, cur.den) for v in cur.lo], [fmpq(v, cur.den) for v in cur.hi]]
+    for k, sign, _, given, _, _ in sides:
+        full[sign < 0][idx[k]] = given[k]
+    nums, d = common_denominator(full[0] + full[1])
+    return nums[:len(cur.lo)], nums[len(cur.lo):], d
+
+
+def _sides(value, path: str, n: int) -> list:
+    """An entry's lo or hi: n rationals, null standing for a side not claimed (None)."""
+    vec = decode_vector([0 if v is None else v for v in value] if isinstance(value, list)
+                        else value, path, "crown", n)
+    return [None if v is None else q for v, q in zip(value, vec)]
 
 
 def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
@@ -596,8 +599,10 @@ def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
                 isinstance(j, int) and not isinstance(j, bool) and 0 <= j < n for j in idx)):
             raise refuse("crown", f"{p}.indices", f"expected distinct neuron indices < {n} (at "
                          "least one)")
-        out[nid] = (p, (idx, decode_vector(entry.get("lo"), f"{p}.lo", "crown", len(idx)),
-                        decode_vector(entry.get("hi"), f"{p}.hi", "crown", len(idx)), entry))
+        lo, hi = (_sides(entry.get(key), f"{p}.{key}", len(idx)) for key in ("lo", "hi"))
+        if any(a is None and b is None for a, b in zip(lo, hi)):
+            raise refuse("crown", f"{p}.lo", "a neuron claims neither bound (null lo and hi)")
+        out[nid] = (p, (idx, lo, hi, entry))
     return out
 
 

@@ -370,12 +370,16 @@ def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
         idx = torch.nonzero(use[i]).reshape(-1)
         if not len(idx):
             continue
+        # an inactive neuron's lower bound enters no relaxation: left unclaimed (null), which
+        # spares the kernel a row
+        live = (lb_hi[i][idx] > 0).tolist()
         e = {"node": chain.ids[pos], "indices": idx.tolist(),
-             "lo": encode_dyadic(lb_lo[i][idx], BOUND_BITS),
+             "lo": [t if keep else None for t, keep in
+                    zip(encode_dyadic(lb_lo[i][idx], BOUND_BITS), live)],
              "hi": encode_dyadic(lb_hi[i][idx], BOUND_BITS)}
         tab = (alpha_inter or {}).get(pos)
-        if tab:
-            rows = torch.cat([idx, idx + use.shape[1]])  # per-row tables: rows e_j, then -e_j
+        if tab:  # per-row tables: rows e_j (claimed lower bounds), then -e_j
+            rows = torch.cat([idx[lb_hi[i][idx] > 0], idx + use.shape[1]])
             e["alpha"] = {chain.layers[k].id: encode_dyadic(t[i], ALPHA_BITS) if t.dim() == 2
                           else [encode_dyadic(row, ALPHA_BITS) for row in t[i][rows]]
                           for k, t in tab.items()}

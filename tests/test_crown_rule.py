@@ -284,6 +284,53 @@ def test_hand_built_intermediate_entry_exact_accepted_one_step_tighter_rejected(
                  contains=f"of neuron {neuron} is below the kernel's bound")
 
 
+def test_entry_side_left_null_is_not_claimed(net):
+    """null in an entry's lo/hi claims nothing for that side: the kernel keeps its interval
+    replay's bound there (not tightened), still checks the claimed side to one step, refuses a
+    neuron claiming neither side, and counts only claimed sides as the entry's rows."""
+    g = net.graph
+    box = ball_box(X0, Fraction(3, 8))
+    lo, hi = entry_bounds(g, box, "fc2")
+    zlo, _ = node_interval(g, box, "fc2")
+    claim = robustness.robust(g, X0, Fraction(3, 8), 0, clamp=None)
+    dead = [j for j, b in enumerate(hi) if b <= 0]  # inactive: lo does not matter
+    assert dead and any(a > b for a, b in zip(lo, zlo))  # CROWN is tighter than the replay
+    entry = {"node": "fc2", "lo": [None if j in dead else enc(v) for j, v in enumerate(lo)],
+             "hi": [enc(v) for v in hi]}
+    cert = {"rule": "crown", "intermediate": [entry]}
+    accepted(claim, cert, g)
+    k = dead[0]
+    bad = copy.deepcopy(cert)
+    bad["intermediate"][0]["hi"][k] = enc(hi[k] - ULP)
+    rejected(claim, bad, g, rule="crown", path=f"certificate.intermediate[0].hi[{k}]",
+             contains=f"upper bound {enc(hi[k] - ULP)} of neuron {k} is below the kernel's")
+    bad["intermediate"][0]["hi"][k] = None
+    rejected(claim, bad, g, rule="crown", path="certificate.intermediate[0].lo",
+             contains="claims neither bound")
+    bad = copy.deepcopy(cert)
+    bad["intermediate"][0]["alpha"] = {"relu1": [["0"] * 8] * (2 * len(lo))}
+    rejected(claim, bad, g, rule="crown", path="certificate.intermediate[0].alpha.relu1",
+             contains=f"expected {2 * len(lo) - len(dead)} per-row lists")
+    # every lo null: the same verdict as lo given at the replay's own bounds, on both radii
+    outcomes = []
+    for eps in (Fraction(3, 8), Fraction(1, 2)):
+        c = robustness.robust(g, X0, eps, 0, clamp=None)
+        b = c.input_set.as_box()
+        elo, ehi = entry_bounds(g, b, "fc2")
+        rlo, _ = node_interval(g, b, "fc2")
+        verdicts = []
+        for lows in ([None] * len(elo), [enc(v) for v in rlo]):
+            e = {"node": "fc2", "lo": lows, "hi": [enc(v) for v in ehi]}
+            try:
+                proof.check(c, {"rule": "crown", "intermediate": [e]}, g)
+                verdicts.append(True)
+            except KernelError:
+                verdicts.append(False)
+        assert verdicts[0] == verdicts[1], eps
+        outcomes.append(verdicts[0])
+    assert outcomes == [True, False]  # proved at 3/8, not at 1/2: the comparison can fail
+
+
 def test_intermediate_entry_rounded_outward_to_dyadics_is_accepted(net):
     g = net.graph
     box = ball_box(X0, Fraction(3, 8))
