@@ -1,12 +1,13 @@
-"""The `tl` command: demo, check, audit, graph."""
+"""The `tl` command: demo, check, audit, graph, verify, serve.
+
+The kernel and the producers are imported inside the commands that use them, so that
+`tl verify --server` (a client of `tl serve`) starts without torch, numpy or the kernel."""
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
-
-import kernel_checker
-from kernel_checker.tensor import numel
 
 
 def cmd_demo(args) -> int:
@@ -16,6 +17,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_check(args) -> int:
+    import kernel_checker
+
     try:
         theorem, _ = kernel_checker.check_bundle(args.bundle)
     except kernel_checker.KernelError as err:
@@ -28,6 +31,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_audit(args) -> int:
+    import kernel_checker
     from tl_dsl.audit import audit_bundle, format_audit
 
     try:
@@ -48,6 +52,9 @@ def cmd_audit(args) -> int:
 
 
 def cmd_graph(args) -> int:
+    import kernel_checker
+    from kernel_checker.tensor import numel
+
     try:
         graph = kernel_checker.load_graph(args.graph)
     except kernel_checker.KernelError as err:
@@ -67,11 +74,32 @@ def cmd_graph(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    server = args.server if args.server is not None else os.environ.get("TL_SERVER")
+    if server:
+        from tl_dsl.serve import run_on_server
+
+        return run_on_server(server, verify_argv(args))
     from tl_dsl.verify import verify
 
     word = verify(args.model, args.property, args.timeout, args.bundle, args.cex,
                   args.jobs)["result"]
     return 0 if word in ("unsat", "sat") else (2 if word == "timeout" else 3)
+
+
+def verify_argv(args) -> list[str]:
+    """The `tl verify` command line that `args` was parsed from, less --server."""
+    argv = ["verify", "--timeout", repr(args.timeout), "--jobs", str(args.jobs)]
+    if args.bundle is not None:
+        argv.append(f"--bundle={args.bundle}")
+    if args.cex is not None:
+        argv.append(f"--cex={args.cex}")
+    return argv + ["--", args.model, args.property]
+
+
+def cmd_serve(args) -> int:
+    from tl_dsl.serve import serve
+
+    return serve(args.socket, args.idle)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--bundle", help="write the proof bundle here when the answer is unsat")
     v.add_argument("--cex", help="write the counterexample here (VNN-COMP format) when sat")
     v.add_argument("--jobs", type=int, default=1, help="processes for branch and bound")
+    v.add_argument("--server", metavar="PATH", help="run on the `tl serve` worker listening on "
+                   "this socket (default: $TL_SERVER); exit 4 if none answers")
     v.set_defaults(func=cmd_verify)
+    s = sub.add_parser("serve", help="a warm worker for `tl verify --server`: imports once, "
+                       "forks per request")
+    s.add_argument("--socket", required=True, metavar="PATH", help="AF_UNIX socket to listen on")
+    s.add_argument("--idle", type=float, metavar="S", help="exit after S seconds without a "
+                   "connection")
+    s.set_defaults(func=cmd_serve)
     from tl_dsl.cli_export import register
     from tl_dsl.cli_oracle import register as register_oracle
 

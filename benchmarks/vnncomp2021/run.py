@@ -1,10 +1,15 @@
 """Run `tl verify` on the VNN-COMP 2021 instances in ../shared/benchmarks/vnncomp2021 with the
 competition timeouts from the instance lists, one fresh process per instance (as a user would
-run it), and write a table plus totals beside the 2021 competition times.
+run it), and write a table plus totals beside the 2021 competition times. With --server, one
+`tl serve` runs for the whole run and every `tl verify` goes through it (`--server`), so the
+per-instance start-up (imports) is paid once; each row records `overhead_s`, the wall time
+outside producing and kernel checking.
 
 Run: python benchmarks/vnncomp2021/run.py [--bench acasxu mnistfc] [--parallel 2] [--limit N]
+                                          [--server] [--results DIR]
 Results: benchmarks/results/vnncomp2021.jsonl (one line per instance, resumable) and
-benchmarks/results/vnncomp2021.json (totals), benchmarks/results/vnncomp2021.md (table)."""
+benchmarks/results/vnncomp2021.json (totals), benchmarks/results/vnncomp2021.md (table); --results
+puts them (and the bundles) in DIR instead."""
 
 import argparse
 import concurrent.futures
@@ -12,8 +17,11 @@ import csv
 import json
 import os
 import re
+import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,7 +31,6 @@ from benchmarks._common import BASIC_FIELDS, machine_info, utc_now, write_result
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "benchmarks", "vnncomp2021")
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-OUT = os.path.join(RESULTS, "vnncomp2021_bundles")
 
 
 def instances(bench: str) -> list[dict]:
@@ -42,14 +49,16 @@ def instances(bench: str) -> list[dict]:
     return out
 
 
-def run_one(inst: dict) -> dict:
+def run_one(inst: dict, out: str, server: str | None = None) -> dict:
     name = f"{inst['benchmark']}_{inst['onnx'][:-5]}_{inst['vnnlib'][:-7]}"
-    bundle = os.path.join(OUT, name + ".bundle.json")
-    cex = os.path.join(OUT, name + ".cex")
+    bundle = os.path.join(out, name + ".bundle.json")
+    cex = os.path.join(out, name + ".cex")
     cmd = [sys.executable, "-m", "tl_dsl.cli", "verify",
            os.path.join(SHARED, inst["benchmark"], inst["onnx"]),
            os.path.join(SHARED, inst["benchmark"], inst["vnnlib"]),
            "--timeout", str(inst["timeout"]), "--bundle", bundle, "--cex", cex]
+    if server:
+        cmd += ["--server", server]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=inst["timeout"] + 120)
     wall = time.perf_counter() - t
@@ -63,15 +72,41 @@ def run_one(inst: dict) -> dict:
         r = subprocess.run([sys.executable, "-m", "kernel_checker", bundle], capture_output=True,
                            text=True)
         recheck = r.returncode == 0
-    return {**inst, "verdict": verdict, "wall_s": wall,
-            "setup_s": float(m.group(1)) if m else None,
-            "producer_s": float(m.group(2)) if m else None,
-            "kernel_s": float(m.group(3)) if m else None,
+    producer_s, kernel_s = (float(m.group(2)), float(m.group(3))) if m else (None, None)
+    return {**inst, "verdict": verdict, "wall_s": wall, "server": server is not None,
+            "setup_s": float(m.group(1)) if m else None, "producer_s": producer_s,
+            "kernel_s": kernel_s, "overhead_s": wall - producer_s - kernel_s if m else None,
             "leaves": int(leaves.group(1)) if leaves else None,
             "bundle_bytes": os.path.getsize(bundle) if verdict == "unsat" and os.path.exists(
                 bundle) else 0, "bundle_rechecked": recheck,
             "wrong": verdict in ("sat", "unsat") and inst["expected"] in ("sat", "unsat")
             and verdict != inst["expected"], "stderr_tail": proc.stderr[-300:]}
+
+
+def overhead_s(row: dict) -> float | None:
+    """Wall time outside producing and kernel checking: process start, imports, model import,
+    writing the bundle (computed for rows written before `overhead_s` was recorded)."""
+    if "overhead_s" in row or row.get("producer_s") is None:
+        return row.get("overhead_s")
+    return row["wall_s"] - row["producer_s"] - row["kernel_s"]
+
+
+def start_server(folder: str) -> tuple[subprocess.Popen, str]:
+    """A `tl serve` on a socket in `folder`, once it is listening; its log is folder/serve.log."""
+    sock, log = os.path.join(folder, "sock"), os.path.join(folder, "serve.log")
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "tl_dsl.cli", "serve", "--socket", sock],
+                                stdout=subprocess.DEVNULL, stderr=f)
+    deadline = time.monotonic() + 120
+    while True:
+        with open(log) as f:
+            text = f.read()
+        if "listening on" in text:
+            return proc, sock
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"tl serve did not start: {text}")
+        time.sleep(0.1)
 
 
 def _commit() -> str:
@@ -89,9 +124,14 @@ def main() -> int:
     ap.add_argument("--bench", nargs="*", default=["acasxu", "mnistfc"])
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--server", action="store_true",
+                    help="run every instance through one `tl serve` started for the run")
+    ap.add_argument("--results", default=RESULTS,
+                    help="folder for the results and bundles (default benchmarks/results)")
     args = ap.parse_args()
-    os.makedirs(OUT, exist_ok=True)
-    log = os.path.join(RESULTS, "vnncomp2021.jsonl")
+    out = os.path.join(args.results, "vnncomp2021_bundles")
+    os.makedirs(out, exist_ok=True)
+    log = os.path.join(args.results, "vnncomp2021.jsonl")
     done = {}
     if os.path.exists(log):
         with open(log) as f:
@@ -104,16 +144,25 @@ def main() -> int:
         todo = todo[:args.limit]
     run = {"command": " ".join(["python benchmarks/vnncomp2021/run.py"] + sys.argv[1:]),
            "code": _commit(), "parallel": args.parallel}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        for r in pool.map(run_one, todo):
-            r.update(run)
-            done[(r["benchmark"], r["onnx"], r["vnnlib"])] = r
-            with open(log, "a") as f:
-                f.write(json.dumps(r) + "\n")
-            print(f"{r['benchmark']:8} {r['onnx']:34} {r['vnnlib']:22} {r['verdict']:8} "
-                  f"(expected {r['expected']:6}) {r['wall_s']:7.2f} s"
-                  + ("  WRONG" if r["wrong"] else ""), flush=True)
-    write_report(list(done.values()))
+    folder = tempfile.mkdtemp(prefix="tl-serve-") if args.server else None
+    server, sock = start_server(folder) if folder else (None, None)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            for r in pool.map(lambda inst: run_one(inst, out, sock), todo):
+                r.update(run)
+                done[(r["benchmark"], r["onnx"], r["vnnlib"])] = r
+                with open(log, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+                print(f"{r['benchmark']:8} {r['onnx']:34} {r['vnnlib']:22} {r['verdict']:8} "
+                      f"(expected {r['expected']:6}) {r['wall_s']:7.2f} s, overhead "
+                      f"{r['overhead_s'] or 0:.2f} s" + ("  WRONG" if r["wrong"] else ""),
+                      flush=True)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=60)
+            shutil.rmtree(folder, ignore_errors=True)
+    write_report(list(done.values()), args.results)
     return 0
 
 
@@ -122,7 +171,7 @@ def report_only() -> None:
         write_report([json.loads(line) for line in f])
 
 
-def write_report(rows: list[dict]) -> None:
+def write_report(rows: list[dict], results: str = RESULTS) -> None:
     totals = {}
     for b in sorted({r["benchmark"] for r in rows}):
         rs = [r for r in rows if r["benchmark"] == b]
@@ -130,6 +179,8 @@ def write_report(rows: list[dict]) -> None:
                   and r["wall_s"] <= r["timeout"]]  # an answer after the timeout is not solved
         kern = sum(r["kernel_s"] or 0 for r in rs)
         tot = sum(r["wall_s"] for r in rs)
+        overheads = [o for o in map(overhead_s, rs) if o is not None]
+        servers = {r.get("server", False) for r in rs}
         totals[b] = {"instances": len(rs), "solved": len(solved),
                      "unsat": sum(r["verdict"] == "unsat" for r in rs),
                      "sat": sum(r["verdict"] == "sat" for r in rs),
@@ -141,15 +192,18 @@ def write_report(rows: list[dict]) -> None:
                      "total_wall_s": tot, "kernel_s": kern,
                      "kernel_share": kern / tot if tot else 0,
                      "median_setup_s": sorted(r["setup_s"] or 0 for r in rs)[len(rs) // 2],
+                     "median_overhead_s": statistics.median(overheads) if overheads else None,
+                     "server": servers.pop() if len(servers) == 1 else "mixed",
                      "abcrown_2021_total_s": sum(float(r["abcrown_2021_s"] or 0) for r in rs),
                      "nnenum_2021_total_s": sum(float(r["nnenum_2021_s"] or 0) for r in rs)}
-    runs = sorted({(r.get("command", "?"), r.get("code", "?"), r.get("parallel", "?"))
-                   for r in rows}, key=str)
+    runs = sorted({(r.get("command", "?"), r.get("code", "?"), r.get("parallel", "?"),
+                    r.get("server", False)) for r in rows}, key=str)
     meta = {"machine": machine_info(BASIC_FIELDS), "date": utc_now(),
-            "runs": [{"command": c, "code": k, "parallel": p} for c, k, p in runs],
+            "runs": [{"command": c, "code": k, "parallel": p, "server": s}
+                     for c, k, p, s in runs],
             "note": "2021 competition times ran on other hardware (the competition's AWS "
                     "instances), so they are context, not a same-machine comparison"}
-    write_result(os.path.join(RESULTS, "vnncomp2021.json"), {"totals": totals, **meta})
+    write_result(os.path.join(results, "vnncomp2021.json"), {"totals": totals, **meta})
     lines = ["| benchmark | network | property | verdict | expected | wall s | producer s | "
              "kernel s | leaves | bundle bytes |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["benchmark"], r["onnx"], r["vnnlib"])):
@@ -161,10 +215,11 @@ def write_report(rows: list[dict]) -> None:
     for b, t in totals.items():
         lines.append(f"**{b}**: {t['solved']}/{t['instances']} solved ({t['unsat']} unsat, "
                      f"{t['sat']} sat), {t['wrong']} wrong, total {t['total_wall_s']:.0f} s, "
-                     f"kernel share {t['kernel_share']:.0%}; 2021 competition totals (other "
-                     f"hardware): alpha-beta-CROWN {t['abcrown_2021_total_s']:.0f} s, nnenum "
-                     f"{t['nnenum_2021_total_s']:.0f} s.")
-    with open(os.path.join(RESULTS, "vnncomp2021.md"), "w") as f:
+                     f"kernel share {t['kernel_share']:.0%}, median overhead "
+                     f"{t['median_overhead_s'] or 0:.2f} s (server: {t['server']}); 2021 "
+                     f"competition totals (other hardware): alpha-beta-CROWN "
+                     f"{t['abcrown_2021_total_s']:.0f} s, nnenum {t['nnenum_2021_total_s']:.0f} s.")
+    with open(os.path.join(results, "vnncomp2021.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
