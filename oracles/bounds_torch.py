@@ -1034,10 +1034,8 @@ def _optimise(chain, a0, relax, pools, lo, hi, lower0, iterations, lr, stop, alp
     best = lower0.detach().clone()
     best_alpha = {k: r.default_alpha.expand(m, -1).clone() for k, r in relax.items()}
     best_beta = {pos: torch.zeros_like(v) for pos, v in bparams.items()}
-    groups = [{"params": list(params.values()), "lr": lr}]
-    if bparams:
-        groups.append({"params": list(bparams.values()), "lr": lr * BETA_LR})
-    opt = torch.optim.Adam(groups)
+    opt = _Adam(list(params.values()), lr)
+    opt_b = _Adam(list(bparams.values()), lr * BETA_LR, upper=None)
     for _ in range(iterations):
         lower, _, _ = _backward(chain, a0, n_layers, relax, params, lo, hi, pools=pools,
                                 betas=_signed(cons, bparams))
@@ -1051,14 +1049,9 @@ def _optimise(chain, a0, relax, pools, lo, hi, lower0, iterations, lr, stop, alp
                     best_beta[pos] = torch.where(better[:, None], v.detach(), best_beta[pos])
             if stop is not None and stop(best.cpu().numpy()):
                 break
-        opt.zero_grad(set_to_none=True)
-        (-lower.sum()).backward()
-        opt.step()
-        with torch.no_grad():
-            for p in params.values():
-                p.clamp_(0, 1)
-            for v in bparams.values():
-                v.clamp_(min=0)
+        grads = torch.autograd.grad(-lower.sum(), opt.params + opt_b.params, allow_unused=True)
+        opt.step(grads[:len(opt.params)])
+        opt_b.step(grads[len(opt.params):])
     with torch.no_grad():
         rounded = {k: _round_alpha(v) for k, v in best_alpha.items()}
         rbeta = {pos: _round_beta(v) for pos, v in best_beta.items()}
@@ -1111,10 +1104,8 @@ def _optimise_joint(chain, a0, base: _Pass, masks, lo, hi, iterations, lr, stop,
                for pos, v in (beta_init or {}).items()}
     params = [t for tab in tables.values() for t in tab.values()] + list(final.values())
     bvars = list(bparams.values()) + [t for tab in btables.values() for t in tab.values()]
-    groups = [{"params": params, "lr": lr}]
-    if bvars:
-        groups.append({"params": bvars, "lr": lr * BETA_LR})
-    opt = torch.optim.Adam(groups)
+    opt = _Adam(params, lr)
+    opt_b = _Adam(bvars, lr * BETA_LR, upper=None)
     m = a0.shape[0]
     best = torch.full((m,), -np.inf, dtype=lo.dtype, device=lo.device)
     best_final = {k: v.detach().clone() for k, v in final.items()}
@@ -1146,14 +1137,9 @@ def _optimise_joint(chain, a0, base: _Pass, masks, lo, hi, iterations, lr, stop,
                     best_beta[pos] = torch.where(better[:, None], v.detach(), best_beta[pos])
             if stop is not None and stop(lower.detach().cpu().numpy()):
                 break
-        opt.zero_grad(set_to_none=True)
-        (-lower.sum()).backward()
-        opt.step()
-        with torch.no_grad():
-            for t in params:
-                t.clamp_(0, 1)
-            for v in bvars:
-                v.clamp_(min=0)
+        grads = torch.autograd.grad(-lower.sum(), params + bvars, allow_unused=True)
+        opt.step(grads[:len(params)])
+        opt_b.step(grads[len(params):])
     with torch.no_grad():
         rounded = {pos: {k: _round_alpha(t) for k, t in tab.items()}
                    for pos, (_, tab, _) in best_inter.items()}

@@ -30,14 +30,12 @@ NO_SERVER_EXIT = 4  # `tl verify --server` with nothing answering at the socket
 ERROR_EXIT = 3  # as `tl verify` for an error: refused request, crash, lost connection
 MAX_REQUEST_BYTES = 1 << 20
 
-# Everything `tl verify` imports on its way to an answer, so that a child imports nothing:
-# tl_dsl.verify imports the producers inside its functions, and the first torch.optim.Adam
-# (alpha-CROWN) imports torch._dynamo, about 1 s on its own.
+# Everything `tl verify` imports on its way to an answer, so that a child imports nothing
+# (tl_dsl.verify imports the producers inside its functions).
 PRELOAD = (
     "numpy",
     "numpy.random",
     "torch",
-    "torch._dynamo",
     "torch.profiler._cupti_monitor",
     "flint",
     "onnx",
