@@ -399,7 +399,7 @@ def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
 
 def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device=None,
                       dtype=torch.float64, batch: int = 256, lookahead: float = 0.1,
-                      fracs: tuple = (0.25, 0.5, 0.75), alpha_iters: int = 6,
+                      fracs: tuple = (0.5,), alpha_iters: int = 6,
                       alpha_lr: float = 0.5, max_domains: int = 2_000_000, attack: bool = True,
                       seed: int = 0, tol: float = DECIDE_TOL, max_depth: int = 400,
                       chain=None, kernel_cost: tuple = (1e-3, 2e-4)) -> BabResult:
