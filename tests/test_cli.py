@@ -111,6 +111,27 @@ def test_verify_quick_vnncomp_instances(tmp_path, bench, onnx, prop, expected):
         assert "counterexample checked exactly" in r.stdout
 
 
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared benchmarks not present")
+def test_verify_writes_the_bundle_when_the_reader_has_gone(tmp_path):
+    """`tl verify ... | head -1` where the reader is gone before the answer: stdout fails, the
+    bundle is still written (and re-checks), and no traceback is printed."""
+    bundle = tmp_path / "b.json"
+    bench = SHARED / "acasxu"
+    cmd = [sys.executable, "-m", "tl_dsl.cli", "verify", str(bench / QUICK[0][1]),
+           str(bench / QUICK[0][2]), "--bundle", str(bundle)]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to stdout fails with EPIPE
+    try:
+        r = subprocess.run(cmd, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 141, r.stderr
+    again = subprocess.run([sys.executable, "-m", "kernel_checker", str(bundle)],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "level proved" in again.stdout
+
+
 def test_demo_runs_on_a_few_images(tmp_path):
     r = tl("demo", "--images", "3", "--out", str(tmp_path / "demo"), timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

@@ -325,6 +325,9 @@ def _run_verify(argv: list[str], cwd: str, fds: list[int]) -> int:
             code = args.func(args)
     except SystemExit as e:  # argparse: usage errors and --help
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BrokenPipeError:  # the client's reader closed stdout, as in `tl.cli.main`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        code = 141
     except BaseException:
         traceback.print_exc()
         code = ERROR_EXIT

@@ -222,6 +222,18 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
             decisions[-1].notes.append(f"kernel refused the certificate: {e}")
         kernel_s += time.perf_counter() - tk
     producer_s = sum(d.producer_s for d in decisions)
+    if theorem is not None and bundle:  # files first: a reader that stops early loses nothing
+        proof.write_bundle(bundle, final, cert, graph_path, graph,
+                           {"tool": "tl verify", "model": os.path.abspath(model),
+                            "property": os.path.abspath(prop_path)})
+    if result == "sat":
+        x = cex_claim.point
+        y_iv = kernel_checker.semantics.evaluate(
+            graph, kernel_checker.rules.point_interval(x, graph.the_input("v", "v").shape),
+            upto=claim.node)[claim.node]
+        y = [fmpq(v, y_iv.den) for v in y_iv.lo]
+        if cex:
+            write_cex(cex, x, y)
     print(result, file=out)
     total = time.perf_counter() - t0
     leaves = sum(d.leaves for d in decisions)
@@ -233,16 +245,8 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
         print(f"kernel: {theorem.claim.kind} by {theorem.rule}, level {theorem.level.label}, "
               f"assumptions {len(theorem.assumptions)}", file=out)
         if bundle:
-            proof.write_bundle(bundle, final, cert, graph_path, graph,
-                               {"tool": "tl verify", "model": os.path.abspath(model),
-                                "property": os.path.abspath(prop_path)})
             print(f"bundle {bundle} (re-check: tl check {bundle})", file=out)
     if result == "sat":
-        x = cex_claim.point
-        y_iv = kernel_checker.semantics.evaluate(
-            graph, kernel_checker.rules.point_interval(x, graph.the_input("v", "v").shape),
-            upto=claim.node)[claim.node]
-        y = [fmpq(v, y_iv.den) for v in y_iv.lo]
         exact_point = all(a == b for a, b in zip(y_iv.lo, y_iv.hi))
         kind = "exact" if exact_point else "enclosed"
         print(f"kernel: counterexample checked exactly (outputs {kind})"
@@ -258,7 +262,6 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
             print(f"float32 reference execution (left-to-right sums, no FMA): "
                   f"{'also a counterexample' if inside else 'NOT a counterexample'}", file=out)
         if cex:
-            write_cex(cex, x, y)
             print(f"counterexample written to {cex}", file=out)
     for d in decisions:
         for note in d.notes:
