@@ -94,7 +94,7 @@ def prove_with_bab(graph_path: str, claim, timeout_s: float = 60.0, method: str 
                    iterations: int = 20, lr: float = 0.25, max_domains: int = 100000,
                    attack: bool = True, seed: int = 0, tol: float = DECIDE_TOL,
                    lookahead: int = 8, optimize_intermediate: bool = True,
-                   max_depth: int = 400, beta: bool = True) -> BabResult:
+                   max_depth: int = 400, beta: bool = True, progress=None) -> BabResult:
     """Prove `claim` (bounds / linear_bound / unsat) by branch and bound, or find a float
     counterexample. strategy: "input" (bisect input dimensions; the default for <= 10 inputs),
     "relu" (split unstable ReLUs by a relaxation-gap score; the default otherwise) or "auto".
@@ -103,7 +103,8 @@ def prove_with_bab(graph_path: str, claim, timeout_s: float = 60.0, method: str 
     warm-started with the slopes from the parent domain. Each split tries the children of up to
     `lookahead` candidates with plain CROWN and takes the one whose worse child is best. Returns
     a BabResult; its stats hold leaves, domains, splits, depth and producer seconds. Trees stay
-    within `max_depth` (the kernel's limit is 400)."""
+    within `max_depth` (the kernel's limit is 400). `progress(stats)`, if given, is called once
+    per domain taken from the queue (for a live display)."""
     t0 = time.perf_counter()
     deadline = t0 + timeout_s
     chain = load_chain(graph_path, claim.node, device, dtype)
@@ -144,6 +145,8 @@ def prove_with_bab(graph_path: str, claim, timeout_s: float = 60.0, method: str 
             return finish("unknown")
         _, _, node = heapq.heappop(heap)
         stats["domains"] += 1
+        if progress is not None:
+            progress(stats)
         stats["max_depth"] = max(stats["max_depth"], node.depth)
         domain = {"lo": node.lo_f, "hi": node.hi_f, "relu": node.phases}
         res, _ = bounds_for_claim(graph_path, claim, method, domain, iterations=iterations,
@@ -402,7 +405,7 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
                       fracs: tuple = (0.5,), alpha_iters: int = 6,
                       alpha_lr: float = 0.5, max_domains: int = 2_000_000, attack: bool = True,
                       seed: int = 0, tol: float = DECIDE_TOL, max_depth: int = 400,
-                      chain=None, kernel_cost: tuple = (1e-3, 2e-4)) -> BabResult:
+                      chain=None, kernel_cost: tuple = (1e-3, 2e-4), progress=None) -> BabResult:
     """Input-split branch and bound over batches of boxes (few inputs; linear / relu chains).
 
     Per batch of `batch` domains: IBP, CROWN with IBP intermediate bounds and CROWN with CROWN
@@ -418,7 +421,8 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
     tried as counterexamples. The time budget covers the kernel's check too: it stops
     ("timeout") once the time spent plus an estimate of the kernel's time for the leaves so far
     (kernel_cost: seconds per leaf, per intermediate neuron; the kernel took about 1.5e-4 s
-    per intermediate neuron on ACAS Xu leaves on a 2-core Xeon) passes it.
+    per intermediate neuron on ACAS Xu leaves on a 2-core Xeon) passes it. `progress(stats)`,
+    if given, is called once per batch (for a live display).
     Returns a BabResult (certificate: a `split` tree, or a single leaf)."""
     t0 = time.perf_counter()
     deadline = t0 + timeout_s
@@ -535,6 +539,8 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         blo, bhi, bids, bdepth = lo[:k], hi[:k], ids[:k], depth[:k]
         lo, hi, ids, depth = lo[k:], hi[k:], ids[k:], depth[k:]
         stats["domains"] += k
+        if progress is not None:
+            progress(stats)
         r = bc.bounds(blo, bhi, c)
         mg = margins(r.lower)
         proved = (mg > 0) | r.vacuous

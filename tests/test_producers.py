@@ -351,8 +351,11 @@ def test_bab_proves_what_alpha_cannot(nets, name, strategy):
     claim = _scan_alpha_fails(path, graph, 1, 0.01)
     cert, _ = bt.crown_certificate(path, claim, "alpha")
     assert not _accepts(claim, cert, graph)
-    result = prove_with_bab(path, claim, timeout_s=20, strategy=strategy)
+    seen = []
+    result = prove_with_bab(path, claim, timeout_s=20, strategy=strategy,
+                            progress=lambda stats: seen.append(stats["domains"]))
     assert result.status == "proved", result.stats
+    assert seen == list(range(1, result.stats["domains"] + 1))  # one call per domain taken
     assert result.certificate["rule"] == "split"
     assert result.stats["leaves"] >= 2
     kind = "input" if strategy == "input" else "relu"
@@ -513,9 +516,13 @@ def test_input_split_uneven_cuts_cover_the_parent(nets):
 
     path, graph = nets["mlp"]
     claim = _scan_alpha_fails(path, graph, 1, 0.01)
-    res = prove_input_split(path, claim, timeout_s=30, fracs=(0.25,), alpha_iters=0)
+    seen = []
+    res = prove_input_split(path, claim, timeout_s=30, fracs=(0.25,), alpha_iters=0,
+                            progress=lambda stats: seen.append(stats["domains"]))
     assert res.status == "proved"
     proof.check(claim, res.certificate, graph)
+    # the live display hears of every batch: counts rise to the final one
+    assert len(seen) > 1 and seen == sorted(seen) and seen[-1] == res.stats["domains"]
 
 
 @needs_crown

@@ -46,12 +46,14 @@ def region_claim(graph: kernel_checker.Graph, region) -> Claim:
     return Claim("unsat", graph.sha256, Box(region.lo, region.hi), node, unsafe=region.unsafe)
 
 
-def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0) -> Decision:
+def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
+            progress=None) -> Decision:
     """Propose: an attack point, or a certificate (ibp / crown / alpha / branch and bound).
     Runs in a worker process with --jobs, so it takes and returns plain data. Few-input linear /
     relu chains (ACAS Xu-like) go straight to batched input-split branch and bound, which tries
     IBP and CROWN on the whole box first and attacks along the way; other nets try an attack,
-    IBP, CROWN and alpha-CROWN on the whole box, then branch and bound."""
+    IBP, CROWN and alpha-CROWN on the whole box, then branch and bound. `progress(stats)`
+    receives the branch and bound's counts as it goes (in this process only)."""
     import torch
 
     from oracles.bab import prove_input_split, prove_with_bab
@@ -63,7 +65,8 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0) ->
     claim = kernel_checker.parse_claim(claim_doc)
     chain = load_chain(graph_path, claim.node)
     if chain.n_in <= INPUT_SPLIT_MAX_INPUTS and BatchChain.supports(chain):
-        res = prove_input_split(graph_path, claim, budget_s, seed=seed, chain=chain)
+        res = prove_input_split(graph_path, claim, budget_s, seed=seed, chain=chain,
+                                progress=progress)
         return _decision(res, time.perf_counter() - t0, "input-split")
     point = pgd_attack(graph_path, claim, steps=40, restarts=4, seed=seed)
     if point is not None:
@@ -81,7 +84,7 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0) ->
     left = budget_s - (time.perf_counter() - t0)
     if left <= 0:
         return Decision("timeout", producer_s=time.perf_counter() - t0)
-    res = prove_with_bab(graph_path, claim, left, method="alpha", seed=seed)
+    res = prove_with_bab(graph_path, claim, left, method="alpha", seed=seed, progress=progress)
     return _decision(res, time.perf_counter() - t0, "bab")
 
 
@@ -112,9 +115,10 @@ def _pieces(claim: Claim, jobs: int) -> list[tuple[int, fmpq, fmpq]]:
     return [(dim, a, b) for a, b in zip(cuts, cuts[1:]) if a < b]
 
 
-def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int) -> Decision:
+def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
+                  progress=None) -> Decision:
     if jobs <= 1:
-        return produce(graph_path, claim.to_json(), budget_s)
+        return produce(graph_path, claim.to_json(), budget_s, progress=progress)
     pieces = _pieces(claim, jobs)
     subclaims = []
     for dim, a, b in pieces:
@@ -180,14 +184,20 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
     setup_s = time.perf_counter() - t0
     claims = [region_claim(graph, r) for r in prop.regions]
     decisions, kernel_s, result = [], 0.0, "unsat"
-    with console.status("deciding", spinner="dots"):
+    with console.status("deciding", spinner="dots") as status:
         for k, claim in enumerate(claims):
             left = timeout_s - (time.perf_counter() - t0)
             if left <= 0:
                 result = "timeout"
                 break
             console.log(f"region {k + 1}/{len(claims)}: producing") if len(claims) > 1 else None
-            d = decide_region(graph_path, claim, left, jobs)
+            where = f"region {k + 1}/{len(claims)}, " if len(claims) > 1 else ""
+
+            def show(stats, where=where):
+                status.update(f"{where}branch and bound ({stats.get('strategy', '')}): "
+                              f"{stats['domains']} domains, {stats['leaves']} leaves, "
+                              f"{time.perf_counter() - t0:.0f} s of {timeout_s:g} s")
+            d = decide_region(graph_path, claim, left, jobs, show)
             decisions.append(d)
             if d.status == "sat":
                 tk = time.perf_counter()
@@ -216,7 +226,10 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
             cert = proof.by_rule("conjoin", premises=[proof.premise(c, d.certificate)
                                                       for c, d in zip(claims, decisions)])
         try:
-            theorem = proof.check(final, cert, graph)
+            leaves = sum(d.leaves for d in decisions)
+            with console.status(f"kernel checking the certificate ({leaves} leaves)",
+                                spinner="dots"):
+                theorem = proof.check(final, cert, graph)
         except kernel_checker.KernelError as e:
             result = "unknown"
             decisions[-1].notes.append(f"kernel refused the certificate: {e}")
