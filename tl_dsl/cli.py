@@ -152,10 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except BrokenPipeError:  # the reader closed stdout (`tl verify ... | head -1`): files are
-        # written already; stop quietly, and keep Python's exit-time flush from failing again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+    except BrokenPipeError:
+        return stdout_gone()
+
+
+def stdout_gone() -> int:
+    """The reader closed stdout (`tl verify ... | head -1`; files are written before any
+    output): stop quietly, keeping the exit-time flush from failing again; the exit code 141."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    return 141
 
 
 if __name__ == "__main__":

@@ -299,7 +299,7 @@ def _kill_group_on_hangup(conn: socket.socket, done: threading.Event, log_fd: in
 
 def _run_verify(argv: list[str], cwd: str, fds: list[int]) -> int:
     """`tl verify` in this process with the client's stdout, stderr and working directory."""
-    from tl_dsl.cli import build_parser
+    from tl_dsl.cli import build_parser, stdout_gone
 
     sys.stdout.flush()
     sys.stderr.flush()
@@ -325,9 +325,8 @@ def _run_verify(argv: list[str], cwd: str, fds: list[int]) -> int:
             code = args.func(args)
     except SystemExit as e:  # argparse: usage errors and --help
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BrokenPipeError:  # the client's reader closed stdout, as in `tl.cli.main`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-        code = 141
+    except BrokenPipeError:  # the client's reader closed stdout
+        code = stdout_gone()
     except BaseException:
         traceback.print_exc()
         code = ERROR_EXIT

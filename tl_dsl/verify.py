@@ -215,6 +215,7 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
             if d.status != "unsat":
                 result = d.status if result == "unsat" else result
     theorem = None
+    leaves = sum(d.leaves for d in decisions)
     if result == "unsat":
         tk = time.perf_counter()
         if len(claims) == 1:
@@ -226,7 +227,6 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
             cert = proof.by_rule("conjoin", premises=[proof.premise(c, d.certificate)
                                                       for c, d in zip(claims, decisions)])
         try:
-            leaves = sum(d.leaves for d in decisions)
             with console.status(f"kernel checking the certificate ({leaves} leaves)",
                                 spinner="dots"):
                 theorem = proof.check(final, cert, graph)
@@ -249,7 +249,6 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
             write_cex(cex, x, y)
     print(result, file=out)
     total = time.perf_counter() - t0
-    leaves = sum(d.leaves for d in decisions)
     methods = ", ".join(d.method for d in decisions if d.method)
     print(f"time {total:.2f} s: setup {setup_s:.2f} s, producing {producer_s:.2f} s, "
           f"kernel checking {kernel_s:.2f} s; regions {len(claims)}, leaves {leaves}, "
