@@ -41,7 +41,7 @@ def lows_on(built, box, phases, cert) -> list[Fraction]:
     dom = crown.Domain(box_interval(box, g.the_input("t", "t").shape), phases)
     values = crown.forward(g, nodes, dom, {})
     rows = [[q(1), q(0)], [q(0), q(1)], [q(-1), q(0)], [q(0), q(-1)]]
-    return [fr(v) for v in crown.backward_lower_bounds(g, nodes, values, dom, rows, cert,
+    return [fr(v) for v in crown.lower_bounds(g, nodes, values, dom, rows, cert,
                                                        "crown", "certificate")]
 
 

@@ -84,7 +84,7 @@ def kernel_bounds(graph, box: Box, node: str, cert=None) -> tuple[list, list]:
     n = numel(graph.by_id[node].shape)
     rows = [[1 if i == j else 0 for i in range(n)] for j in range(n)]
     rows += [[-v for v in r] for r in rows]
-    lows = [fr(v) for v in crown.backward_lower_bounds(
+    lows = [fr(v) for v in crown.lower_bounds(
         graph, nodes, values, dom, [[q(v) for v in r] for r in rows], cert or {}, "crown", "t")]
     return lows[:n], [-v for v in lows[n:]]
 

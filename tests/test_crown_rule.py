@@ -75,8 +75,8 @@ def kernel_lows(graph, box: Box, node: str, rows, cert=None, phases=None) -> lis
     dom = domain(graph, box, phases)
     values = crown.forward(graph, chain, dom, {})
     rows_q = [[q(v) for v in r] for r in rows]
-    return [fr(v) for v in crown.backward_lower_bounds(graph, chain, values, dom, rows_q,
-                                                       cert or {}, "crown", "certificate")]
+    return [fr(v) for v in crown.lower_bounds(graph, chain, values, dom, rows_q, cert or {},
+                                              "crown", "certificate")]
 
 
 def unit_rows(n: int, idx=None) -> list:
@@ -344,13 +344,15 @@ def test_intermediate_entry_rounded_outward_to_dyadics_is_accepted(net):
 
 
 def test_two_intermediate_entries_in_chain_order(net):
-    """An entry on a relu output and then one on fc2: both proved, in order."""
+    """An entry on a relu output and then one on fc2: both proved, in order. (An entry on a
+    relu takes the backward route, fc2's bounds alone the affine-block one: they may differ in
+    the last bits, hence the ULP.)"""
     g = net.graph
     box = ball_box(X0, Fraction(3, 8))
     rlo, rhi = entry_bounds(g, box, "relu1")
     first = {"node": "relu1", "lo": [enc(v) for v in rlo], "hi": [enc(v) for v in rhi]}
     lo, hi = entry_bounds(g, box, "fc2")
-    second = {"node": "fc2", "lo": [enc(v) for v in lo], "hi": [enc(v) for v in hi]}
+    second = {"node": "fc2", "lo": [enc(v - ULP) for v in lo], "hi": [enc(v + ULP) for v in hi]}
     claim = robustness.robust(g, X0, Fraction(3, 8), 0, clamp=None)
     accepted(claim, {"rule": "crown", "intermediate": [first, second]}, g)
     rejected(claim, {"rule": "crown", "intermediate": [second, first]}, g, rule="crown",
@@ -831,3 +833,79 @@ def test_unsat_claim_with_an_empty_polytope_is_a_kernel_error(net, rule):
     with pytest.raises(KernelError) as info:
         proof.check(claim, {"rule": rule}, g)
     assert info.value.rule in (rule, "claim"), info.value
+
+
+# ---------------------------------------------------------------------------------------------
+# the affine-block route (chains of linear and relu): same bounds as the backward route
+
+
+def both_routes(graph, box, rows, cert, phases=None):
+    """(affine-block route, backward route) lower bounds of rows over the graph's output."""
+    nodes = crown.ancestors(graph, graph.outputs[0], "crown")
+    dom = domain(graph, box, phases)
+    values = crown.forward(graph, nodes, dom, {})
+    rows_q = [[q(v) for v in r] for r in rows]
+    assert crown._route(graph, nodes, cert, []) is not None
+    return ([fr(v) for v in crown.lower_bounds(graph, nodes, values, dom, rows_q, cert, "crown",
+                                               "c")],
+            [fr(v) for v in crown.backward_lower_bounds(graph, nodes, values, dom, rows_q, cert,
+                                                        "crown", "c")])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), depth=st.integers(1, 4))
+def test_affine_block_route_matches_the_backward_route(kit, seed, depth):
+    """Both routes use the same relaxations, so their bounds differ only by their rounding
+    (coefficients kept to COEF_BITS bits): with shared and per-row slopes, given upper lines and
+    relu phases."""
+    rng = np.random.default_rng(seed)
+    n_in = int(rng.integers(1, 4))
+    hidden = [int(rng.integers(n_in, 7)) for _ in range(depth)]
+    n_out = int(rng.integers(1, 4))
+    graph = random_net(kit, rng, n_in, hidden, n_out)
+    box = random_box(rng, n_in)
+    rows = unit_rows(n_out) + [[int(v) for v in rng.integers(-3, 4, n_out)]]
+    per_row = random_valid_cert(rng, graph, box)
+    per_row["alpha"] = {k: [[enc(Fraction(int(rng.integers(0, 9)), 8)) for _ in v]
+                            for _ in rows] for k, v in per_row["alpha"].items()}
+    zlo, _ = node_interval(graph, box, "fc1")
+    phases = {"fc1": {0: 1 if zlo[0] >= 0 else -1}}
+    for cert, ph in (({}, None), (random_valid_cert(rng, graph, box), None), (per_row, None),
+                     ({}, phases)):
+        fast, slow = both_routes(graph, box, rows, cert, ph)
+        for a, b in zip(fast, slow, strict=True):
+            assert abs(a - b) <= Fraction(1, 2**40) * (1 + abs(b)), (seed, a, b)
+
+
+def test_routes_taken(kit, net):
+    """Split multipliers, an entry on a relu node, an input wider than a hidden layer or a DAG
+    take the backward route; a chain takes the affine-block route."""
+    g = net.graph
+    nodes = crown.ancestors(g, "fc3", "crown")
+    assert crown._route(g, nodes, {}, [{"node": "fc2"}]) is not None
+    assert crown._route(g, nodes, {"beta": [{"node": "fc1"}]}, []) is None
+    assert crown._route(g, nodes, {}, [{"node": "fc2", "beta": [{}]}]) is None
+    assert crown._route(g, nodes, {}, [{"node": "relu1"}]) is None
+    wide = random_net(kit, np.random.default_rng(0), 6, [5, 8], 2)
+    assert crown._chain(wide, crown.ancestors(wide, "fc3", "crown")) is None
+    narrow = random_net(kit, np.random.default_rng(0), 5, [5, 8], 2)
+    assert crown._chain(narrow, crown.ancestors(narrow, "fc3", "crown")) is not None
+
+
+def test_affine_block_route_refuses_bad_upper_lines_it_has_seen_defaults_for(net):
+    """The route keeps each relu's default lines for the leaf; lines given later for that relu
+    are still checked (and refused when malformed or below relu)."""
+    g = net.graph
+    box = ball_box(X0, Fraction(3, 8))
+    lo, hi = entry_bounds(g, box, "fc2")
+    entry = {"node": "fc2", "lo": [enc(v - ULP) for v in lo], "hi": [enc(v + ULP) for v in hi]}
+    claim = robustness.robust(g, X0, Fraction(3, 8), 0, clamp=None)
+    accepted(claim, {"rule": "crown", "intermediate": [entry]}, g)
+    z1 = node_interval(g, box, "fc1")
+    bad = exact_chords(*z1)
+    j = next(i for i, s in enumerate(bad["slope"]) if s != "0")
+    bad["intercept"][j] = "0"  # the chord through the origin dips below relu on [0, u]
+    for upper, where in (({"relu1": "junk"}, "upper.relu1"),
+                         ({"relu1": bad}, f"upper.relu1.slope[{j}]"), (["junk"], "upper")):
+        rejected(claim, {"rule": "crown", "intermediate": [entry], "upper": upper}, g,
+                 rule="crown", path=f"certificate.{where}")

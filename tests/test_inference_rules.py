@@ -65,7 +65,7 @@ def kernel_lows(graph, box: Box, node: str, rows) -> list[Fraction]:
     dom = crown.Domain(box_interval(box, graph.the_input("t", "t").shape))
     values = crown.forward(graph, chain, dom, {})
     rows_q = [[q(v) for v in r] for r in rows]
-    return [fr(v) for v in crown.backward_lower_bounds(graph, chain, values, dom, rows_q, {},
+    return [fr(v) for v in crown.lower_bounds(graph, chain, values, dom, rows_q, {},
                                                        "crown", "t")]
 
 

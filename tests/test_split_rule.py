@@ -134,7 +134,7 @@ def exact_entry_lows(graph, entry, dom):
     rows = [[fmpq(1) if i == j else fmpq(0) for i in range(n)] for j in idx]
     rows += [[-v for v in r] for r in rows]
     values = crown.forward(graph, chain, dom, {})
-    lows = crown.backward_lower_bounds(graph, chain, values, dom, rows, entry, "crown", "t")
+    lows = crown.lower_bounds(graph, chain, values, dom, rows, entry, "crown", "t")
     m = len(idx)
     return [fr(v) for v in lows[:m]], [-fr(v) for v in lows[m:]]
 
