@@ -24,8 +24,9 @@ bound is computed in another order, which costs less: each linear node's z is ke
 affine blocks, z = T x + B + sum_p P_p h_p[U_p], over the input, 1 and the outputs h_p of the
 earlier relus' unstable neurons U_p (an active neuron passes z on and an inactive one passes 0,
 both certified on the domain). A row c on z starts as c T, c B, c P_p; deepest first, each
-relu's coefficients on h_p[U_p] are relaxed as above (same slopes, same rounding) and replaced by
-the blocks of the rows U_p of z_p.
+relu's coefficients v on h_p[U_p] are relaxed as above and replaced by the blocks of the rows U_p
+of z_p. With slopes shared by the rows this is exact, by integer matrix products:
+v * slope = (v (alpha + s) + |v| (alpha - s)) / 2; with per-row slopes it rounds as above.
 """
 
 from dataclasses import dataclass, field
@@ -270,16 +271,12 @@ def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, s
         mat, sc, bits = mat * (1 << (COEF_BITS - bits)), sc / (1 << (COEF_BITS - bits)), COEF_BITS
     unstable = [j for j in range(n) if z.lo[j] < 0 < z.hi[j]]
     active = [j for j in range(n) if z.lo[j] >= 0]  # relu(z) = z
-    keep = fmpz_mat(n, len(active))
-    for c, j in enumerate(active):
-        keep[j, c] = 1
+    keep = _pick(n, active)
     parts = [(mat * keep, keep.transpose())]  # inactive and unstable columns are 0 here
     if not unstable:
         return parts, sc, const, bits
     k = len(unstable)
-    pick = fmpz_mat(n, k)
-    for c, j in enumerate(unstable):
-        pick[j, c] = 1
+    pick = _pick(n, unstable)
     sel = mat * pick
     cols = sel.entries()
     new, t_nums, t_den, grow = _relax(node.id, z, unstable, cols, rows, cert, rule, path)
@@ -291,12 +288,11 @@ def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, s
     return parts, sc, _less(_plus(const, extra, sc / (2 * t_den)), err), bits + grow
 
 
-def _relax(relu_id: str, z: Interval, unstable: list, cols: list, rows: int, cert: dict,
-           rule: str, path: str, memo: dict | None = None) -> tuple[list, list, int, int]:
-    """The unstable neurons' coefficients `cols` (rows x k, row-major, on relu(z)) times their
-    slopes, rounded to integers: (products, upper-line intercepts over t_den, t_den, bits the
-    products may gain). `memo` keeps the lines and default slopes, which depend on z alone,
-    for the relus that cert gives none for."""
+def _slopes(relu_id: str, z: Interval, unstable: list, rows: int, cert: dict, rule: str,
+            path: str, memo: dict | None = None) -> tuple:
+    """The unstable neurons' upper slopes (upper-line intercepts over t_den, t_den, bits the
+    slopes may add) and lower slopes (one list per row, or one shared list). `memo` keeps the
+    lines and default slopes, which depend on z alone, for the relus cert gives none for."""
     memo = {} if memo is None else memo
     given = [k for k in ("upper", "alpha") if cert.get(k) is not None and (
         not isinstance(cert[k], dict) or relu_id in cert[k])]  # (a malformed one is refused)
@@ -305,21 +301,31 @@ def _relax(relu_id: str, z: Interval, unstable: list, cols: list, rows: int, cer
                                     cert.get("upper"))
         t_nums, t_den = common_denominator([t_map[j] for j in unstable])
         grow = max(0, int(fmpz(max(s_map[j] for j in unstable).ceil()).bit_length()) - 1)
-        memo[("upper", relu_id)] = ([(2 * int(s_map[j].p), int(s_map[j].q), 2 * int(s_map[j].q))
-                                     for j in unstable], t_nums, t_den, grow)
-    ups, t_nums, t_den, grow = memo.pop(("upper", relu_id)) if "upper" in given else memo[
-        ("upper", relu_id)]
+        memo[("upper", relu_id)] = ([s_map[j] for j in unstable], t_nums, t_den, grow)
+    ups = memo.pop(("upper", relu_id)) if "upper" in given else memo[("upper", relu_id)]
     if "alpha" in given or ("alpha", relu_id) not in memo:
         alphas = _alphas(rule, path, cert.get("alpha"), relu_id, len(z.lo), rows, z.lo, z.hi,
                          z.den)
         shared = alphas[0] is alphas[-1]
-        memo[("alpha", relu_id)] = (shared, [(2 * int(a.p), int(a.q), 2 * int(a.q)) for r in (
-            (0,) if shared else range(rows)) for a in (alphas[r][j] for j in unstable)])
-    shared, lows = memo.pop(("alpha", relu_id)) if "alpha" in given else memo[("alpha", relu_id)]
+        memo[("alpha", relu_id)] = ([[alphas[r][j] for j in unstable] for r in (
+            (0,) if shared else range(rows))], shared)
+    return *ups, *(memo.pop(("alpha", relu_id)) if "alpha" in given else memo[
+        ("alpha", relu_id)])
+
+
+def _relax(relu_id: str, z: Interval, unstable: list, cols: list, rows: int, cert: dict,
+           rule: str, path: str, memo: dict | None = None) -> tuple[list, list, int, int]:
+    """The unstable neurons' coefficients `cols` (rows x k, row-major, on relu(z)) times their
+    slopes, rounded to integers: (products, upper-line intercepts over t_den, t_den, bits the
+    products may gain)."""
+    s, t_nums, t_den, grow, lows, shared = _slopes(relu_id, z, unstable, rows, cert, rule,
+                                                   path, memo)
+    ups = [(2 * int(a.p), int(a.q), 2 * int(a.q)) for a in s] * rows
+    lows = [(2 * int(a.p), int(a.q), 2 * int(a.q)) for row in lows for a in row]
     # v >= 0 takes the lower line alpha z, v < 0 the upper line s z + t: v * slope (p/q)
     # rounded to the nearest integer, (2 v p + q) // 2q
     new = [(v * a2 + aq) // aq2 if v > 0 else (v * s2 + sq) // sq2 for v, (a2, aq, aq2),
-           (s2, sq, sq2) in zip(cols, lows * rows if shared else lows, ups * rows)]
+           (s2, sq, sq2) in zip(cols, lows * rows if shared else lows, ups)]
     return new, t_nums, t_den, grow
 
 
@@ -619,11 +625,7 @@ def _paths(graph: Graph, node: Node, values: dict, state: dict) -> None:
         return
     z = values[prev]
     n = len(z.lo)
-    d = fmpz_mat(n, n)
-    for j in range(n):
-        if z.lo[j] >= 0:
-            d[j, j] = 1
-    wd = w * d
+    wd = w * _diag([1 if v >= 0 else 0 for v in z.lo])
     blocks = {key: (wd * m, sc / w_den, 0) for key, (m, sc, _) in paths[prev].items()}
     blocks["1"] = _sum(*blocks["1"], *bias)
     unstable[prev] = [j for j in range(n) if z.lo[j] < 0 < z.hi[j]]
@@ -640,11 +642,18 @@ def _pick(n: int, cols: list) -> fmpz_mat:
     return pick
 
 
+def _diag(values: list) -> fmpz_mat:
+    out = fmpz_mat(len(values), len(values))
+    for j, v in enumerate(values):
+        out[j, j] = v
+    return out
+
+
 def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows, cert: dict,
                        rule: str, path: str) -> list[fmpq]:
-    """backward_lower_bounds on a chain (`_chain`), with the same relaxations and rounding,
-    from the affine blocks of `_paths`: a row's coefficients on each relu's unstable outputs
-    are relaxed (deepest first) and replaced by the blocks of that relu's input."""
+    """backward_lower_bounds on a chain (`_chain`), with the same relaxations, from the affine
+    blocks of `_paths`: a row's coefficients on each relu's unstable outputs are relaxed
+    (deepest first) and replaced by the blocks of that relu's input."""
     mat, s0, _ = _start(rows, state["paths"][nid]["x"][0].nrows())
     r = mat.nrows()
     acc = {key: (mat * m, s0 * sc, 0) for key, (m, sc, _) in state["paths"][nid].items()}
@@ -653,20 +662,31 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
         a, sa, _ = acc.pop(p)
         z, uns = values[p], state["unstable"][p]
         k, cols = len(uns), a.entries()
-        sh = COEF_BITS - int(fmpz(max(max(cols), -min(cols))).bit_length())
-        if sh > 0:  # enough bits that rounding to integers costs ~2^-COEF_BITS
-            cols, sa = [v << sh for v in cols], sa / (1 << sh)
-        new, t_nums, t_den, _ = _relax(state["relu"][p], z, uns, cols, r, cert, rule, path,
-                                       state["memo"])
-        extra = [sum([v * t for v, t in zip(cols[i * k:(i + 1) * k], t_nums) if v < 0])
-                 for i in range(r)]
-        err = sa * sum(max(-z.lo[j], z.hi[j]) for j in uns) / (2 * z.den)
-        const = _less(_plus(const, extra, sa / t_den), err)
+        s, t_nums, t_den, _, lows, shared = _slopes(state["relu"][p], z, uns, r, cert, rule,
+                                                    path, state["memo"])
+        if shared:  # slopes per neuron: v slope = (v (alpha + s) + |v| (alpha - s)) / 2 exactly
+            nums, den = common_denominator(lows[0] + s)
+            plus = _diag([x + y for x, y in zip(nums[:k], nums[k:])])
+            minus = _diag([x - y for x, y in zip(nums[:k], nums[k:])])
+            t_col, mag = fmpz_mat(k, 1, t_nums), fmpz_mat(r, k, [abs(v) for v in cols])
+            delta, sa = a * plus + mag * minus, sa / (2 * den)
+            # negative coefficients take the intercept: sum of min(v, 0) t = (v - |v|) t / 2
+            const = _plus(const, (a * t_col - mag * t_col).entries(), sa * den / t_den)
+        else:
+            sh = COEF_BITS - int(fmpz(max(max(cols), -min(cols))).bit_length())
+            if sh > 0:  # enough bits that rounding to integers costs ~2^-COEF_BITS
+                cols, sa = [v << sh for v in cols], sa / (1 << sh)
+            new, t_nums, t_den, _ = _relax(state["relu"][p], z, uns, cols, r, cert, rule, path,
+                                           state["memo"])
+            extra = [sum([v * t for v, t in zip(cols[i * k:(i + 1) * k], t_nums) if v < 0])
+                     for i in range(r)]
+            err = sa * sum(max(-z.lo[j], z.hi[j]) for j in uns) / (2 * z.den)
+            const = _less(_plus(const, extra, sa / t_den), err)
+            delta = fmpz_mat(r, k, new)
         if p not in state["rows"]:
             sel = _pick(len(z.lo), uns).transpose()
             state["rows"][p] = {key: (sel * m, sc) for key, (m, sc, _) in
                                 state["paths"][p].items()}
-        delta = fmpz_mat(r, k, new)
         for key, (m, sc) in state["rows"][p].items():
             _give(acc, key, delta * m, sa * sc, 0)
     one, s1, _ = acc.pop("1")

@@ -76,7 +76,8 @@ def random_box(rng, n: int, width: float) -> Box:
                                               for v in lo))
 
 
-def kernel_bounds(graph, box: Box, node: str, cert=None) -> tuple[list, list]:
+def kernel_bounds(graph, box: Box, node: str, cert=None, lower=crown.lower_bounds
+                  ) -> tuple[list, list]:
     """The kernel's CROWN bounds (lo, hi) of every neuron of `node` (no intermediate entries)."""
     nodes = crown.ancestors(graph, node, "crown")
     dom = crown.Domain(box_interval(box, graph.the_input("t", "t").shape))
@@ -84,8 +85,8 @@ def kernel_bounds(graph, box: Box, node: str, cert=None) -> tuple[list, list]:
     n = numel(graph.by_id[node].shape)
     rows = [[1 if i == j else 0 for i in range(n)] for j in range(n)]
     rows += [[-v for v in r] for r in rows]
-    lows = [fr(v) for v in crown.lower_bounds(
-        graph, nodes, values, dom, [[q(v) for v in r] for r in rows], cert or {}, "crown", "t")]
+    lows = [fr(v) for v in lower(graph, nodes, values, dom, [[q(v) for v in r] for r in rows],
+                                 cert or {}, "crown", "t")]
     return lows[:n], [-v for v in lows[n:]]
 
 
@@ -256,9 +257,10 @@ def test_broadcasting_add_is_refused(kit):
 
 
 def test_coefficient_rounding_error_is_charged(kit, monkeypatch):
-    """Coefficients rounded to few bits (COEF_BITS forced down to 12, so the kernel rounds after
-    every relu): the error is charged, the bound stays below every sampled output and below the
-    unrounded bound, and with the default COEF_BITS it is within 2^-30 of the unrounded one."""
+    """Coefficients rounded to few bits (COEF_BITS forced down to 12, so the backward route
+    rounds after every relu): the error is charged, the bound stays below every sampled output
+    and below the unrounded bound, and with the default COEF_BITS it is within 2^-30 of the
+    unrounded one."""
     rng = np.random.default_rng(3)
     g = GraphBuilder()
     h = g.input([3])
@@ -272,7 +274,7 @@ def test_coefficient_rounding_error_is_charged(kit, monkeypatch):
     bounds = {}
     for bits in (12, crown.COEF_BITS, 10**6):  # 10**6: no rounding at all
         monkeypatch.setattr(crown, "COEF_BITS", bits)
-        bounds[bits] = kernel_bounds(built.graph, box, "out")
+        bounds[bits] = kernel_bounds(built.graph, box, "out", lower=crown.backward_lower_bounds)
     monkeypatch.undo()
     lo12, hi12 = bounds[12]
     lo, hi = bounds[crown.COEF_BITS]

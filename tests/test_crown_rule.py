@@ -856,8 +856,10 @@ def both_routes(graph, box, rows, cert, phases=None):
 @given(seed=st.integers(0, 2**32 - 1), depth=st.integers(1, 4))
 def test_affine_block_route_matches_the_backward_route(kit, seed, depth):
     """Both routes use the same relaxations, so their bounds differ only by their rounding
-    (coefficients kept to COEF_BITS bits): with shared and per-row slopes, given upper lines and
-    relu phases."""
+    (the backward route keeps coefficients to COEF_BITS bits; the block route is exact with
+    slopes shared by the rows and rounds like the backward route with per-row ones): with shared
+    and per-row slopes, given upper lines and relu phases; and the block route's bounds are below
+    every sampled output."""
     rng = np.random.default_rng(seed)
     n_in = int(rng.integers(1, 4))
     hidden = [int(rng.integers(n_in, 7)) for _ in range(depth)]
@@ -870,11 +872,16 @@ def test_affine_block_route_matches_the_backward_route(kit, seed, depth):
                             for _ in rows] for k, v in per_row["alpha"].items()}
     zlo, _ = node_interval(graph, box, "fc1")
     phases = {"fc1": {0: 1 if zlo[0] >= 0 else -1}}
+    points = sample_points(rng, box, 8)
+    outputs = [[fr(v) for v in kit.point(graph, x)[graph.outputs[0]]] for x in points]
     for cert, ph in (({}, None), (random_valid_cert(rng, graph, box), None), (per_row, None),
                      ({}, phases)):
         fast, slow = both_routes(graph, box, rows, cert, ph)
         for a, b in zip(fast, slow, strict=True):
             assert abs(a - b) <= Fraction(1, 2**40) * (1 + abs(b)), (seed, a, b)
+        for y in outputs if ph is None else ():  # and below every sampled output
+            for low, row in zip(fast, rows, strict=True):
+                assert low <= sum(Fraction(c) * v for c, v in zip(row, y)), (seed, low)
 
 
 def test_routes_taken(kit, net):
