@@ -273,13 +273,14 @@ def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, s
     active = [j for j in range(n) if z.lo[j] >= 0]  # relu(z) = z
     keep = _pick(n, active)
     parts = [(mat * keep, keep.transpose())]  # inactive and unstable columns are 0 here
-    if not unstable:
+    s, t_nums, t_den, grow, lows, shared = _slopes(node.id, z, unstable, rows, cert, rule, path)
+    if not unstable:  # (what cert gives for this relu is checked all the same)
         return parts, sc, const, bits
     k = len(unstable)
     pick = _pick(n, unstable)
     sel = mat * pick
     cols = sel.entries()
-    new, t_nums, t_den, grow = _relax(node.id, z, unstable, cols, rows, cert, rule, path)
+    new = _products(cols, rows, s, lows, shared)
     # negative coefficients take the upper line's intercept: sum of min(v, 0) t = (v - |v|) t / 2
     t_col = fmpz_mat(k, 1, t_nums)
     extra = (sel * t_col - fmpz_mat(rows, k, [abs(v) for v in cols]) * t_col).entries()
@@ -300,7 +301,8 @@ def _slopes(relu_id: str, z: Interval, unstable: list, rows: int, cert: dict, ru
         s_map, t_map = _upper_lines(rule, path, relu_id, z.lo, z.hi, z.den, unstable,
                                     cert.get("upper"))
         t_nums, t_den = common_denominator([t_map[j] for j in unstable])
-        grow = max(0, int(fmpz(max(s_map[j] for j in unstable).ceil()).bit_length()) - 1)
+        top = max((s_map[j] for j in unstable), default=_ZERO)
+        grow = max(0, int(fmpz(top.ceil()).bit_length()) - 1)
         memo[("upper", relu_id)] = ([s_map[j] for j in unstable], t_nums, t_den, grow)
     ups = memo.pop(("upper", relu_id)) if "upper" in given else memo[("upper", relu_id)]
     if "alpha" in given or ("alpha", relu_id) not in memo:
@@ -313,20 +315,15 @@ def _slopes(relu_id: str, z: Interval, unstable: list, rows: int, cert: dict, ru
         ("alpha", relu_id)])
 
 
-def _relax(relu_id: str, z: Interval, unstable: list, cols: list, rows: int, cert: dict,
-           rule: str, path: str, memo: dict | None = None) -> tuple[list, list, int, int]:
+def _products(cols: list, rows: int, s: list, lows: list, shared: bool) -> list:
     """The unstable neurons' coefficients `cols` (rows x k, row-major, on relu(z)) times their
-    slopes, rounded to integers: (products, upper-line intercepts over t_den, t_den, bits the
-    products may gain)."""
-    s, t_nums, t_den, grow, lows, shared = _slopes(relu_id, z, unstable, rows, cert, rule,
-                                                   path, memo)
+    slopes (upper `s`, lower `lows` from `_slopes`), rounded to integers."""
     ups = [(2 * int(a.p), int(a.q), 2 * int(a.q)) for a in s] * rows
     lows = [(2 * int(a.p), int(a.q), 2 * int(a.q)) for row in lows for a in row]
     # v >= 0 takes the lower line alpha z, v < 0 the upper line s z + t: v * slope (p/q)
     # rounded to the nearest integer, (2 v p + q) // 2q
-    new = [(v * a2 + aq) // aq2 if v > 0 else (v * s2 + sq) // sq2 for v, (a2, aq, aq2),
-           (s2, sq, sq2) in zip(cols, lows * rows if shared else lows, ups)]
-    return new, t_nums, t_den, grow
+    return [(v * a2 + aq) // aq2 if v > 0 else (v * s2 + sq) // sq2 for v, (a2, aq, aq2),
+            (s2, sq, sq2) in zip(cols, lows * rows if shared else lows, ups)]
 
 
 def _maxpool_back(node: Node, z: Interval, entries: list, rows: int, const: list,
@@ -658,12 +655,15 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
     r = mat.nrows()
     acc = {key: (mat * m, s0 * sc, 0) for key, (m, sc, _) in state["paths"][nid].items()}
     const = [([0] * r, fmpq(0))]
-    for p in reversed([p for p in state["paths"] if p in acc]):
-        a, sa, _ = acc.pop(p)
+    order = list(state["paths"])
+    for p in reversed(order[:order.index(nid)]):
         z, uns = values[p], state["unstable"][p]
-        k, cols = len(uns), a.entries()
         s, t_nums, t_den, _, lows, shared = _slopes(state["relu"][p], z, uns, r, cert, rule,
                                                     path, state["memo"])
+        if p not in acc:  # no unstable neuron (what cert gives for its relu is checked above)
+            continue
+        a, sa, _ = acc.pop(p)
+        k, cols = len(uns), a.entries()
         if shared:  # slopes per neuron: v slope = (v (alpha + s) + |v| (alpha - s)) / 2 exactly
             nums, den = common_denominator(lows[0] + s)
             plus = _diag([x + y for x, y in zip(nums[:k], nums[k:])])
@@ -676,8 +676,7 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
             sh = COEF_BITS - int(fmpz(max(max(cols), -min(cols))).bit_length())
             if sh > 0:  # enough bits that rounding to integers costs ~2^-COEF_BITS
                 cols, sa = [v << sh for v in cols], sa / (1 << sh)
-            new, t_nums, t_den, _ = _relax(state["relu"][p], z, uns, cols, r, cert, rule, path,
-                                           state["memo"])
+            new = _products(cols, r, s, lows, shared)
             extra = [sum([v * t for v, t in zip(cols[i * k:(i + 1) * k], t_nums) if v < 0])
                      for i in range(r)]
             err = sa * sum(max(-z.lo[j], z.hi[j]) for j in uns) / (2 * z.den)

@@ -916,3 +916,19 @@ def test_affine_block_route_refuses_bad_upper_lines_it_has_seen_defaults_for(net
                          ({"relu1": bad}, f"upper.relu1.slope[{j}]"), (["junk"], "upper")):
         rejected(claim, {"rule": "crown", "intermediate": [entry], "upper": upper}, g,
                  rule="crown", path=f"certificate.{where}")
+
+
+def test_slopes_given_for_a_relu_without_unstable_neurons_are_still_checked(net):
+    """Both routes check what a certificate gives for every relu the bound passes through, even
+    one whose neurons are all stable on the domain (the values are then unused)."""
+    g = net.graph
+    box = ball_box(X0, Fraction(1, 1000))
+    assert not _unstable(*node_interval(g, box, "fc1"))
+    claim = claims.bounds(g, box, [-100, -100], [100, 100], node="fc3")
+    bad = {"alpha": {"relu1": ["2"] * 8}}
+    rejected(claim, {"rule": "crown", **bad}, g, rule="crown", path="certificate.alpha.relu1[0]")
+    nodes = crown.ancestors(g, "fc3", "crown")
+    dom = domain(g, box)
+    values = crown.forward(g, nodes, dom, {})
+    with pytest.raises(KernelError, match="alpha.relu1"):
+        crown.backward_lower_bounds(g, nodes, values, dom, [[q(1), q(0)]], bad, "crown", "c")
