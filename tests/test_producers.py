@@ -2,6 +2,7 @@
 (oracles/bab.py) and PGD (oracles/pgd.py), checked against sampling and the kernel's `crown`,
 `split` and `counterexample` rules."""
 
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
@@ -548,6 +549,27 @@ def test_sample_attack(nets):
     cex = claims.counterexample(claim, claims.clamp_into(point, claim.input_set.as_box()))
     proof.check(cex, proof.counterexample_cert(), graph)
     assert sample_attack(path, robustness.robust(graph, x0, 0.001, label), samples=200) is None
+
+
+def test_sample_attack_looks_on_the_box_faces(tmp_path):
+    """y = relu(x0 - 0.999) + relu(x1 - 0.999) >= 0.0019 holds only where x0 and x1 are both
+    within 1e-4 of 1 (a corner of [0, 1]^3): no uniform sample lands there, and the gradient
+    of a point with one of the two relus off cannot find it; a point on both upper faces is a
+    counterexample, which the kernel checks."""
+    from oracles.pgd import sample_attack
+
+    g = GraphBuilder()
+    x = g.input([3])
+    h = g.relu(g.linear(x, np.array([[1.0, 0, 0], [0, 1.0, 0]]), np.array([-0.999, -0.999])))
+    g.output(g.linear(h, np.array([[1.0, 1.0]]), np.array([0.0])))
+    path = g.save(str(tmp_path / "corner"))
+    graph = load_graph(path)
+    box = claims.box([0, 0, 0], [1, 1, 1])
+    claim = claims.unsat(graph, box, [claims.polytope([[-1]], [Fraction(-19, 10000)])])
+    assert sample_attack(path, claim, on_face=0.0) is None
+    point = sample_attack(path, claim)
+    assert point is not None
+    _check_counterexample(claim, point, graph)
 
 
 def test_pgd_batched_starts(nets):
