@@ -283,7 +283,7 @@ def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, s
     new = _products(cols, rows, s, lows, shared)
     # negative coefficients take the upper line's intercept: sum of min(v, 0) t = (v - |v|) t / 2
     t_col = fmpz_mat(k, 1, t_nums)
-    extra = (sel * t_col - fmpz_mat(rows, k, [abs(v) for v in cols]) * t_col).entries()
+    extra = (sel * t_col - fmpz_mat(rows, k, list(map(abs, cols))) * t_col).entries()
     parts.append((fmpz_mat(rows, k, new), pick.transpose()))
     err = sc * sum(max(-z.lo[j], z.hi[j]) for j in unstable) / (2 * z.den)
     return parts, sc, _less(_plus(const, extra, sc / (2 * t_den)), err), bits + grow
@@ -402,6 +402,11 @@ def _shrink(out, rows: int, sc: fmpq, const: list, z: Interval) -> tuple:
 
 def _sum(m1: fmpz_mat, s1: fmpq, b1: int, m2: fmpz_mat, s2: fmpq, b2: int) -> tuple:
     """m1 * s1 + m2 * s2 as (matrix, scale, bits)."""
+    ratio = s1 / s2
+    if ratio.q == 1:  # (the usual case: dyadic weights and slopes)
+        return m1 * ratio.p + m2, s2, max(b1 + int(ratio.p).bit_length(), b2) + 1
+    if ratio.p == 1:
+        return m1 + m2 * ratio.q, s1, max(b1, b2 + int(ratio.q).bit_length()) + 1
     common = fmpq(fmpz(s1.p).gcd(s2.p), lcm(int(s1.q), int(s2.q)))
     f1, f2 = int(s1 / common), int(s2 / common)
     return m1 * f1 + m2 * f2, common, max(b1 + f1.bit_length(), b2 + f2.bit_length()) + 1
@@ -464,13 +469,11 @@ def _start(rows, n: int) -> tuple:
 
 def _concretise(mat: fmpz_mat, sc: fmpq, const: list, box: Interval) -> list[fmpq]:
     """Each row's minimum of mat * sc . x over the box, plus its constant."""
-    n_in = len(box.lo)
-    at_lo = (mat * fmpz_mat(n_in, 1, box.lo)).entries()
-    width = [b - a for a, b in zip(box.lo, box.hi, strict=True)]
-    entries = mat.entries()
-    mins = [a + sum([v * w for v, w in zip(entries[r * n_in:(r + 1) * n_in], width) if v < 0])
-            for r, a in enumerate(at_lo)]
-    return _values(_plus(const, mins, sc / box.den), mat.nrows())
+    n_in = len(box.lo)  # min over x of v x = v lo + min(v, 0) (hi - lo), (v - |v|) / 2 = min(v, 0)
+    width = fmpz_mat(n_in, 1, [b - a for a, b in zip(box.lo, box.hi, strict=True)])
+    mag = fmpz_mat(mat.nrows(), n_in, list(map(abs, mat.entries())))
+    mins = (mat * fmpz_mat(n_in, 1, [2 * v for v in box.lo]) + mat * width - mag * width)
+    return _values(_plus(const, mins.entries(), sc / (2 * box.den)), mat.nrows())
 
 
 def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Domain,
@@ -668,7 +671,7 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
             nums, den = common_denominator(lows[0] + s)
             plus = _diag([x + y for x, y in zip(nums[:k], nums[k:])])
             minus = _diag([x - y for x, y in zip(nums[:k], nums[k:])])
-            t_col, mag = fmpz_mat(k, 1, t_nums), fmpz_mat(r, k, [abs(v) for v in cols])
+            t_col, mag = fmpz_mat(k, 1, t_nums), fmpz_mat(r, k, list(map(abs, cols)))
             delta, sa = a * plus + mag * minus, sa / (2 * den)
             # negative coefficients take the intercept: sum of min(v, 0) t = (v - |v|) t / 2
             const = _plus(const, (a * t_col - mag * t_col).entries(), sa * den / t_den)
