@@ -404,9 +404,9 @@ def _sum(m1: fmpz_mat, s1: fmpq, b1: int, m2: fmpz_mat, s2: fmpq, b2: int) -> tu
     """m1 * s1 + m2 * s2 as (matrix, scale, bits)."""
     ratio = s1 / s2
     if ratio.q == 1:  # (the usual case: dyadic weights and slopes)
-        return m1 * ratio.p + m2, s2, max(b1 + int(ratio.p).bit_length(), b2) + 1
+        return m1 * ratio.p + m2, s2, max(b1 + int(ratio.p).bit_length(), b2 + 1) + 1
     if ratio.p == 1:
-        return m1 + m2 * ratio.q, s1, max(b1, b2 + int(ratio.q).bit_length()) + 1
+        return m1 + m2 * ratio.q, s1, max(b1 + 1, b2 + int(ratio.q).bit_length()) + 1
     common = fmpq(fmpz(s1.p).gcd(s2.p), lcm(int(s1.q), int(s2.q)))
     f1, f2 = int(s1 / common), int(s2 / common)
     return m1 * f1 + m2 * f2, common, max(b1 + f1.bit_length(), b2 + f2.bit_length()) + 1
@@ -469,11 +469,13 @@ def _start(rows, n: int) -> tuple:
 
 def _concretise(mat: fmpz_mat, sc: fmpq, const: list, box: Interval) -> list[fmpq]:
     """Each row's minimum of mat * sc . x over the box, plus its constant."""
-    n_in = len(box.lo)  # min over x of v x = v lo + min(v, 0) (hi - lo), (v - |v|) / 2 = min(v, 0)
-    width = fmpz_mat(n_in, 1, [b - a for a, b in zip(box.lo, box.hi, strict=True)])
-    mag = fmpz_mat(mat.nrows(), n_in, list(map(abs, mat.entries())))
-    mins = (mat * fmpz_mat(n_in, 1, [2 * v for v in box.lo]) + mat * width - mag * width)
-    return _values(_plus(const, mins.entries(), sc / (2 * box.den)), mat.nrows())
+    n_in = len(box.lo)
+    at_lo = (mat * fmpz_mat(n_in, 1, box.lo)).entries()
+    width = [b - a for a, b in zip(box.lo, box.hi, strict=True)]
+    entries = mat.entries()
+    mins = [a + sum([v * w for v, w in zip(entries[r * n_in:(r + 1) * n_in], width) if v < 0])
+            for r, a in enumerate(at_lo)]
+    return _values(_plus(const, mins, sc / box.den), mat.nrows())
 
 
 def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Domain,
