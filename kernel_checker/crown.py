@@ -402,14 +402,12 @@ def _shrink(out, rows: int, sc: fmpq, const: list, z: Interval) -> tuple:
 
 def _sum(m1: fmpz_mat, s1: fmpq, b1: int, m2: fmpz_mat, s2: fmpq, b2: int) -> tuple:
     """m1 * s1 + m2 * s2 as (matrix, scale, bits)."""
-    ratio = s1 / s2
-    if ratio.q == 1:  # (the usual case: dyadic weights and slopes)
-        return m1 * ratio.p + m2, s2, max(b1 + int(ratio.p).bit_length(), b2 + 1) + 1
-    if ratio.p == 1:
-        return m1 + m2 * ratio.q, s1, max(b1 + 1, b2 + int(ratio.q).bit_length()) + 1
-    common = fmpq(fmpz(s1.p).gcd(s2.p), lcm(int(s1.q), int(s2.q)))
+    ratio = s1 / s2  # usually one scale is a multiple of the other (dyadic weights and slopes)
+    common = s2 if ratio.q == 1 else s1 if ratio.p == 1 else fmpq(
+        fmpz(s1.p).gcd(s2.p), lcm(int(s1.q), int(s2.q)))
     f1, f2 = int(s1 / common), int(s2 / common)
-    return m1 * f1 + m2 * f2, common, max(b1 + f1.bit_length(), b2 + f2.bit_length()) + 1
+    return ((m1 if f1 == 1 else m1 * f1) + (m2 if f2 == 1 else m2 * f2), common,
+            max(b1 + f1.bit_length(), b2 + f2.bit_length()) + 1)
 
 
 def _total(parts: list) -> fmpz_mat:
