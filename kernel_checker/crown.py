@@ -281,9 +281,7 @@ def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, s
     sel = mat * pick
     cols = sel.entries()
     new = _products(cols, rows, s, lows, shared)
-    # negative coefficients take the upper line's intercept: sum of min(v, 0) t = (v - |v|) t / 2
-    t_col = fmpz_mat(k, 1, t_nums)
-    extra = (sel * t_col - fmpz_mat(rows, k, list(map(abs, cols))) * t_col).entries()
+    extra = _intercepts(sel, cols, t_nums)[1]
     parts.append((fmpz_mat(rows, k, new), pick.transpose()))
     err = sc * sum(max(-z.lo[j], z.hi[j]) for j in unstable) / (2 * z.den)
     return parts, sc, _less(_plus(const, extra, sc / (2 * t_den)), err), bits + grow
@@ -313,6 +311,12 @@ def _slopes(relu_id: str, z: Interval, unstable: list, rows: int, cert: dict, ru
             (0,) if shared else range(rows))], shared)
     return *ups, *(memo.pop(("alpha", relu_id)) if "alpha" in given else memo[
         ("alpha", relu_id)])
+
+
+def _intercepts(a: fmpz_mat, cols: list, t_nums: list) -> tuple[fmpz_mat, list]:
+    """(|a|, per row sum of (v - |v|) t = 2 min(v, 0) t: negative v take the intercepts t)."""
+    mag = fmpz_mat(a.nrows(), a.ncols(), list(map(abs, cols)))  # cols: a's entries
+    return mag, ((a - mag) * fmpz_mat(len(t_nums), 1, t_nums)).entries()
 
 
 def _products(cols: list, rows: int, s: list, lows: list, shared: bool) -> list:
@@ -667,24 +671,20 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
             continue
         a, sa, _ = acc.pop(p)
         k, cols = len(uns), a.entries()
+        if not shared:
+            sh = COEF_BITS - int(fmpz(max(max(cols), -min(cols))).bit_length())
+            if sh > 0:  # enough bits that rounding to integers costs ~2^-COEF_BITS
+                a, cols, sa = a * (1 << sh), [v << sh for v in cols], sa / (1 << sh)
+        mag, extra = _intercepts(a, cols, t_nums)
+        const = _plus(const, extra, sa / (2 * t_den))
         if shared:  # slopes per neuron: v slope = (v (alpha + s) + |v| (alpha - s)) / 2 exactly
             nums, den = common_denominator(lows[0] + s)
             plus = _diag([x + y for x, y in zip(nums[:k], nums[k:])])
             minus = _diag([x - y for x, y in zip(nums[:k], nums[k:])])
-            t_col, mag = fmpz_mat(k, 1, t_nums), fmpz_mat(r, k, list(map(abs, cols)))
             delta, sa = a * plus + mag * minus, sa / (2 * den)
-            # negative coefficients take the intercept: sum of min(v, 0) t = (v - |v|) t / 2
-            const = _plus(const, (a * t_col - mag * t_col).entries(), sa * den / t_den)
         else:
-            sh = COEF_BITS - int(fmpz(max(max(cols), -min(cols))).bit_length())
-            if sh > 0:  # enough bits that rounding to integers costs ~2^-COEF_BITS
-                cols, sa = [v << sh for v in cols], sa / (1 << sh)
-            new = _products(cols, r, s, lows, shared)
-            extra = [sum([v * t for v, t in zip(cols[i * k:(i + 1) * k], t_nums) if v < 0])
-                     for i in range(r)]
-            err = sa * sum(max(-z.lo[j], z.hi[j]) for j in uns) / (2 * z.den)
-            const = _less(_plus(const, extra, sa / t_den), err)
-            delta = fmpz_mat(r, k, new)
+            const = _less(const, sa * sum(max(-z.lo[j], z.hi[j]) for j in uns) / (2 * z.den))
+            delta = fmpz_mat(r, k, _products(cols, r, s, lows, shared))
         if p not in state["rows"]:
             sel = _pick(len(z.lo), uns).transpose()
             state["rows"][p] = {key: (sel * m, sc) for key, (m, sc, _) in
