@@ -51,11 +51,13 @@ _ZERO, _ONE = fmpq(0), fmpq(1)
 
 @dataclass
 class Domain:
-    """Where a leaf is checked: an input box and ReLU phase constraints (node -> index -> sign,
-    sign -1 for z <= 0 and +1 for z >= 0)."""
+    """Where a leaf is checked: an input box, ReLU phase constraints (node -> index -> sign,
+    sign -1 for z <= 0 and +1 for z >= 0) and bounds certified on a domain containing this one
+    (a split's `intermediate` entries: node -> (lo, hi, den))."""
 
     box: Interval
     phases: dict = field(default_factory=dict)
+    bounds: dict = field(default_factory=dict)
 
 
 def ancestors(graph: Graph, target: str, rule: str) -> list[Node]:
@@ -775,11 +777,23 @@ def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
 def check_crown(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) -> bool:
     """Check a crown certificate on a domain; False means the domain is empty (vacuous)."""
     _keys(cert, "crown", path, {"intermediate", "alpha", "upper", "beta"})
+    done = _replay(graph, claim, cert, dom, path)
+    if done is not None:
+        lower, nodes = done[1:]
+        conclude(claim, lower(len(nodes) - 1, spec_rows(claim, numel(nodes[-1].shape)), cert,
+                              path), "crown")
+    return done is not None
+
+
+def _replay(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) -> tuple | None:
+    """The interval replay over the claim's ancestors with cert's intermediate entries proved
+    on dom: (the entries' nodes' bounds as Domain.bounds, lower(k, rows, cert, path) over
+    nodes[k], nodes); None when dom is empty."""
     nodes = ancestors(graph, claim.node, "crown")
     order = {node.id: i for i, node in enumerate(nodes)}
     entries = _entries(graph, claim, cert.get("intermediate", []), order, path)
     values = {graph.the_input("crown", "claim").id: dom.box}
-    certified: dict = {}
+    certified = dict(dom.bounds)
     state = _route(graph, nodes, cert, [e[3] for _, e in entries.values()])
 
     def lower(k: int, rows, cert: dict, path: str) -> list[fmpq]:
@@ -791,25 +805,23 @@ def check_crown(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) 
 
     for k, node in enumerate(nodes):  # one forward pass; each entry is proved where it sits
         if not _step(graph, node, values, dom, certified):
-            return False
+            return None
         if state is not None and node.op == "linear":
             _paths(graph, node, values, state)
         if node.id in entries:
             p, entry = entries[node.id]
-            certified[node.id] = _certify(nodes[:k + 1], entry, p,
-                                          lambda *a, k=k: lower(k, *a), values)
-            x = values[node.id] = _clip(values[node.id], *certified[node.id])
+            x = _clip(values[node.id], *_certify(nodes[:k + 1], entry, p,
+                                                 lambda *a, k=k: lower(k, *a), values))
+            values[node.id], certified[node.id] = x, (x.lo, x.hi, x.den)
             if any(a > b for a, b in zip(x.lo, x.hi, strict=True)):
-                return False
-    lows = lower(len(nodes) - 1, spec_rows(claim, numel(nodes[-1].shape)), cert, path)
-    conclude(claim, lows, "crown")
-    return True
+                return None
+    return certified, lower, nodes
 
 
 def check_ibp_on_domain(graph: Graph, claim: Claim, dom: Domain, path: str) -> bool:
     from kernel_checker.rules import check_output_box
 
-    values = forward(graph, ancestors(graph, claim.node, "ibp"), dom, {})
+    values = forward(graph, ancestors(graph, claim.node, "ibp"), dom, dom.bounds)
     if values is None:
         return False
     check_output_box(claim, values[claim.node], "ibp")
@@ -836,10 +848,16 @@ def check_split(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
         return
     if rule != "split":
         raise refuse("split", f"{path}.rule", f"expected split, crown or ibp, found {rule!r}")
-    _keys(cert, "split", path, {"split", "children"})
+    _keys(cert, "split", path, {"split", "children", "intermediate"})
     spec, children = cert.get("split"), cert.get("children")
     if not isinstance(spec, dict) or not isinstance(children, list):
         raise refuse("split", path, "expected {split: {...}, children: [...]}")
+    if "intermediate" in cert:  # bounds proved here hold on every piece below
+        done = _replay(graph, claim, {"intermediate": cert["intermediate"]}, dom, path)
+        if done is None:  # the domain is empty: every piece holds
+            stats["leaves"] += 1
+            return
+        dom = Domain(dom.box, dom.phases, done[0])
     kind = spec.get("kind")
     if kind == "input":
         dim = spec.get("dim")
@@ -863,7 +881,7 @@ def check_split(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
                 raise refuse("split", pp, f"gap: the pieces leave ({reach}, {lo}) uncovered")
             reach = max(reach, hi)
             child_box = _with_dim(dom.box, dim, lo, hi)
-            check_split(graph, claim, children[i], Domain(child_box, dom.phases),
+            check_split(graph, claim, children[i], Domain(child_box, dom.phases, dom.bounds),
                         f"{path}.children[{i}]", stats, depth + 1)
         if reach < phi:
             raise refuse("split", f"{path}.split.pieces", f"gap: the pieces leave ({reach}, "
@@ -890,7 +908,7 @@ def check_split(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
                 stats["leaves"] += 1
                 continue
             phases[nid][j] = sign
-            check_split(graph, claim, children[i], Domain(dom.box, phases),
+            check_split(graph, claim, children[i], Domain(dom.box, phases, dom.bounds),
                         f"{path}.children[{i}]", stats, depth + 1)
         return
     raise refuse("split", f"{path}.split.kind", f"expected 'input' or 'relu', found {kind!r}")

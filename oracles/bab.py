@@ -705,7 +705,7 @@ def _settle_leaves(chain, r, ai, af, bt, ph, idx, take, certs, stats) -> None:
 
 
 def _lookahead_choice(bc, c, margins, score, choice, lookahead, ks, offsets, split_pos, ph,
-                      open_, ai, af, bt, lo_r, hi_r, batch):
+                      open_, ai, af, bt, lo_r, hi_r, batch, fixed=None):
     """Among each open domain's `lookahead` best-scored neurons, the one whose worse child has
     the best margin: the children bounded (intermediate bounds recomputed) with the parent's
     slopes and multipliers (0 on the new constraint)."""
@@ -733,7 +733,7 @@ def _lookahead_choice(bc, c, margins, score, choice, lookahead, ks, offsets, spl
                                        for pos, tab in ai.items()},
                           alpha_final={k: t[d] for k, t in af.items()},
                           phases={pos: v[b] for pos, v in kph.items()},
-                          beta_final={pos: t[d] for pos, t in bt.items()})
+                          beta_final={pos: t[d] for pos, t in bt.items()}, fixed=fixed)
             mg = margins(r.lower)
             out.append(torch.where(r.vacuous, torch.full_like(mg, torch.inf), mg))
         vals.append(torch.cat(out))
@@ -747,7 +747,8 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
                        max_domains: int = 2_000_000, seed: int = 0, attack: bool = True,
                        tol: float = DECIDE_TOL, max_depth: int = 400, chain=None,
                        kernel_cost: float = 0.0, lookahead: int = 8,
-                       per_row_inter: bool = True) -> BabResult:
+                       per_row_inter: bool = True, fix_inter: bool = False,
+                       progress=None) -> BabResult:
     """ReLU-split branch and bound over batches of domains (beta-CROWN, Wang et al. 2021; as
     alpha-beta-CROWN batches it), for linear / relu chains. Per batch (the `batch` domains
     with the worst margins, stacked with their phase constraints): an exact pass with the
@@ -763,8 +764,12 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
     the parent's slopes (1: the best gap). The vertices minimising the open rows' linear
     bounds and the box centre are tried as counterexamples. A batch is not started when the
     previous one's time plus `kernel_cost` seconds per leaf (the kernel's check) would pass
-    the budget. Returns a BabResult (certificate: a `split` tree of relu splits, or one
-    leaf)."""
+    the budget. With `fix_inter` the intermediate bounds are the root's (alpha-CROWN with
+    `root_iterations` steps), certified once by the root split's `intermediate` entries, which
+    the kernel hands down to every leaf (as alpha-beta-CROWN keeps them fixed in its branch and
+    bound): a domain optimises only its final rows' slopes and multipliers, and its leaf
+    certificate has no intermediate entries. `progress(stats)`, if given, is called once per
+    batch. Returns a BabResult (certificate: a `split` tree of relu splits, or one leaf)."""
     t0 = time.perf_counter()
     deadline = t0 + timeout_s
     chain = chain or load_chain(graph_path, claim.node, device, dtype)
@@ -810,6 +815,11 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
         cert, _ = _leaf_cert(chain, r0, 0, ai0, af0)
         stats["leaves"] = stats["domains"] = 1
         return finish("proved", cert)
+    fixed, root_inter = None, None
+    if fix_inter:
+        fixed = {pos: (r0.relax[pos].lo[:1], r0.relax[pos].hi[:1]) for pos in bc.inter_pos}
+        root_inter = _leaf_cert(chain, r0, 0, ai0)[0].get("intermediate")
+        ai0 = {}
     # a pending domain: (phases {pos: int8 [n]}, final slopes {k: [m, n_k]}, multipliers
     # {pos: [m, n]}, intermediate slopes {pos: {k: [2 n, n_k] or [n_k]}}, depth)
     pending: dict[int, tuple] = {0: ({pos: torch.zeros(w, dtype=torch.int8, device=dev)
@@ -835,6 +845,8 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
         bn = len(take)
         stats["domains"] += bn
         stats["batches"] += 1
+        if progress is not None:
+            progress(stats)
         ph = {pos: torch.stack([d[0][pos] for d in doms]) for pos in widths}
         af = {k: torch.stack([d[1][k] for d in doms]) for k in af0}
         bt = {pos: torch.stack([d[2][pos] for d in doms]) for pos in widths}
@@ -842,7 +854,7 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
               for pos, tab in ai0.items()}
         lo, hi = lo_r.expand(bn, -1), hi_r.expand(bn, -1)
         r = bc.bounds(lo, hi, c, plain=False, alpha_inter=ai, alpha_final=af, phases=ph,
-                      beta_final=bt)
+                      beta_final=bt, fixed=fixed)
         live = torch.nonzero(~r.vacuous & (margins(r.lower) <= 0)).reshape(-1)
         if iterations > 0 and len(live):
             # every slope and the final rows' multipliers, warm-started from the parent; the
@@ -852,7 +864,8 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
                 phases={pos: v[live] for pos, v in ph.items()},
                 init_inter={pos: {k: t[live] for k, t in tab.items()} for pos, tab in ai.items()},
                 init_final={k: t[live] for k, t in af.items()},
-                init_beta={pos: t[live] for pos, t in bt.items()}, beta_lr=beta_lr)
+                init_beta={pos: t[live] for pos, t in bt.items()}, beta_lr=beta_lr,
+                fixed=fixed)
             _settle_leaves(chain, r, ai, af, bt, ph, torch.nonzero(
                 r.vacuous | (margins(r.lower) > 0)).reshape(-1), take, certs, stats)
             r, ai, af, bt = ro, rio, rfo, ro.betas
@@ -898,7 +911,8 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
         choice = score.argmax(dim=1)
         if lookahead > 1:
             choice = _lookahead_choice(bc, c, margins, score, choice, lookahead, ks, offsets,
-                                       split_pos, ph, open_, ai, af, bt, lo_r, hi_r, batch)
+                                       split_pos, ph, open_, ai, af, bt, lo_r, hi_r, batch,
+                                       fixed)
         choice = choice.tolist()
         for t, i in enumerate(open_.tolist()):
             if score[t, choice[t]] < 0:
@@ -925,4 +939,7 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
             stats["relu_splits"] += 1
             stats["max_depth"] = max(stats["max_depth"], depth + 1)
         last = time.perf_counter() - now
-    return finish("proved", _tree(certs, splits))
+    tree = _tree(certs, splits)
+    if root_inter and tree["rule"] == "split":
+        tree["intermediate"] = root_inter
+    return finish("proved", tree)

@@ -1432,7 +1432,7 @@ class BatchChain:
     def bounds(self, lo, hi, c, plain: bool = True, crown_inter: bool = True, select=None,
                alpha_inter: dict | None = None, alpha_final: dict | None = None,
                diff: bool = False, phases: dict | None = None,
-               beta_final: dict | None = None) -> BatchBounds:
+               beta_final: dict | None = None, fixed: dict | None = None) -> BatchBounds:
         """IBP, CROWN with IBP intermediates (`plain`) and CROWN with CROWN intermediates of the
         rows c [m, n_out] over the boxes [lo, hi] ([B, n_in] each). alpha_inter {pos: {relu
         layer k: [B, n_k], shared by the node's rows, or [B, 2 n, n_k] per row: e_j for every
@@ -1444,7 +1444,10 @@ class BatchChain:
         -1: z <= 0, 0: none), applied as the kernel does (after the CROWN bounds, which are
         computed for the neurons unstable before them); a domain whose interval empties is
         `vacuous`. beta_final {pos: [B, m, n]}: multipliers of the final rows for the phase
-        constraints on node pos (beta-CROWN; entries where the phase is 0 have no effect)."""
+        constraints on node pos (beta-CROWN; entries where the phase is 0 have no effect).
+        fixed {pos: (lo, hi) [1 or B, n]}: bounds certified on a larger domain (a split node's
+        `intermediate` entries, which the kernel hands down to the node's subtree): the interval
+        replay is intersected with them and no CROWN bounds are computed there."""
         n = len(self.steps)
         batch = lo.shape[0]
         ctx = torch.enable_grad() if diff else torch.no_grad()
@@ -1464,10 +1467,15 @@ class BatchChain:
                 cur_lo, cur_hi = self._ibp_step(k, cur_lo, cur_hi)
                 pos = k + 1
                 sign = phases.get(pos) if phases else None
+                if fixed and pos in fixed:
+                    cur_lo = torch.maximum(cur_lo, fixed[pos][0])
+                    cur_hi = torch.minimum(cur_hi, fixed[pos][1])
                 uns = (cur_lo < 0) & (cur_hi > 0)
-                if not crown_inter or pos not in self.inter_pos or not bool(uns.any()):
-                    if sign is not None:
-                        cur_lo, cur_hi = _apply_signs(cur_lo, cur_hi, sign)
+                if (not crown_inter or pos not in self.inter_pos or not bool(uns.any())
+                        or (fixed and pos in fixed)):
+                    if sign is not None or (fixed and pos in fixed):
+                        if sign is not None:
+                            cur_lo, cur_hi = _apply_signs(cur_lo, cur_hi, sign)
                         vac |= (cur_lo > cur_hi).any(dim=1)
                         cur_hi = torch.maximum(cur_hi, cur_lo)
                     continue
@@ -1518,7 +1526,7 @@ class BatchChain:
                  base: BatchBounds | None = None, phases: dict | None = None,
                  init_inter: dict | None = None, init_final: dict | None = None,
                  init_beta: dict | None = None, beta_lr: float = 0.05,
-                 per_row_inter: bool = False):
+                 per_row_inter: bool = False, fixed: dict | None = None):
         """alpha-CROWN over a batch: lower slopes of the final rows (per row) and of every
         intermediate bound (one list per relu per intermediate node, shared by its rows; per-row
         lists cost the kernel much more for little gain) optimised by
@@ -1529,15 +1537,16 @@ class BatchChain:
         multiples of 2^-16; the result's `betas`). per_row_inter: one intermediate slope list
         per row (tighter, dearer for the kernel). `init_inter` / `init_final` warm-start the
         slopes (layouts of the returned ones); `base` must be the bounds at the starting point.
+        `fixed`: as in `bounds` (no intermediate slopes there).
         Returns (BatchBounds, alpha_inter, alpha_final)."""
         batch = lo.shape[0]
         m = c.shape[0]
         if base is None:
             base = self.bounds(lo, hi, c, plain=False, phases=phases, alpha_inter=init_inter,
-                               alpha_final=init_final, beta_final=init_beta)
+                               alpha_final=init_final, beta_final=init_beta, fixed=fixed)
         relus = sorted(base.relax)
         pi, pf = {}, {}
-        for pos in self.inter_pos:
+        for pos in (p for p in self.inter_pos if p not in (fixed or {})):
             tab = {}
             for k in relus:
                 if k < pos:
@@ -1564,7 +1573,7 @@ class BatchChain:
         opt_b = _Adam(list(pb.values()), beta_lr, upper=None)
         for _ in range(iterations):
             r = self.bounds(lo, hi, c, plain=False, alpha_inter=pi, alpha_final=pf, diff=True,
-                            phases=phases, beta_final=pb or None)
+                            phases=phases, beta_final=pb or None, fixed=fixed)
             with torch.no_grad():
                 mg = margin(r.lower)
                 imp = mg > best_m
@@ -1590,5 +1599,5 @@ class BatchChain:
             rf = {k: _round_alpha(t) for k, t in best_f.items()}
             rb = {pos: _round_beta(t) for pos, t in best_b.items()}
             r = self.bounds(lo, hi, c, plain=False, alpha_inter=ri, alpha_final=rf,
-                            phases=phases, beta_final=rb or None)
+                            phases=phases, beta_final=rb or None, fixed=fixed)
         return r, ri, rf

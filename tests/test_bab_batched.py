@@ -1,21 +1,30 @@
 """Batched relu-split branch and bound (oracles/bab.py `prove_relu_batched`; beta-CROWN leaves):
 it proves a robustness claim that needs relu splits, the kernel accepts the certificate, the
 split tree stays within the kernel's depth limit; a false claim gets a counterexample or no
-proof, never a certificate the kernel accepts."""
+proof, never a certificate the kernel accepts. With the root's intermediate bounds fixed, the
+root split's entries are proved once and serve its subtree only: leaves without them, entries
+moved to one child, a bound one 2^-40 step past the kernel's and malformed entries are
+rejected."""
 
+import copy
 from fractions import Fraction
 
 import pytest
 import torch
+from flint import fmpq
+from rule_helpers import enc, rejected
 
-from kernel_checker import KernelError
+from kernel_checker import KernelError, crown
 from kernel_checker.crown import MAX_SPLIT_DEPTH
+from kernel_checker.rules import box_interval
+from kernel_checker.tensor import numel
 from oracles import bounds_torch as bt
 from oracles.bab import prove_relu_batched
 from stdlib import robustness
 from tl_dsl import proof
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+ULP = Fraction(1, 2**40)
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +93,112 @@ def test_batched_relu_bab_never_proves_a_false_claim(net):
         if res.status == "counterexample":
             y = chain.forward(chain.tensor(res.point.reshape(-1))[None])[0]
             assert int(torch.argmax(y)) != label
+
+
+# ---------------------------------------------------------------------------------------------
+# intermediate bounds fixed at the root (`fix_inter`): the root split's `intermediate` entries,
+# proved once on the root's domain, are handed down to every leaf (kernel: rule `split`)
+
+
+@pytest.fixture(scope="module")
+def fixed(net):
+    """A relu-split certificate whose leaves rely on the root's intermediate bounds."""
+    built, chain, x0, label = net
+    claim = robustness.robust(built.graph, x0, 0.22, label)
+    res = prove_relu_batched(built.path, claim, timeout_s=60, batch=4, chain=chain,
+                             fix_inter=True)
+    assert res.status == "proved", res.stats
+    return built, claim, res
+
+
+def _leaves(cert) -> list:
+    out, stack = [], [cert]
+    while stack:
+        node = stack.pop()
+        if node.get("rule") == "split":
+            stack.extend(node["children"])
+        else:
+            out.append(node)
+    return out
+
+
+def _exact_root_bounds(graph, claim, entry) -> list:
+    """The kernel's exact bounds of the entry's claimed sides on the claim's box (lower bounds
+    first, then upper bounds, in `indices` order), as the kernel proves them."""
+    dom = crown.Domain(box_interval(claim.input_set.as_box(), graph.the_input("t", "t").shape))
+    nodes = crown.ancestors(graph, entry["node"], "crown")
+    n = numel(graph.by_id[entry["node"]].shape)
+    idx = entry.get("indices", list(range(n)))
+    sides = [(k, 1) for k in range(len(idx)) if entry["lo"][k] is not None]
+    sides += [(k, -1) for k in range(len(idx)) if entry["hi"][k] is not None]
+    rows = [[fmpq(sign) if i == idx[k] else fmpq(0) for i in range(n)] for k, sign in sides]
+    values = crown.forward(graph, nodes, dom, {})
+    lows = crown.lower_bounds(graph, nodes, values, dom, rows, entry, "crown", "t")
+    return [(k, sign, sign * Fraction(int(v.p), int(v.q))) for (k, sign), v in zip(sides, lows)]
+
+
+def test_fixed_root_bounds_are_proved_once_and_leaves_carry_none(fixed):
+    built, claim, res = fixed
+    cert = res.certificate
+    assert cert["rule"] == "split" and cert["intermediate"]
+    leaves = _leaves(cert)
+    assert len(leaves) == res.stats["leaves"] >= 2
+    assert not any(leaf.get("intermediate") for leaf in leaves)
+    assert any(leaf.get("beta") for leaf in leaves)
+    thm = proof.check(claim, cert, built.graph)
+    assert thm.rule == "split" and not thm.assumptions
+
+
+def test_leaves_without_the_root_bounds_are_rejected(fixed):
+    built, claim, res = fixed
+    cert = copy.deepcopy(res.certificate)
+    del cert["intermediate"]
+    with pytest.raises(KernelError) as info:
+        proof.check(claim, cert, built.graph)
+    assert info.value.rule == "crown" and info.value.path.startswith("claim"), info.value
+
+
+def test_root_bounds_hold_below_the_split_that_proves_them_only(fixed):
+    """Entries moved from the root to its first child are proved there and serve that subtree
+    only: the second child's leaves fail without them."""
+    built, claim, res = fixed
+    cert = copy.deepcopy(res.certificate)
+    inter = cert.pop("intermediate")
+    assert not any(child.get("intermediate") for child in cert["children"])
+    cert["children"][0]["intermediate"] = inter  # a split or a leaf: both take entries
+    with pytest.raises(KernelError) as info:
+        proof.check(claim, cert, built.graph)
+    assert info.value.rule == "crown", info.value
+    cert["children"][1]["intermediate"] = inter
+    assert proof.check(claim, cert, built.graph).rule == "split"
+
+
+def test_a_root_bound_one_step_past_the_kernel_bound_is_rejected(fixed):
+    built, claim, res = fixed
+    cert = copy.deepcopy(res.certificate)
+    entry = cert["intermediate"][0]
+    exact = _exact_root_bounds(built.graph, claim, entry)
+    k, sign, bound = next(s for s in exact if s[1] == 1)
+    key = "lo"
+    entry[key][k] = enc(bound)  # the kernel's own bound: still accepted
+    assert proof.check(claim, cert, built.graph).rule == "split"
+    entry[key][k] = enc(bound + ULP)
+    rejected(claim, cert, built.graph, rule="crown", path=f"certificate.intermediate[0].lo[{k}]",
+             contains="above the kernel's bound")
+    entry[key][k] = enc(bound)
+    k, sign, bound = next(s for s in exact if s[1] == -1)
+    entry["hi"][k] = enc(bound - ULP)
+    rejected(claim, cert, built.graph, rule="crown", path=f"certificate.intermediate[0].hi[{k}]",
+             contains="below the kernel's bound")
+
+
+@pytest.mark.parametrize("bad, path, fragment", [
+    ("x", "certificate.intermediate", "expected a list"),
+    ([{"node": "nope", "lo": ["0"], "hi": ["0"]}], "certificate.intermediate[0].node",
+     "expected an ancestor"),
+])
+def test_malformed_split_intermediate_is_rejected(fixed, bad, path, fragment):
+    built, claim, res = fixed
+    cert = copy.deepcopy(res.certificate)
+    cert["intermediate"] = bad
+    rejected(claim, cert, built.graph, rule="crown", path=path, contains=fragment)
