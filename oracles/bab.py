@@ -860,7 +860,8 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
             # every slope and the final rows' multipliers, warm-started from the parent; the
             # other domains are leaves already
             ro, rio, rfo = bc.optimise(
-                lo[live], hi[live], c, objective, margins, iterations, lr, base=r.take(live),
+                lo_r.expand(len(live), -1), hi_r.expand(len(live), -1), c, objective, margins,
+                iterations, lr, base=r.take(live),
                 phases={pos: v[live] for pos, v in ph.items()},
                 init_inter={pos: {k: t[live] for k, t in tab.items()} for pos, tab in ai.items()},
                 init_final={k: t[live] for k, t in af.items()},
@@ -872,7 +873,7 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
             ph = {pos: v[live] for pos, v in ph.items()}
             take = [take[i] for i in live.tolist()]
             doms = [doms[i] for i in live.tolist()]
-            lo, hi = lo[live], hi[live]
+            lo, hi = lo_r.expand(len(live), -1), hi_r.expand(len(live), -1)
         with torch.no_grad():
             record: dict = {}
             lower, a_in, _ = bc.backward(c, n - 1, r.relax, lo, hi, None, af,

@@ -1319,6 +1319,9 @@ class BatchChain:
         if st[0] == "relu":
             return lo.clamp(min=0), hi.clamp(min=0)
         _, w, b, wa = st
+        if lo.shape[0] > 1 and lo.stride(0) == 0 and hi.stride(0) == 0:  # one box, expanded
+            out = self._ibp_step(k, lo[:1], hi[:1])
+            return tuple(t.expand(lo.shape[0], -1) for t in out)
         mid, rad = (lo + hi) / 2, (hi - lo) / 2
         c = mid @ w.T + b
         r = rad @ wa.T
