@@ -4,7 +4,9 @@ claims plain CROWN and alpha-CROWN cannot prove are accepted, and so are hand-bu
 and relu splits with an empty child; pieces that leave a single dyadic point uncovered, reach
 outside the parent or miss its end, leaves raised one 2^-40 step past the kernel's exact bound,
 leaves made for another piece or spec, and relu splits on the wrong node or index are rejected
-naming the rule and the certificate field. Split bundles re-check in a fresh process."""
+naming the rule and the certificate field. Split bundles re-check in a fresh process. A split's
+`intermediate` bound lets ibp leaves below it hold, serves its own subtree only, and is rejected
+one 2^-40 step past the kernel's bound."""
 
 import copy
 import json
@@ -562,3 +564,61 @@ def test_split_of_a_claim_about_the_input_node_is_a_kernel_error(net):
         assert err.rule in ("crown", "split"), err
         return
     assert thm.level == Level.PROVED
+
+
+# ---------------------------------------------------------------------------------------------
+# a split's `intermediate` entries: proved on the split's domain, handed down to its subtree
+
+
+@pytest.fixture(scope="module")
+def absdiff(kit):
+    """y = relu(s_0), s_i = relu(x0 - x1) + relu(x1 - x0) = |x0 - x1| on [0, 1]^2: interval
+    replay gives y <= 2, while CROWN proves s_0 <= 1 (exactly: a chain the block route takes)."""
+    g = GraphBuilder()
+    h = g.input([2])
+    h = g.linear(h, np.array([[1, -1], [-1, 1]], dtype=np.float32),
+                 np.zeros(2, dtype=np.float32), name="d")
+    h = g.relu(h)
+    h = g.linear(h, np.ones((2, 2), dtype=np.float32), np.zeros(2, dtype=np.float32), name="s")
+    h = g.relu(h)
+    h = g.linear(h, np.array([[1, 0]], dtype=np.float32), np.zeros(1, dtype=np.float32),
+                 name="y")
+    g.output(h)
+    built = kit.save(g, "absdiff")
+    claim = claims.bounds(built.graph, claims.box([0, 0], [1, 1]), [-1], [1], node="y")
+    return built.graph, claim
+
+
+def _ibp_pair(inter=None, pieces=(("0", "1/2"), ("1/2", "1"))):
+    """An input split of dim 0 into two pieces (by default halves), both leaves ibp."""
+    cert = {"rule": "split", "split": {"kind": "input", "dim": 0,
+                                       "pieces": [list(p) for p in pieces]},
+            "children": [{"rule": "ibp"}, {"rule": "ibp"}]}
+    if inter is not None:
+        cert["intermediate"] = inter
+    return cert
+
+
+WHOLE = (("0", "1"), ("0", "1"))  # two pieces, each the whole box (they cover it)
+
+
+S_LE_1 = [{"node": "s", "indices": [0], "lo": [None], "hi": ["1"]}]
+
+
+def test_ibp_leaves_hold_by_the_bound_their_split_proves(absdiff):
+    g, claim = absdiff
+    rejected(claim, _ibp_pair(), g, rule="ibp", path="claim.hi[0]")
+    accepted(claim, _ibp_pair(S_LE_1), g)
+    # the same bound proved in one child serves that child's subtree only
+    cert = _ibp_pair(pieces=WHOLE)
+    cert["children"][0] = _ibp_pair(S_LE_1, WHOLE)
+    rejected(claim, cert, g, rule="ibp", path="claim.hi[0]")
+    cert["children"][1] = _ibp_pair(S_LE_1, WHOLE)
+    accepted(claim, cert, g)
+
+
+def test_a_split_bound_one_step_too_tight_is_rejected(absdiff):
+    g, claim = absdiff
+    tight = [{"node": "s", "indices": [0], "lo": [None], "hi": [enc(1 - ULP)]}]
+    rejected(claim, _ibp_pair(tight), g, rule="crown",
+             path="certificate.intermediate[0].hi[0]", contains="below the kernel's bound")
