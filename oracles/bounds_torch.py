@@ -1470,15 +1470,15 @@ class BatchChain:
                 cur_lo, cur_hi = self._ibp_step(k, cur_lo, cur_hi)
                 pos = k + 1
                 sign = phases.get(pos) if phases else None
-                if fixed and pos in fixed:
+                held = bool(fixed) and pos in fixed
+                if held:
                     cur_lo = torch.maximum(cur_lo, fixed[pos][0])
                     cur_hi = torch.minimum(cur_hi, fixed[pos][1])
                 uns = (cur_lo < 0) & (cur_hi > 0)
-                if (not crown_inter or pos not in self.inter_pos or not bool(uns.any())
-                        or (fixed and pos in fixed)):
-                    if sign is not None or (fixed and pos in fixed):
-                        if sign is not None:
-                            cur_lo, cur_hi = _apply_signs(cur_lo, cur_hi, sign)
+                if not crown_inter or pos not in self.inter_pos or held or not bool(uns.any()):
+                    if sign is not None:
+                        cur_lo, cur_hi = _apply_signs(cur_lo, cur_hi, sign)
+                    if sign is not None or held:
                         vac |= (cur_lo > cur_hi).any(dim=1)
                         cur_hi = torch.maximum(cur_hi, cur_lo)
                     continue

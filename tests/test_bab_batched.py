@@ -44,14 +44,22 @@ def _depth(cert) -> int:
     return out
 
 
-def _splits(cert) -> list:
+def _nodes(cert) -> list:
+    """Every node of a certificate tree (iterative)."""
     out, stack = [], [cert]
     while stack:
-        node = stack.pop()
-        if node.get("rule") == "split":
-            out.append(node["split"])
-            stack.extend(node["children"])
+        out.append(stack.pop())
+        if out[-1].get("rule") == "split":
+            stack.extend(out[-1]["children"])
     return out
+
+
+def _splits(cert) -> list:
+    return [node["split"] for node in _nodes(cert) if node.get("rule") == "split"]
+
+
+def _leaves(cert) -> list:
+    return [node for node in _nodes(cert) if node.get("rule") != "split"]
 
 
 def test_batched_relu_bab_proves_a_claim_that_needs_splits(net):
@@ -73,13 +81,7 @@ def test_batched_relu_bab_leaves_carry_multipliers(net):
     built, chain, x0, label = net
     claim = robustness.robust(built.graph, x0, 0.22, label)
     res = prove_relu_batched(built.path, claim, timeout_s=60, batch=4, chain=chain)
-    stack, betas = [res.certificate], []
-    while stack:
-        node = stack.pop()
-        if node.get("rule") == "split":
-            stack.extend(node["children"])
-        else:
-            betas += node.get("beta", [])
+    betas = [b for leaf in _leaves(res.certificate) for b in leaf.get("beta", [])]
     assert betas and all(Fraction(v) >= 0 for b in betas for v in b["values"])
 
 
@@ -109,17 +111,6 @@ def fixed(net):
                              fix_inter=True)
     assert res.status == "proved", res.stats
     return built, claim, res
-
-
-def _leaves(cert) -> list:
-    out, stack = [], [cert]
-    while stack:
-        node = stack.pop()
-        if node.get("rule") == "split":
-            stack.extend(node["children"])
-        else:
-            out.append(node)
-    return out
 
 
 def _exact_root_bounds(graph, claim, entry) -> list:

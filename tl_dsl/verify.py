@@ -53,8 +53,9 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
     relu chains (ACAS Xu-like) go straight to batched input-split branch and bound, which tries
     IBP and CROWN on the whole box first and attacks along the way; other nets try an attack,
     IBP, CROWN and alpha-CROWN on the whole box, then branch and bound: batched relu splits
-    with the root's intermediate bounds for linear / relu chains, else one domain at a time. `progress(stats)`
-    receives the branch and bound's counts as it goes (in this process only)."""
+    with the root's intermediate bounds for linear / relu chains, else one domain at a time.
+    `progress(stats)` receives the branch and bound's counts as it goes (in this process
+    only)."""
     import torch
 
     from oracles.bab import prove_input_split, prove_relu_batched, prove_with_bab
