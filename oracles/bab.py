@@ -809,18 +809,19 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
     def objective(lower):
         return _relu_objective(spec, lower, thr)
 
-    def vertex_attack(r):
-        """The box centre and, per row, the vertex minimising the row's linear bound of r."""
-        return breaks(torch.cat([(lo_r + hi_r) / 2,
-                                 torch.where(r.a_input[0] > 0, lo_r, hi_r)]))
+    def vertex_attack(a_in):
+        """The box centre and, per domain and row of the input coefficients a_in [B, m, n_in]
+        (every domain has the root's box), the vertex minimising the row's linear bound."""
+        return breaks(torch.cat([(lo_r + hi_r) / 2, torch.where(
+            a_in > 0, lo_r, hi_r).reshape(-1, lo_r.shape[1])]))
 
     # the root's vertices under CROWN, then under alpha-CROWN (cheap counterexamples first)
-    point = vertex_attack(bc.bounds(lo_r, hi_r, c, plain=False)) if attack else None
+    point = vertex_attack(bc.bounds(lo_r, hi_r, c, plain=False).a_input) if attack else None
     if point is not None:
         return finish("counterexample", point=point)
     r0, ai0, af0 = bc.optimise(lo_r, hi_r, c, objective, margins, iterations=root_iterations,
                                lr=0.25, per_row_inter=per_row_inter)
-    point = vertex_attack(r0) if attack and not bool(margins(r0.lower)[0] > 0) else None
+    point = vertex_attack(r0.a_input) if attack and not bool(margins(r0.lower)[0] > 0) else None
     if point is not None:
         return finish("counterexample", point=point)
     if bool(r0.vacuous[0]) or bool(margins(r0.lower)[0] > 0):
@@ -897,10 +898,7 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
         open_ = torch.nonzero(~proved).reshape(-1)
         if not len(open_):
             continue
-        olo, ohi = lo[open_], hi[open_]
-        # the box centre and, per row of each open domain, the vertex minimising its bound
-        point = breaks(torch.cat([(olo[:1] + ohi[:1]) / 2, torch.where(
-            a_in[open_] > 0, olo[:, None], ohi[:, None]).reshape(-1, olo.shape[1])]))
+        point = vertex_attack(a_in[open_])
         if point is not None:
             return finish("counterexample", point=point)
         # split scores: relaxation gaps on the open rows (each open polytope's best row)
