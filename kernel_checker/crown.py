@@ -26,7 +26,7 @@ earlier relus' unstable neurons U_p (an active neuron passes z on and an inactiv
 both certified on the domain). A row c on z starts as c T, c B, c P_p; deepest first, each
 relu's coefficients v on h_p[U_p] are relaxed as above and replaced by the blocks of the rows U_p
 of z_p. With slopes shared by the rows this is exact, by integer matrix products:
-v * slope = (v (alpha + s) + |v| (alpha - s)) / 2; with per-row slopes it rounds as above.
+v * slope = v alpha + min(v, 0) (s - alpha); with per-row slopes it rounds as above.
 """
 
 from dataclasses import dataclass, field
@@ -283,10 +283,10 @@ def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, s
     sel = mat * pick
     cols = sel.entries()
     new = _products(cols, rows, s, lows, shared)
-    extra = _intercepts(sel, cols, t_nums)[1]
+    extra = _intercepts(rows, k, cols, t_nums)[1]
     parts.append((fmpz_mat(rows, k, new), pick.transpose()))
     err = sc * sum(max(-z.lo[j], z.hi[j]) for j in unstable) / (2 * z.den)
-    return parts, sc, _less(_plus(const, extra, sc / (2 * t_den)), err), bits + grow
+    return parts, sc, _less(_plus(const, extra, sc / t_den), err), bits + grow
 
 
 def _slopes(relu_id: str, z: Interval, unstable: list, rows: int, cert: dict, rule: str,
@@ -315,10 +315,11 @@ def _slopes(relu_id: str, z: Interval, unstable: list, rows: int, cert: dict, ru
         ("alpha", relu_id)])
 
 
-def _intercepts(a: fmpz_mat, cols: list, t_nums: list) -> tuple[fmpz_mat, list]:
-    """(|a|, per row sum of (v - |v|) t = 2 min(v, 0) t: negative v take the intercepts t)."""
-    mag = fmpz_mat(a.nrows(), a.ncols(), list(map(abs, cols)))  # cols: a's entries
-    return mag, ((a - mag) * fmpz_mat(len(t_nums), 1, t_nums)).entries()
+def _intercepts(rows: int, k: int, cols: list, t_nums: list) -> tuple[fmpz_mat, list]:
+    """(min(a, 0), per row sum of min(v, 0) t: negative v take the intercepts t), `cols` being
+    the entries of a (rows x k)."""
+    neg = fmpz_mat(rows, k, [v if v < 0 else 0 for v in cols])
+    return neg, (neg * fmpz_mat(len(t_nums), 1, t_nums)).entries()
 
 
 def _products(cols: list, rows: int, s: list, lows: list, shared: bool) -> list:
@@ -408,6 +409,8 @@ def _shrink(out, rows: int, sc: fmpq, const: list, z: Interval) -> tuple:
 
 def _sum(m1: fmpz_mat, s1: fmpq, b1: int, m2: fmpz_mat, s2: fmpq, b2: int) -> tuple:
     """m1 * s1 + m2 * s2 as (matrix, scale, bits)."""
+    if s1 == s2:
+        return m1 + m2, s1, max(b1, b2) + 1
     ratio = s1 / s2  # usually one scale is a multiple of the other (dyadic weights and slopes)
     common = s2 if ratio.q == 1 else s1 if ratio.p == 1 else fmpq(
         fmpz(s1.p).gcd(s2.p), lcm(int(s1.q), int(s2.q)))
@@ -474,11 +477,9 @@ def _start(rows, n: int) -> tuple:
 def _concretise(mat: fmpz_mat, sc: fmpq, const: list, box: Interval) -> list[fmpq]:
     """Each row's minimum of mat * sc . x over the box, plus its constant."""
     n_in = len(box.lo)
-    at_lo = (mat * fmpz_mat(n_in, 1, box.lo)).entries()
-    width = [b - a for a, b in zip(box.lo, box.hi, strict=True)]
-    entries = mat.entries()
-    mins = [a + sum([v * w for v, w in zip(entries[r * n_in:(r + 1) * n_in], width) if v < 0])
-            for r, a in enumerate(at_lo)]
+    width = fmpz_mat(n_in, 1, [b - a for a, b in zip(box.lo, box.hi, strict=True)])
+    neg = fmpz_mat(mat.nrows(), n_in, [v if v < 0 else 0 for v in mat.entries()])
+    mins = (mat * fmpz_mat(n_in, 1, box.lo) + neg * width).entries()
     return _values(_plus(const, mins, sc / box.den), mat.nrows())
 
 
@@ -655,6 +656,19 @@ def _diag(values: list) -> fmpz_mat:
     return out
 
 
+def _diags(memo: dict, p: str, alphas: list, s: list) -> tuple:
+    """diag(alpha), diag(s - alpha) over their common denominator, kept in memo with the very
+    slope lists they came from (reused only for those same lists)."""
+    hit = memo.get(("diags", p))
+    if hit is None or hit[0] is not alphas or hit[1] is not s:
+        nums, den = common_denominator(alphas + s)
+        k = len(s)
+        hit = (alphas, s, _diag(nums[:k]), _diag([y - x for x, y in zip(nums[:k], nums[k:])]),
+               den)
+        memo[("diags", p)] = hit
+    return hit[2:]
+
+
 def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows, cert: dict,
                        rule: str, path: str) -> list[fmpq]:
     """backward_lower_bounds on a chain (`_chain`), with the same relaxations, from the affine
@@ -677,13 +691,11 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
             sh = COEF_BITS - int(fmpz(max(max(cols), -min(cols))).bit_length())
             if sh > 0:  # enough bits that rounding to integers costs ~2^-COEF_BITS
                 a, cols, sa = a * (1 << sh), [v << sh for v in cols], sa / (1 << sh)
-        mag, extra = _intercepts(a, cols, t_nums)
-        const = _plus(const, extra, sa / (2 * t_den))
-        if shared:  # slopes per neuron: v slope = (v (alpha + s) + |v| (alpha - s)) / 2 exactly
-            nums, den = common_denominator(lows[0] + s)
-            plus = _diag([x + y for x, y in zip(nums[:k], nums[k:])])
-            minus = _diag([x - y for x, y in zip(nums[:k], nums[k:])])
-            delta, sa = a * plus + mag * minus, sa / (2 * den)
+        neg, extra = _intercepts(r, k, cols, t_nums)
+        const = _plus(const, extra, sa / t_den)
+        if shared:  # slopes per neuron: v slope = v alpha + min(v, 0) (s - alpha) exactly
+            alpha, rise, den = _diags(state["memo"], p, lows[0], s)
+            delta, sa = a * alpha + neg * rise, sa / den
         else:
             const = _less(const, sa * sum(max(-z.lo[j], z.hi[j]) for j in uns) / (2 * z.den))
             delta = fmpz_mat(r, k, _products(cols, r, s, lows, shared))
@@ -733,11 +745,14 @@ def _certify(nodes: list[Node], entry: tuple, path: str, lower, values: dict) ->
             raise refuse("crown", f"{path}.{key}[{k}]", f"claimed {name} bound {given[k]} of "
                          f"neuron {idx[k]} is {where} the kernel's bound {approx_text(sign * low)}")
     cur = values[nodes[-1].id]
-    full = [[fmpq(v, cur.den) for v in cur.lo], [fmpq(v, cur.den) for v in cur.hi]]
+    d = cur.den
+    for q in {int(given[k].q) for k, _, _, given, _, _ in sides}:
+        d = lcm(d, q)
+    f = d // cur.den
+    full = [[v * f for v in cur.lo], [v * f for v in cur.hi]]
     for k, sign, _, given, _, _ in sides:
-        full[sign < 0][idx[k]] = given[k]
-    nums, d = common_denominator(full[0] + full[1])
-    return nums[:len(cur.lo)], nums[len(cur.lo):], d
+        full[sign < 0][idx[k]] = int(given[k].p) * (d // int(given[k].q))
+    return full[0], full[1], d
 
 
 def _sides(value, path: str, n: int) -> list:
