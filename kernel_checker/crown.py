@@ -204,17 +204,15 @@ def _upper_lines(rule, path, relu_id, lo, hi, den, unstable, cert_upper):
                  decode_vector(entry["intercept"], f"{path}.upper.{relu_id}.intercept", rule, n))
     scale = 1 << UPPER_LINE_BITS
     for j in unstable:
-        lj, uj = fmpq(lo[j], den), fmpq(hi[j], den)
         if given is not None:
+            lj, uj = fmpq(lo[j], den), fmpq(hi[j], den)
             s, t = given[0][j], given[1][j]
             if s * lj + t < 0 or s * uj + t < uj:
                 raise refuse(rule, f"{path}.upper.{relu_id}.slope[{j}]", f"the line {s}*z + {t} "
                              f"dips below relu on [{approx_text(lj)}, {approx_text(uj)}]")
-        else:
-            s_exact = uj / (uj - lj)  # rounded up: the line only rises on [l, u]
-            s = fmpq(-((-s_exact.p * scale) // s_exact.q), scale)
-            t_exact = -s * lj
-            t = fmpq(-((-t_exact.p * scale) // t_exact.q), scale)
+        else:  # s = u / (u - l) rounded up (the line only rises on [l, u]), t = -s l rounded up
+            s_num = -((-hi[j] * scale) // (hi[j] - lo[j]))
+            s, t = fmpq(s_num, scale), fmpq(-((s_num * lo[j]) // den), scale)
         s_all[j], t_all[j] = s, t
     return s_all, t_all
 
@@ -243,8 +241,9 @@ def _alphas(rule, path, cert_alpha, relu_id, n, rows, lo, hi, den):
     return table
 
 
-def _plus(const: list, ints: list, factor: fmpq) -> list:
-    """The rows' constants are kept as terms (integers per row, factor), summed at the end."""
+def _plus(const: list, ints, factor: fmpq) -> list:
+    """The rows' constants are kept as terms (integers per row: a list or a rows x 1 matrix,
+    factor), summed at the end."""
     return [*const, (ints, factor)]
 
 
@@ -254,11 +253,14 @@ def _values(const: list, rows: int) -> list[fmpq]:
     den = 1
     for _, f in const:
         den = lcm(den, int(f.q))
-    every = sum(int(f.p) * (den // int(f.q)) for ints, f in const if ints is None)
-    terms = [(ints, int(f.p) * (den // int(f.q))) for ints, f in const if ints is not None]
-    sums = (fmpz_mat(1, len(terms), [m for _, m in terms]) *
-            fmpz_mat(len(terms), rows, [x for ints, _ in terms for x in ints])).entries()
-    return [fmpq(every + int(v), den) for v in sums]
+    every, sums = 0, fmpz_mat(rows, 1)
+    for ints, f in const:
+        m = int(f.p) * (den // int(f.q))
+        if ints is None:
+            every += m
+        else:
+            sums += (ints if isinstance(ints, fmpz_mat) else fmpz_mat(rows, 1, ints)) * m
+    return [fmpq(every + int(v), den) for v in sums.entries()]
 
 
 def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, sc: fmpq,
@@ -315,11 +317,11 @@ def _slopes(relu_id: str, z: Interval, unstable: list, rows: int, cert: dict, ru
         ("alpha", relu_id)])
 
 
-def _intercepts(rows: int, k: int, cols: list, t_nums: list) -> tuple[fmpz_mat, list]:
+def _intercepts(rows: int, k: int, cols: list, t_nums: list) -> tuple[fmpz_mat, fmpz_mat]:
     """(min(a, 0), per row sum of min(v, 0) t: negative v take the intercepts t), `cols` being
     the entries of a (rows x k)."""
     neg = fmpz_mat(rows, k, [v if v < 0 else 0 for v in cols])
-    return neg, (neg * fmpz_mat(len(t_nums), 1, t_nums)).entries()
+    return neg, neg * fmpz_mat(len(t_nums), 1, t_nums)
 
 
 def _products(cols: list, rows: int, s: list, lows: list, shared: bool) -> list:
@@ -479,7 +481,7 @@ def _concretise(mat: fmpz_mat, sc: fmpq, const: list, box: Interval) -> list[fmp
     n_in = len(box.lo)
     width = fmpz_mat(n_in, 1, [b - a for a, b in zip(box.lo, box.hi, strict=True)])
     neg = fmpz_mat(mat.nrows(), n_in, [v if v < 0 else 0 for v in mat.entries()])
-    mins = (mat * fmpz_mat(n_in, 1, box.lo) + neg * width).entries()
+    mins = mat * fmpz_mat(n_in, 1, box.lo) + neg * width
     return _values(_plus(const, mins, sc / box.den), mat.nrows())
 
 
@@ -677,7 +679,7 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
     mat, s0, _ = _start(rows, state["paths"][nid]["x"][0].nrows())
     r = mat.nrows()
     acc = {key: (mat * m, s0 * sc, 0) for key, (m, sc, _) in state["paths"][nid].items()}
-    const = [([0] * r, fmpq(0))]
+    const: list = []
     order = list(state["paths"])
     for p in reversed(order[:order.index(nid)]):
         z, uns = values[p], state["unstable"][p]
@@ -706,7 +708,7 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
         for key, (m, sc) in state["rows"][p].items():
             _give(acc, key, delta * m, sa * sc, 0)
     one, s1, _ = acc.pop("1")
-    return _concretise(*acc.pop("x")[:2], _plus(const, one.entries(), s1), box)
+    return _concretise(*acc.pop("x")[:2], _plus(const, one, s1), box)
 
 
 def _route(graph: Graph, nodes: list[Node], cert: dict, entries: list) -> dict | None:

@@ -932,3 +932,19 @@ def test_slopes_given_for_a_relu_without_unstable_neurons_are_still_checked(net)
     values = crown.forward(g, nodes, dom, {})
     with pytest.raises(KernelError, match="alpha.relu1"):
         crown.backward_lower_bounds(g, nodes, values, dom, [[q(1), q(0)]], bad, "crown", "c")
+
+
+@settings(max_examples=300, deadline=None)
+@given(lo=st.integers(-(1 << 80), -1), hi=st.integers(1, 1 << 80), den_bits=st.integers(0, 70))
+def test_default_upper_line_is_the_rounded_up_chord_and_lies_above_relu(lo, hi, den_bits):
+    """The default upper line of an unstable neuron on [l, u] = [lo, hi] / den: slope
+    u / (u - l) and intercept -s l, each rounded up to a multiple of 2^-UPPER_LINE_BITS (integer arithmetic in
+    the kernel, checked here with Fractions); it lies on or above relu at both ends."""
+    den = 1 << den_bits
+    s_map, t_map = crown._upper_lines("crown", "c", "r", [lo], [hi], den, [0], None)
+    s, t = fr(s_map[0]), fr(t_map[0])
+    scale = 1 << crown.UPPER_LINE_BITS
+    lq, u = Fraction(lo, den), Fraction(hi, den)
+    assert s * scale == -((-(u / (u - lq)) * scale) // 1)  # ceil(u / (u - l) scale)
+    assert t * scale == -((s * lq * scale) // 1)  # ceil(-s l scale)
+    assert s * lq + t >= 0 and s * u + t >= u
