@@ -112,7 +112,13 @@ def _apply_phases(iv: Interval, signs: dict) -> Interval:
 def _step(graph: Graph, node: Node, values: dict, dom: Domain, certified: dict) -> bool:
     """One node's exact interval, intersected with its certified bounds and phases; False when
     it is empty (the domain holds no point)."""
-    x = eval_node(node, [values[i] for i in node.inputs], graph)
+    args = [values[i] for i in node.inputs]
+    last = graph._cache.get(("step", node.id))  # the same input objects: the same interval
+    if last is not None and all(a is b for a, b in zip(last[0], args, strict=True)):
+        x = last[1]
+    else:
+        x = eval_node(node, args, graph)
+        graph._cache[("step", node.id)] = (args, x)  # (holding args keeps their ids unique)
     if node.id in certified:
         x = _clip(x, *certified[node.id])
     if node.id in dom.phases:

@@ -938,8 +938,9 @@ def test_slopes_given_for_a_relu_without_unstable_neurons_are_still_checked(net)
 @given(lo=st.integers(-(1 << 80), -1), hi=st.integers(1, 1 << 80), den_bits=st.integers(0, 70))
 def test_default_upper_line_is_the_rounded_up_chord_and_lies_above_relu(lo, hi, den_bits):
     """The default upper line of an unstable neuron on [l, u] = [lo, hi] / den: slope
-    u / (u - l) and intercept -s l, each rounded up to a multiple of 2^-UPPER_LINE_BITS (integer arithmetic in
-    the kernel, checked here with Fractions); it lies on or above relu at both ends."""
+    u / (u - l) and intercept -s l, each rounded up to a multiple of 2^-UPPER_LINE_BITS
+    (integer arithmetic in the kernel, checked here with Fractions); it lies on or above relu
+    at both ends."""
     den = 1 << den_bits
     s_map, t_map = crown._upper_lines("crown", "c", "r", [lo], [hi], den, [0], None)
     s, t = fr(s_map[0]), fr(t_map[0])

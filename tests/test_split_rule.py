@@ -622,3 +622,19 @@ def test_a_split_bound_one_step_too_tight_is_rejected(absdiff):
     tight = [{"node": "s", "indices": [0], "lo": [None], "hi": [enc(1 - ULP)]}]
     rejected(claim, _ibp_pair(tight), g, rule="crown",
              path="certificate.intermediate[0].hi[0]", contains="below the kernel's bound")
+
+
+def test_relu_split_children_share_the_box_but_each_replays_its_own_phase(absdiff):
+    """The kernel reuses a node's interval when its inputs are the very same objects (relu-split
+    children share their parent's box); each child still clips by its own phase: with d[0] <= 0
+    interval replay proves y <= 1, with d[0] >= 0 it cannot (CROWN's s_0 <= 1 is needed)."""
+    g, claim = absdiff
+    ibp, crown_leaf = {"rule": "ibp"}, {"rule": "crown", "intermediate": S_LE_1}
+    split = {"kind": "relu", "node": "d", "index": 0}  # children: d[0] <= 0, then d[0] >= 0
+    for kids, ok in (([ibp, ibp], False), ([ibp, crown_leaf], True), ([crown_leaf, ibp], False),
+                     ([crown_leaf, crown_leaf], True)):
+        cert = {"rule": "split", "split": split, "children": copy.deepcopy(kids)}
+        if ok:
+            accepted(claim, cert, g)
+        else:
+            rejected(claim, cert, g, rule="ibp", path="claim.hi[0]")
