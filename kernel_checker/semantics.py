@@ -25,6 +25,9 @@ SQRT_PRECISION_BITS = 96
 class Interval:
     """Element i lies in [lo[i] / den, hi[i] / den]."""
 
+    # lo and hi are never changed after construction (every op builds new lists): crown._step
+    # reuses a node's interval for the very same input objects, and relies on that.
+
     shape: tuple[int, ...]
     lo: list
     hi: list
