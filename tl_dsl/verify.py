@@ -5,6 +5,7 @@ counterexample exactly. Producers (attacks, IBP/CROWN/alpha-CROWN, branch and bo
 propose."""
 
 import concurrent.futures
+import decimal
 import os
 import sys
 import tempfile
@@ -156,24 +157,34 @@ def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
     return out
 
 
-def _decimal(q: fmpq, digits: int = 40) -> str:
-    """Exact decimal of a dyadic rational; other rationals to `digits` significant digits."""
+def _decimal(q: fmpq, digits: int = 40) -> tuple[str, bool]:
+    """(decimal text, exact): the exact decimal of a rational whose denominator is 2^a 5^b
+    (dyadic floats, VNN-LIB decimals and what affine maps and relus make of them); any other
+    rational correctly rounded (half-even) to `digits` significant digits."""
     p, d = int(q.p), int(q.q)
-    if d & (d - 1) == 0:
-        k = d.bit_length() - 1
-        text = str(abs(p) * 5**k).rjust(k + 1, "0")
-        whole, frac = text[:len(text) - k] or "0", text[len(text) - k:]
-        out = whole + ("." + frac.rstrip("0") if frac.rstrip("0") else "")
-        return ("-" if p < 0 else "") + out
-    return f"{float(q):.{digits}g}"
+    a, b, m = 0, 0, d
+    while m % 2 == 0:
+        m, a = m // 2, a + 1
+    while m % 5 == 0:
+        m, b = m // 5, b + 1
+    if m != 1:
+        ctx = decimal.Context(prec=digits, rounding=decimal.ROUND_HALF_EVEN)
+        text = format(ctx.divide(decimal.Decimal(p), decimal.Decimal(d)), "f")
+        return (text.rstrip("0").rstrip(".") if "." in text else text), False
+    k = max(a, b)  # p / d = p 2^(k-a) 5^(k-b) / 10^k
+    text = str(abs(p) * 2 ** (k - a) * 5 ** (k - b)).rjust(k + 1, "0")
+    whole, frac = text[:len(text) - k], text[len(text) - k:].rstrip("0")
+    return ("-" if p < 0 else "") + whole + ("." + frac if frac else ""), True
 
 
-def write_cex(path: str, x: tuple, y: list) -> None:
-    """VNN-COMP format: ((X_0 v) ... (Y_0 v) ...)."""
-    lines = [f"(X_{i} {_decimal(v)})" for i, v in enumerate(x)]
-    lines += [f"(Y_{j} {_decimal(v)})" for j, v in enumerate(y)]
+def write_cex(path: str, x: tuple, y: list) -> bool:
+    """VNN-COMP format: ((X_0 v) ... (Y_0 v) ...); whether every value is written exactly."""
+    xs, ys = [_decimal(v) for v in x], [_decimal(v) for v in y]
+    lines = [f"(X_{i} {t})" for i, (t, _) in enumerate(xs)]
+    lines += [f"(Y_{j} {t})" for j, (t, _) in enumerate(ys)]
     with open(path, "w") as f:
         f.write("(" + "\n ".join(lines) + ")\n")
+    return all(e for _, e in xs + ys)
 
 
 def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | None = None,
@@ -256,8 +267,7 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
             graph, kernel_checker.rules.point_interval(x, graph.the_input("v", "v").shape),
             upto=claim.node)[claim.node]
         y = [fmpq(v, y_iv.den) for v in y_iv.lo]
-        if cex:
-            write_cex(cex, x, y)
+        cex_exact = write_cex(cex, x, y) if cex else True
     print(result, file=out)
     total = time.perf_counter() - t0
     methods = ", ".join(d.method for d in decisions if d.method)
@@ -285,7 +295,9 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
             print(f"float32 reference execution (left-to-right sums, no FMA): "
                   f"{'also a counterexample' if inside else 'NOT a counterexample'}", file=out)
         if cex:
-            print(f"counterexample written to {cex}", file=out)
+            print(f"counterexample written to {cex} " + (
+                "(every value exact)" if cex_exact else "(values that are no finite decimal "
+                "rounded to 40 significant digits)"), file=out)
     for d in decisions:
         for note in d.notes:
             print(note, file=out)

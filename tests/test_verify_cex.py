@@ -1,0 +1,86 @@
+"""`tl verify --cex`: the VNN-COMP counterexample file holds the kernel-checked point and its
+exact outputs. Rationals whose denominator is 2^a 5^b (dyadic floats, VNN-LIB decimals and what
+affine maps and relus make of them) are written as their exact decimals; any other rational is
+rounded half-even to 40 significant digits and the file is reported as not exact."""
+
+import pathlib
+import re
+import subprocess
+import sys
+from fractions import Fraction
+
+import pytest
+from flint import fmpq
+from hypothesis import given
+from hypothesis import strategies as st
+
+import kernel_checker
+from stdlib.vnnlib import read_vnnlib
+from tl_dsl.verify import _decimal, load_model, write_cex
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "vnncomp2021"
+
+
+@given(p=st.integers(-10**60, 10**60), a=st.integers(0, 80), b=st.integers(0, 80))
+def test_two_five_denominators_are_written_exactly(p, a, b):
+    q = fmpq(p, 2**a * 5**b)
+    text, exact = _decimal(q)
+    assert exact and Fraction(text) == Fraction(int(q.p), int(q.q))
+    assert re.fullmatch(r"-?[0-9]+(\.[0-9]*[1-9])?", text), text  # no exponent, no trailing 0
+
+
+@given(p=st.integers(-10**30, 10**30).filter(bool), d=st.integers(2, 10**12))
+def test_other_rationals_are_rounded_to_40_significant_digits(p, d):
+    q = Fraction(p, d)
+    text, exact = _decimal(fmpq(p, d))
+    m = q.denominator  # in lowest terms
+    while m % 2 == 0:
+        m //= 2
+    while m % 5 == 0:
+        m //= 5
+    assert exact == (m == 1)
+    got = Fraction(text)
+    if exact:
+        assert got == q
+    else:  # within half a unit of the 40th significant digit
+        digits = re.sub(r"[-.]", "", text).lstrip("0")
+        assert len(digits.rstrip("0")) <= 40
+        e = len(str(abs(q.numerator) // q.denominator)) if abs(q) >= 1 else -len(
+            str(q.denominator // abs(q.numerator))) + 1
+        assert abs(got - q) <= Fraction(10) ** (e - 40) / 2
+
+
+def test_write_cex_says_whether_every_value_is_exact(tmp_path):
+    f = tmp_path / "c.txt"
+    assert write_cex(str(f), (fmpq(-328422877, 10**9), fmpq(1, 8)), [fmpq(3, 40)])
+    assert f.read_text() == "((X_0 -0.328422877)\n (X_1 0.125)\n (Y_0 0.075))\n"
+    assert not write_cex(str(f), (fmpq(1, 2),), [fmpq(1, 3)])
+    assert f.read_text().endswith("(Y_0 0.3333333333333333333333333333333333333333))\n")
+
+
+def _read_cex(text: str) -> dict:
+    return {name: Fraction(v) for name, v in re.findall(r"\(([XY]_[0-9]+) ([-0-9.]+)\)", text)}
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared benchmarks not present")
+def test_acas_counterexample_file_is_the_exact_point_and_outputs(tmp_path):
+    """ACAS Xu 1_9 prop_7 is sat; its box bounds are decimals that are no dyadics, so a point on
+    the box's faces must be written as those decimals, and the outputs exactly."""
+    onnx, prop = SHARED / "acasxu" / "ACASXU_run2a_1_9_batch_2000.onnx", SHARED / "acasxu" / (
+        "prop_7.vnnlib")
+    cex = tmp_path / "c.txt"
+    r = subprocess.run([sys.executable, "-m", "tl_dsl.cli", "verify", str(onnx), str(prop),
+                        "--cex", str(cex)], capture_output=True, text=True, timeout=300)
+    assert r.stdout.splitlines()[0] == "sat", r.stdout + r.stderr
+    assert "(every value exact)" in r.stdout
+    vals = _read_cex(cex.read_text())
+    x = [vals[f"X_{i}"] for i in range(5)]
+    region = read_vnnlib(str(prop)).regions[0]
+    assert all(Fraction(int(a.p), int(a.q)) <= v <= Fraction(int(b.p), int(b.q))
+               for v, a, b in zip(x, region.lo, region.hi))
+    graph = kernel_checker.load_graph(load_model(str(onnx), str(tmp_path / "m")))
+    pt = kernel_checker.rules.point_interval(tuple(fmpq(v.numerator, v.denominator) for v in x),
+                                             graph.the_input("v", "v").shape)
+    out = graph.outputs[0]
+    y = kernel_checker.semantics.evaluate(graph, pt, upto=out)[out]
+    assert [vals[f"Y_{j}"] for j in range(5)] == [Fraction(v, y.den) for v in y.lo]
