@@ -150,7 +150,9 @@ def parse_vnnlib(text: str, max_disjuncts: int = 100_000) -> Property:
         expected = sorted(getattr(err, "expected", None) or getattr(err, "allowed", None) or [])
         found = getattr(err, "token", None)
         raise VnnlibError(f"line {err.line}, column {err.column}: syntax error"
-                          + (f", found {str(found)!r}" if isinstance(found, Token) else "")
+                          + (f", found {str(found)!r}" if isinstance(found, Token) and str(found)
+                             else ", found the end of the input" if isinstance(found, Token)
+                             else "")
                           + (f"; expected one of {expected}" if expected else "")
                           + "\n" + err.get_context(text)) from None
     t = _ToLinear()

@@ -50,6 +50,12 @@ def test_syntax_error_names_line_and_column():
         parse_vnnlib(HEAD + "(assert (<= X_0))")
 
 
+def test_a_document_cut_short_says_the_input_ended():
+    with pytest.raises(VnnlibError, match=r"line 5, column 20: syntax error, found the end of "
+                       r"the input; expected one of \['LPAR', 'RPAR'\]"):
+        parse_vnnlib(HEAD + "(assert (<= X_0 0.5)")
+
+
 @pytest.mark.parametrize("body, message", [
     ("(assert (<= (+ X_0 X_1) 1))", "several variables"),
     ("(assert (<= X_0 Y_0))", "mixing inputs and outputs"),
