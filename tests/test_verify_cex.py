@@ -1,14 +1,18 @@
 """`tl verify --cex`: the VNN-COMP counterexample file holds the kernel-checked point and its
 exact outputs. Rationals whose denominator is 2^a 5^b (dyadic floats, VNN-LIB decimals and what
 affine maps and relus make of them) are written as their exact decimals; any other rational is
-rounded half-even to 40 significant digits and the file is reported as not exact."""
+rounded half-even to 40 significant digits and the file is reported as not exact. Whether the
+point also breaks float32 execution is decided exactly: the float32 input nearest to the point
+inside the box (no double rounding), with finite outputs inside an unsafe polytope."""
 
 import pathlib
 import re
 import subprocess
 import sys
 from fractions import Fraction
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from flint import fmpq
 from hypothesis import given
@@ -16,7 +20,14 @@ from hypothesis import strategies as st
 
 import kernel_checker
 from stdlib.vnnlib import read_vnnlib
-from tl_dsl.verify import _decimal, load_model, write_cex
+from tl_dsl.verify import (
+    _decimal,
+    _float32_input,
+    _float32_verdict,
+    _nearest_float32,
+    load_model,
+    write_cex,
+)
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "vnncomp2021"
 
@@ -84,3 +95,44 @@ def test_acas_counterexample_file_is_the_exact_point_and_outputs(tmp_path):
     out = graph.outputs[0]
     y = kernel_checker.semantics.evaluate(graph, pt, upto=out)[out]
     assert [vals[f"Y_{j}"] for j in range(5)] == [Fraction(v, y.den) for v in y.lo]
+
+
+def test_nearest_float32_avoids_double_rounding():
+    """1 + 2^-24 + 2^-60 rounds to float64 1 + 2^-24, a float32 tie that goes to even (1.0);
+    the nearest float32 of the rational is 1 + 2^-23."""
+    q = fmpq(2**60 + 2**36 + 1, 2**60)
+    assert np.float32(float(q)) == np.float32(1.0)  # the double rounding this avoids
+    assert _nearest_float32(q) == np.float32(1 + 2.0**-23)
+    assert _nearest_float32(fmpq(2**60 + 2**36, 2**60)) == np.float32(1.0)  # a true tie: even
+    assert _nearest_float32(fmpq(-1, 10)) == np.float32(-0.1)
+
+
+class _Claim:
+    def __init__(self, lo, hi, rows, b):
+        self.input_set = SimpleNamespace(as_box=lambda: SimpleNamespace(lo=lo, hi=hi))
+        self.unsafe = [SimpleNamespace(a=rows, b=b)]
+
+
+@pytest.mark.parametrize("x32, y32, verdict", [
+    ([0.5], [0.25], "also a counterexample"),
+    ([0.5], [0.75], "NOT a counterexample (outputs)"),
+    ([np.float32(1) + np.float32(2**-23)], [0.25], "NOT a counterexample (the input leaves"),
+    ([0.5], [np.nan], "NOT a counterexample (an output is NaN or infinite)"),
+    ([0.5], None, "not checked"),
+])
+def test_float32_verdict_is_decided_exactly(x32, y32, verdict):
+    claim = _Claim((fmpq(0),), (fmpq(1),), ((fmpq(1),),), (fmpq(1, 2),))  # unsafe: y <= 1/2
+    y = None if y32 is None else np.array(y32, dtype=np.float32)
+    assert _float32_verdict(claim, np.array(x32, dtype=np.float32), y).startswith(verdict)
+
+
+def test_float32_input_steps_inwards_when_the_nearest_float32_leaves_the_box():
+    """lo = 1 + 0.4 * 2^-23 has the nearest float32 1.0, below it; the float32 input is the next
+    one up, 1 + 2^-23, inside. A box narrower than a float32 step holds none."""
+    lo = fmpq(5 * 2**23 + 2, 5 * 2**23)
+    box = SimpleNamespace(lo=(lo,), hi=(fmpq(2),))
+    assert _nearest_float32(lo) == np.float32(1.0)
+    assert _float32_input((lo,), box)[0] == np.float32(1 + 2.0**-23)
+    assert _float32_input((fmpq(3, 2),), box)[0] == np.float32(1.5)  # inside: unchanged
+    thin = SimpleNamespace(lo=(fmpq(2**30 + 1, 2**32),), hi=(fmpq(2**30 + 2, 2**32),))
+    assert _float32_input((thin.lo[0],), thin) is None  # no float32 in [1/4 + 2^-32, ...]

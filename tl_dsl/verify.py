@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 from flint import fmpq
@@ -177,6 +178,49 @@ def _decimal(q: fmpq, digits: int = 40) -> tuple[str, bool]:
     return ("-" if p < 0 else "") + whole + ("." + frac if frac else ""), True
 
 
+def _nearest_float32(q: fmpq) -> np.float32:
+    """The float32 nearest to q (ties to even), by exact comparison of the candidates around
+    float32(float64(q)) (which double rounding can leave one step off)."""
+    x = Fraction(int(q.p), int(q.q))
+    c = np.float32(float(x))
+    cands = [np.nextafter(c, np.float32(-np.inf)), c, np.nextafter(c, np.float32(np.inf))]
+    return min((f for f in cands if np.isfinite(f)), key=lambda f: (
+        abs(Fraction(float(f)) - x), int(np.array(f, dtype=np.float32).view(np.uint32)) & 1))
+
+
+def _float32_input(x: tuple, box) -> np.ndarray | None:
+    """Per coordinate the float32 nearest to x inside [lo, hi] (one step inwards where the
+    nearest falls outside); None when a coordinate's interval holds no float32."""
+    out = []
+    for v, lo, hi in zip(x, box.lo, box.hi):
+        f = _nearest_float32(v)
+        exact = fmpq(*float(f).as_integer_ratio())
+        if exact < lo:
+            f = np.nextafter(f, np.float32(np.inf))
+        elif exact > hi:
+            f = np.nextafter(f, np.float32(-np.inf))
+        if not lo <= fmpq(*float(f).as_integer_ratio()) <= hi:
+            return None
+        out.append(f)
+    return np.array(out, dtype=np.float32)
+
+
+def _float32_verdict(claim: Claim, x32: np.ndarray, y32: np.ndarray | None) -> str:
+    """Whether the float32 input and output form a counterexample, decided exactly."""
+    if y32 is None:
+        return "not checked (op outside its set)"
+    if not np.all(np.isfinite(y32)):
+        return "NOT a counterexample (an output is NaN or infinite)"
+    box = claim.input_set.as_box()
+    xs = [fmpq(*float(v).as_integer_ratio()) for v in x32]
+    if not all(a <= v <= b for v, a, b in zip(xs, box.lo, box.hi)):
+        return "NOT a counterexample (the input leaves the input box)"
+    ys = [fmpq(*float(v).as_integer_ratio()) for v in np.asarray(y32).reshape(-1)]
+    inside = any(all(sum((a * v for a, v in zip(row, ys)), fmpq(0)) <= b
+                     for row, b in zip(p.a, p.b)) for p in claim.unsafe)
+    return "also a counterexample" if inside else "NOT a counterexample (outputs)"
+
+
 def write_cex(path: str, x: tuple, y: list) -> bool:
     """VNN-COMP format: ((X_0 v) ... (Y_0 v) ...); whether every value is written exactly."""
     xs, ys = [_decimal(v) for v in x], [_decimal(v) for v in y]
@@ -286,14 +330,12 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
               + ("; strict comparisons read as non-strict" if prop.has_strict else ""), file=out)
         from oracles.float32_reference import forward_float32
 
-        y32 = forward_float32(graph_path, np.array([float(v) for v in x]))
-        if y32 is None:
-            print("float32 reference execution: not checked (op outside its set)", file=out)
-        else:
-            inside = any(all(sum(float(a) * float(v) for a, v in zip(row, y32)) <= float(b)
-                             for row, b in zip(p.a, p.b)) for p in claim.unsafe)
-            print(f"float32 reference execution (left-to-right sums, no FMA): "
-                  f"{'also a counterexample' if inside else 'NOT a counterexample'}", file=out)
+        x32 = _float32_input(x, claim.input_set.as_box())
+        y32 = forward_float32(graph_path, x32) if x32 is not None else None
+        print("float32 reference execution (the nearest float32 input inside the box, "
+              "left-to-right sums, no FMA): " + (_float32_verdict(claim, x32, y32) if x32 is not
+                                                 None else "no float32 input inside the box"),
+              file=out)
         if cex:
             print(f"counterexample written to {cex} " + (
                 "(every value exact)" if cex_exact else "(values that are no finite decimal "
