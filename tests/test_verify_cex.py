@@ -3,7 +3,9 @@ exact outputs. Rationals whose denominator is 2^a 5^b (dyadic floats, VNN-LIB de
 affine maps and relus make of them) are written as their exact decimals; any other rational is
 rounded half-even to 40 significant digits and the file is reported as not exact. Whether the
 point also breaks float32 execution is decided exactly: the float32 input nearest to the point
-inside the box (no double rounding), with finite outputs inside an unsafe polytope."""
+inside the box (no double rounding), with finite outputs inside an unsafe polytope. A graph the
+bound-propagation producers cannot take (sigmoid) gets a float64 attack and the kernel's own
+interval replay, and the written outputs are then the midpoints of the kernel's enclosures."""
 
 import pathlib
 import re
@@ -136,3 +138,77 @@ def test_float32_input_steps_inwards_when_the_nearest_float32_leaves_the_box():
     assert _float32_input((fmpq(3, 2),), box)[0] == np.float32(1.5)  # inside: unchanged
     thin = SimpleNamespace(lo=(fmpq(2**30 + 1, 2**32),), hi=(fmpq(2**30 + 2, 2**32),))
     assert _float32_input((thin.lo[0],), thin) is None  # no float32 in [1/4 + 2^-32, ...]
+
+
+def _sigmoid_model(tmp_path) -> pathlib.Path:
+    """y = sigmoid(x W) on [0, 1]^2, an op the bound-propagation producers do not take."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.array([[1, -2], [0.5, 1]], dtype=np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["h"], name="mm"),
+             helper.make_node("Sigmoid", ["h"], ["Y"], name="sig")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "X", TensorProto.FLOAT, [1, 2])], [helper.make_tensor_value_info(
+            "Y", TensorProto.FLOAT, [1, 2])], [w])
+    path = tmp_path / "sig.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def _prop(tmp_path, out: str) -> pathlib.Path:
+    head = "".join(f"(declare-const {v} Real)\n" for v in ("X_0", "X_1", "Y_0", "Y_1"))
+    box = "".join(f"(assert (>= X_{i} 0))\n(assert (<= X_{i} 1))\n" for i in range(2))
+    path = tmp_path / "p.vnnlib"
+    path.write_text(head + box + out)
+    return path
+
+
+@pytest.mark.parametrize("out, word, lines", [
+    ("(assert (<= Y_0 -5))", "unsat", ["kernel: unsat by ibp", "bound propagation unavailable "
+                                        "(op 'sigmoid' at node 'sig'"]),
+    ("(assert (>= Y_0 0.7))", "sat", ["outputs enclosed, radius < 2^-", "the outputs are the "
+                                       "midpoints of the kernel's enclosures"]),
+])
+def test_a_graph_without_bound_propagation_gets_an_attack_and_interval_replay(tmp_path, out,
+                                                                                word, lines):
+    """sigmoid(x0 + x1 / 2) reaches sigmoid(1.5) ~ 0.82 at the corner (1, 1) and never -5."""
+    cex = tmp_path / "c.txt"
+    r = subprocess.run([sys.executable, "-m", "tl_dsl.cli", "verify", str(_sigmoid_model(
+        tmp_path)), str(_prop(tmp_path, out)), "--cex", str(cex)], capture_output=True,
+        text=True, timeout=300)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.splitlines()[0] == word, r.stdout
+    for line in lines:
+        assert line in r.stdout, r.stdout
+    if word == "sat":
+        vals = _read_cex(cex.read_text())
+        assert (vals["X_0"], vals["X_1"]) == (1, 1)
+        assert abs(vals["Y_0"] - Fraction(0.8175744761936437)) < Fraction(1, 10**15)
+
+
+@pytest.mark.parametrize("op, ref", [("tanh", "tanh"), ("sigmoid", "sigmoid"), ("exp", "exp"),
+                                     ("sin", "sin"), ("cos", "cos"), ("softmax", "softmax")])
+def test_numpy_forward_takes_the_smooth_ops(tmp_path, op, ref):
+    """The float64 forward the attacks use runs tanh, sigmoid, exp, log, sin, cos and softmax
+    (checked against torch; log on a positive input)."""
+    import torch
+
+    from oracles.numpy_forward import NumpyGraph
+    from tl_dsl.builder import GraphBuilder
+
+    g = GraphBuilder()
+    x = g.input([3])
+    h = g.linear(x, np.array([[1, -2, 0.5], [0.25, 1, -1]], dtype=np.float32))
+    y = g._add(op, [h], h.shape, {"axis": -1} if op == "softmax" else None)
+    g.output(y)
+    path = g.save(str(tmp_path / op))
+    xs = np.random.default_rng(0).uniform(-1, 1, size=(4, 3))
+    hs = torch.tensor(xs) @ torch.tensor([[1, -2, 0.5], [0.25, 1, -1]], dtype=torch.float64).T
+    want = torch.softmax(hs, dim=-1) if op == "softmax" else getattr(torch, ref)(hs)
+    assert np.allclose(NumpyGraph(path).forward(xs), want.numpy(), rtol=1e-12, atol=1e-12)
+    if op == "exp":  # log of a positive input
+        g2 = GraphBuilder()
+        x2 = g2.input([3])
+        g2.output(g2._add("log", [g2._add("exp", [x2], x2.shape)], x2.shape))
+        assert np.allclose(NumpyGraph(g2.save(str(tmp_path / "log"))).forward(xs), xs)

@@ -67,7 +67,10 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
 
     torch.set_num_threads(1)
     claim = kernel_checker.parse_claim(claim_doc)
-    chain = load_chain(graph_path, claim.node)
+    try:
+        chain = load_chain(graph_path, claim.node)
+    except ValueError as e:  # an op the bound-propagation producers lack
+        return _without_bounds(graph_path, claim, str(e), t0)
     if chain.n_in <= INPUT_SPLIT_MAX_INPUTS and BatchChain.supports(chain):
         res = prove_input_split(graph_path, claim, budget_s - (time.perf_counter() - t0),
                                 seed=seed, chain=chain, progress=progress)
@@ -94,6 +97,23 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
         return _decision(res, time.perf_counter() - t0, "relu-split")
     res = prove_with_bab(graph_path, claim, left, method="alpha", seed=seed, progress=progress)
     return _decision(res, time.perf_counter() - t0, "bab")
+
+
+def _without_bounds(graph_path: str, claim: Claim, why: str, t0: float) -> Decision:
+    """For graphs the torch producers cannot take: a random and corner search in float64, else
+    the kernel's own interval replay (an `ibp` certificate, which the kernel may refuse)."""
+    from oracles.attack import random_search
+    from oracles.numpy_forward import NumpyGraph
+
+    box = claim.input_set.as_box()
+    lo, hi = (np.array([float(v) for v in vs]) for vs in (box.lo, box.hi))
+    point = random_search(NumpyGraph(graph_path), lo, hi, claim.unsafe, node=claim.node)
+    if point is not None:
+        return Decision("sat", point=point.reshape(-1), producer_s=time.perf_counter() - t0,
+                        method="attack")
+    return Decision("unsat", {"rule": "ibp"}, producer_s=time.perf_counter() - t0,
+                    method="ibp", notes=[f"bound propagation unavailable ({why}): tried the "
+                                         "kernel's interval replay alone"])
 
 
 # the kernel's time per relu-split leaf without intermediate entries (MNIST-FC 256x2: 21 ms on
@@ -310,7 +330,9 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
         y_iv = kernel_checker.semantics.evaluate(
             graph, kernel_checker.rules.point_interval(x, graph.the_input("v", "v").shape),
             upto=claim.node)[claim.node]
-        y = [fmpq(v, y_iv.den) for v in y_iv.lo]
+        exact_point = all(a == b for a, b in zip(y_iv.lo, y_iv.hi))
+        y = [fmpq(a + b, 2 * y_iv.den) for a, b in zip(y_iv.lo, y_iv.hi)]  # exact or midpoints
+        radius = max(fmpq(b - a, 2 * y_iv.den) for a, b in zip(y_iv.lo, y_iv.hi))
         cex_exact = write_cex(cex, x, y) if cex else True
     print(result, file=out)
     total = time.perf_counter() - t0
@@ -324,8 +346,8 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
         if bundle:
             print(f"bundle {bundle} (re-check: tl check {bundle})", file=out)
     if result == "sat":
-        exact_point = all(a == b for a, b in zip(y_iv.lo, y_iv.hi))
-        kind = "exact" if exact_point else "enclosed"
+        k = int(radius.q).bit_length() - int(radius.p).bit_length() - 1  # 2^k p < q
+        kind = "exact" if exact_point else f"enclosed, radius < 2^-{k}"
         print(f"kernel: counterexample checked exactly (outputs {kind})"
               + ("; strict comparisons read as non-strict" if prop.has_strict else ""), file=out)
         from oracles.float32_reference import forward_float32
@@ -337,9 +359,11 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
                                                  None else "no float32 input inside the box"),
               file=out)
         if cex:
+            outputs = "" if exact_point else "; the outputs are the midpoints of the kernel's "\
+                "enclosures"
             print(f"counterexample written to {cex} " + (
-                "(every value exact)" if cex_exact else "(values that are no finite decimal "
-                "rounded to 40 significant digits)"), file=out)
+                "(every value exact" if cex_exact else "(values that are no finite decimal "
+                "rounded to 40 significant digits") + outputs + ")", file=out)
     for d in decisions:
         for note in d.notes:
             print(note, file=out)
