@@ -85,7 +85,7 @@ def test_acas_counterexample_file_is_the_exact_point_and_outputs(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tl_dsl.cli", "verify", str(onnx), str(prop),
                         "--cex", str(cex)], capture_output=True, text=True, timeout=300)
     assert r.stdout.splitlines()[0] == "sat", r.stdout + r.stderr
-    assert "(every value exact)" in r.stdout
+    assert "(every value written exactly)" in r.stdout
     vals = _read_cex(cex.read_text())
     x = [vals[f"X_{i}"] for i in range(5)]
     region = read_vnnlib(str(prop)).regions[0]
@@ -167,7 +167,7 @@ def _prop(tmp_path, out: str) -> pathlib.Path:
 @pytest.mark.parametrize("out, word, lines", [
     ("(assert (<= Y_0 -5))", "unsat", ["kernel: unsat by ibp", "bound propagation unavailable "
                                         "(op 'sigmoid' at node 'sig'"]),
-    ("(assert (>= Y_0 0.7))", "sat", ["outputs enclosed, radius < 2^-", "the outputs are the "
+    ("(assert (>= Y_0 0.7))", "sat", ["outputs enclosed, radius < 2^-", "outputs: the "
                                        "midpoints of the kernel's enclosures"]),
 ])
 def test_a_graph_without_bound_propagation_gets_an_attack_and_interval_replay(tmp_path, out,

@@ -359,11 +359,10 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
                                                  None else "no float32 input inside the box"),
               file=out)
         if cex:
-            outputs = "" if exact_point else "; the outputs are the midpoints of the kernel's "\
-                "enclosures"
-            print(f"counterexample written to {cex} " + (
-                "(every value exact" if cex_exact else "(values that are no finite decimal "
-                "rounded to 40 significant digits") + outputs + ")", file=out)
+            how = "every value written exactly" if cex_exact else \
+                "values that are no finite decimal rounded to 40 significant digits"
+            mids = "" if exact_point else "; outputs: the midpoints of the kernel's enclosures"
+            print(f"counterexample written to {cex} ({how}{mids})", file=out)
     for d in decisions:
         for note in d.notes:
             print(note, file=out)
