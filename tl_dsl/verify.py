@@ -63,22 +63,28 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
 
     from oracles.bab import prove_input_split, prove_relu_batched, prove_with_bab
     from oracles.bounds_torch import BatchChain, crown_certificate, ibp_bounds, load_chain, spec_of
-    from oracles.pgd import pgd_attack
+    from oracles.pgd import pgd_attack, sample_attack
 
     torch.set_num_threads(1)
     claim = kernel_checker.parse_claim(claim_doc)
     try:
-        chain = load_chain(graph_path, claim.node)
-    except ValueError as e:  # an op the bound-propagation producers lack
-        return _without_bounds(graph_path, claim, str(e), t0)
-    if chain.n_in <= INPUT_SPLIT_MAX_INPUTS and BatchChain.supports(chain):
+        chain, why = load_chain(graph_path, claim.node), ""
+    except ValueError as e:  # an op bound propagation lacks: attacks, then interval replay
+        chain, why = None, str(e)
+    if chain is not None and chain.n_in <= INPUT_SPLIT_MAX_INPUTS and BatchChain.supports(chain):
         res = prove_input_split(graph_path, claim, budget_s - (time.perf_counter() - t0),
                                 seed=seed, chain=chain, progress=progress)
         return _decision(res, time.perf_counter() - t0, "input-split")
     point = pgd_attack(graph_path, claim, steps=40, restarts=4, seed=seed)
+    if point is None and chain is None:
+        point = sample_attack(graph_path, claim, seed=seed)
     if point is not None:
         return Decision("sat", point=np.asarray(point, dtype=np.float64).reshape(-1),
                         producer_s=time.perf_counter() - t0, method="attack")
+    if chain is None:
+        return Decision("unsat", {"rule": "ibp"}, producer_s=time.perf_counter() - t0,
+                        method="ibp", notes=[f"bound propagation unavailable ({why}): tried the "
+                                             "kernel's interval replay alone"])
     spec = spec_of(claim, chain.n_out)
     if spec.holds(ibp_bounds(graph_path, claim), 1e-6):
         return Decision("unsat", {"rule": "ibp"}, producer_s=time.perf_counter() - t0,
@@ -97,23 +103,6 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
         return _decision(res, time.perf_counter() - t0, "relu-split")
     res = prove_with_bab(graph_path, claim, left, method="alpha", seed=seed, progress=progress)
     return _decision(res, time.perf_counter() - t0, "bab")
-
-
-def _without_bounds(graph_path: str, claim: Claim, why: str, t0: float) -> Decision:
-    """For graphs the torch producers cannot take: a random and corner search in float64, else
-    the kernel's own interval replay (an `ibp` certificate, which the kernel may refuse)."""
-    from oracles.attack import random_search
-    from oracles.numpy_forward import NumpyGraph
-
-    box = claim.input_set.as_box()
-    lo, hi = (np.array([float(v) for v in vs]) for vs in (box.lo, box.hi))
-    point = random_search(NumpyGraph(graph_path), lo, hi, claim.unsafe, node=claim.node)
-    if point is not None:
-        return Decision("sat", point=point.reshape(-1), producer_s=time.perf_counter() - t0,
-                        method="attack")
-    return Decision("unsat", {"rule": "ibp"}, producer_s=time.perf_counter() - t0,
-                    method="ibp", notes=[f"bound propagation unavailable ({why}): tried the "
-                                         "kernel's interval replay alone"])
 
 
 # the kernel's time per relu-split leaf without intermediate entries (MNIST-FC 256x2: 21 ms on
