@@ -882,6 +882,16 @@ def check_split(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
             return
         dom = Domain(dom.box, dom.phases, done[0])
     kind = spec.get("kind")
+    if kind == "polytope":  # the unsafe set is a union: child i excludes polytope i alone
+        k = len(claim.unsafe) if claim.kind == "unsat" else 0
+        if set(spec) != {"kind"} or k < 2 or len(children) != k:
+            raise refuse("split", f"{path}.split", f"a polytope split takes no other keys and "
+                         f"one child per polytope of an unsat claim (at least 2), found "
+                         f"{sorted(spec)} with {len(children)} children for {k} polytopes")
+        for i, poly in enumerate(claim.unsafe):
+            check_split(graph, Claim(**{**claim.__dict__, "unsafe": (poly,)}), children[i], dom,
+                        f"{path}.children[{i}]", stats, depth + 1)
+        return
     if kind == "input":
         dim = spec.get("dim")
         n = len(dom.box.lo)
@@ -934,7 +944,8 @@ def check_split(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
             check_split(graph, claim, children[i], Domain(dom.box, phases, dom.bounds),
                         f"{path}.children[{i}]", stats, depth + 1)
         return
-    raise refuse("split", f"{path}.split.kind", f"expected 'input' or 'relu', found {kind!r}")
+    raise refuse("split", f"{path}.split.kind", f"expected 'input', 'relu' or 'polytope', found "
+                 f"{kind!r}")
 
 
 def _with_dim(box: Interval, dim: int, lo: fmpq, hi: fmpq) -> Interval:

@@ -193,3 +193,98 @@ def test_malformed_split_intermediate_is_rejected(fixed, bad, path, fragment):
     cert = copy.deepcopy(res.certificate)
     cert["intermediate"] = bad
     rejected(claim, cert, built.graph, rule="crown", path=path, contains=fragment)
+
+
+# ---------------------------------------------------------------------------------------------
+# one tree per polytope (`tl verify` on an unsafe union: kernel split kind `polytope`)
+
+
+@pytest.fixture(scope="module")
+def by_polytope(net):
+    """`produce` on a two-polytope robustness claim that alpha-CROWN cannot prove: one relu-split
+    tree per polytope, joined by a polytope split."""
+    from tl_dsl import verify
+
+    built, chain, x0, label = net
+    claim = robustness.robust(built.graph, x0, 0.22, label)
+    assert len(claim.unsafe) == 2
+    d = verify.produce(built.path, claim.to_json(), 60)
+    assert (d.status, d.method) == ("unsat", "relu-split by polytope"), d
+    return built, claim, d
+
+
+def _one(claim, i):
+    return type(claim)(**{**claim.__dict__, "unsafe": (claim.unsafe[i],)})
+
+
+def test_polytope_split_joins_one_tree_per_polytope(by_polytope):
+    built, claim, d = by_polytope
+    cert = d.certificate
+    assert cert["split"] == {"kind": "polytope"} and len(cert["children"]) == 2
+    assert d.leaves == len(_leaves(cert)) >= 3
+    thm = proof.check(claim, cert, built.graph)
+    assert (thm.rule, thm.claim, thm.assumptions) == ("split", claim, frozenset())
+    for i, child in enumerate(cert["children"]):  # each child proves its polytope alone
+        assert proof.check(_one(claim, i), child, built.graph).rule in ("split", "crown")
+
+
+def test_polytope_split_children_swapped_are_rejected(by_polytope):
+    """A child proves its own polytope: the trees swapped (each checked against the other
+    polytope's row) are refused."""
+    built, claim, d = by_polytope
+    fails = []  # precondition: some tree does not also prove the other polytope
+    for i in (0, 1):
+        try:
+            proof.check(_one(claim, 1 - i), d.certificate["children"][i], built.graph)
+        except KernelError:
+            fails.append(i)
+    assert fails
+    cert = copy.deepcopy(d.certificate)
+    cert["children"] = cert["children"][::-1]
+    with pytest.raises(KernelError) as info:
+        proof.check(claim, cert, built.graph)
+    assert info.value.rule == "crown", info.value
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda c: c["children"].pop(), "with 1 children for 2 polytopes"),
+    (lambda c: c["children"].append(c["children"][0]), "with 3 children for 2 polytopes"),
+    (lambda c: c["split"].update(index=0), "found ['index', 'kind']"),
+])
+def test_malformed_polytope_splits_are_rejected(by_polytope, change, fragment):
+    built, claim, d = by_polytope
+    cert = copy.deepcopy(d.certificate)
+    change(cert)
+    rejected(claim, cert, built.graph, rule="split", path="certificate.split",
+             contains=("one child per polytope of an unsat claim (at least 2)", fragment))
+
+
+def test_polytope_split_needs_an_unsat_claim_of_several_polytopes(by_polytope, net):
+    """On one polytope (the split would be a no-op) and on a linear_bound claim (no polytopes)
+    the split is refused, even with children that prove those claims."""
+    built, claim, d = by_polytope
+    _, chain, x0, label = net
+    one = _one(claim, 0)
+    child = d.certificate["children"][0]
+    assert proof.check(one, child, built.graph)
+    cert = {"rule": "split", "split": {"kind": "polytope"}, "children": [child]}
+    rejected(one, cert, built.graph, rule="split", path="certificate.split",
+             contains="for 1 polytopes")
+    margin = robustness.margin(built.graph, x0, 0.01, label, 0)
+    leaf, _ = bt.crown_certificate(built.path, margin, "crown", chain=chain)
+    assert proof.check(margin, leaf, built.graph)
+    cert = {"rule": "split", "split": {"kind": "polytope"}, "children": [leaf, leaf]}
+    rejected(margin, cert, built.graph, rule="split", path="certificate.split",
+             contains="for 0 polytopes")
+
+
+def test_a_polytope_tree_root_bound_one_step_past_the_kernel_bound_is_rejected(by_polytope):
+    built, claim, d = by_polytope
+    cert = copy.deepcopy(d.certificate)
+    i, tree = next((i, c) for i, c in enumerate(cert["children"]) if c.get("intermediate"))
+    entry = tree["intermediate"][0]
+    k, _, bound = next(s for s in _exact_root_bounds(built.graph, claim, entry) if s[1] == 1)
+    entry["lo"][k] = enc(bound + ULP)
+    rejected(claim, cert, built.graph, rule="crown",
+             path=f"certificate.children[{i}].intermediate[0].lo[{k}]",
+             contains="above the kernel's bound")

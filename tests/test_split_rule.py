@@ -308,7 +308,7 @@ def test_unsorted_pieces_and_a_late_start_are_rejected(net):
     (lambda c: c["split"].update(dim=3), "certificate.split.dim", "expected an input index < 3"),
     (lambda c: c["split"].update(dim=True), "certificate.split.dim", ""),
     (lambda c: c["split"].update(dim=-1), "certificate.split.dim", ""),
-    (lambda c: c["split"].update(kind="box"), "certificate.split.kind", "'input' or 'relu'"),
+    (lambda c: c["split"].update(kind="box"), "certificate.split.kind", "'input', 'relu' or 'polytope'"),
     (lambda c: c["split"]["pieces"].__setitem__(0, ["0"]), "certificate.split.pieces[0]",
      "expected 2 numbers"),
     (lambda c: c.update(extra=1), "certificate", "unexpected keys ['extra']"),
