@@ -288,3 +288,20 @@ def test_a_polytope_tree_root_bound_one_step_past_the_kernel_bound_is_rejected(b
     rejected(claim, cert, built.graph, rule="crown",
              path=f"certificate.children[{i}].intermediate[0].lo[{k}]",
              contains="above the kernel's bound")
+
+
+def test_an_alpha_certificate_cut_to_one_polytope_proves_that_polytope(net):
+    """`tl verify` reuses the whole claim's alpha-CROWN certificate for the polytopes it already
+    excludes: cut to a polytope's rows, it proves that polytope's claim with one row."""
+    from tl_dsl import verify
+
+    built, chain, x0, label = net
+    claim = robustness.robust(built.graph, x0, 0.05, label)
+    cert, lows = bt.crown_certificate(built.path, claim, "alpha", chain=chain)
+    assert proof.check(claim, cert, built.graph)
+    per_row = [v for v in cert["alpha"].values() if isinstance(v[0], list)]
+    assert per_row and all(len(v) == 2 for v in per_row)
+    for i in (0, 1):
+        cut = verify._rows_of(cert, i, i + 1)
+        assert all(len(v) == 1 for v in cut["alpha"].values() if isinstance(v[0], list))
+        assert proof.check(_one(claim, i), cut, built.graph).rule == "crown"

@@ -100,8 +100,7 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
         return Decision("timeout", producer_s=time.perf_counter() - t0)
     if BatchChain.supports(chain) and claim.kind == "unsat" and len(claim.unsafe) > 1:
         return _by_polytope(graph_path, claim, chain, t0 + budget_s, seed, progress, t0,
-                            [float(max(np.asarray(lows)[a:b] - spec.thr[a:b]))
-                             for a, b in spec.groups])
+                            spec, cert, lows)
     if BatchChain.supports(chain):
         res = prove_relu_batched(graph_path, claim, left, seed=seed, chain=chain, fix_inter=True,
                                  kernel_cost=leaf_kernel_s(len(spec.c)), progress=progress)
@@ -118,17 +117,25 @@ def leaf_kernel_s(rows: int) -> float:
 
 
 def _by_polytope(graph_path: str, claim: Claim, chain, deadline: float, seed: int, progress,
-                 t0: float, margins: list) -> Decision:
+                 t0: float, spec, whole: dict, lows: np.ndarray) -> Decision:
     """Relu-split branch and bound for each polytope of the unsafe union on its own (as
     alpha-beta-CROWN runs one per target label): a tree bounds one row instead of all, and
     splits only where that polytope needs them. The kernel's `polytope` split joins the trees.
-    The polytopes go in order of their `margins` on the whole box (alpha-CROWN's), worst
-    first, where a counterexample is likeliest; stops at the first polytope not proved (its
-    counterexample, timeout or unknown)."""
+    A polytope the alpha-CROWN certificate `whole` (of the whole claim, lower bounds `lows`)
+    already excludes takes that certificate with its own rows' slopes. The others go in order
+    of their margins there, worst first, where a counterexample is likeliest; stops at the
+    first polytope not proved (its counterexample, timeout or unknown)."""
     from oracles.bab import prove_relu_batched
 
-    children, leaves, reserved = {}, 0, 0.0
+    children, leaves, reserved, margins = {}, 0, 0.0, []
+    for i, (a, b) in enumerate(spec.groups):
+        if spec.row_ok(lows)[a:b].any():
+            children[i] = _rows_of(whole, a, b)
+            leaves += 1
+        margins.append(float(max(np.asarray(lows)[a:b] - spec.thr[a:b])))
     for i in np.argsort(margins, kind="stable").tolist():
+        if i in children:
+            continue
         poly = claim.unsafe[i]
         sub = Claim(**{**claim.__dict__, "unsafe": (poly,)})
         left = deadline - time.perf_counter() - reserved
@@ -146,6 +153,15 @@ def _by_polytope(graph_path: str, claim: Claim, chain, deadline: float, seed: in
                               "children": [children[i] for i in range(len(claim.unsafe))]},
                     producer_s=time.perf_counter() - t0,
                     method="relu-split by polytope", leaves=leaves)
+
+
+def _rows_of(cert: dict, a: int, b: int) -> dict:
+    """A crown certificate for the spec rows a..b-1 alone: per-row final slopes cut to those
+    rows (shared slopes and intermediate entries as they are), which bound those rows as in
+    `cert`."""
+    alpha = {k: v[a:b] if v and isinstance(v[0], list) else v
+             for k, v in cert.get("alpha", {}).items()}
+    return {**cert, "alpha": alpha} if "alpha" in cert else dict(cert)
 
 
 INPUT_SPLIT_MAX_INPUTS = 10  # batched input splitting up to this many inputs
