@@ -746,7 +746,7 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
                        lr: float = 0.1, beta_lr: float = 0.05, root_iterations: int = 40,
                        max_domains: int = 2_000_000, seed: int = 0, attack: bool = True,
                        tol: float = DECIDE_TOL, max_depth: int = 400, chain=None,
-                       kernel_cost: float = 0.0, lookahead: int = 8,
+                       kernel_cost: float = 0.0, lookahead: int = 32,
                        per_row_inter: bool = True, fix_inter: bool = False,
                        progress=None) -> BabResult:
     """ReLU-split branch and bound over batches of domains (beta-CROWN, Wang et al. 2021; as
@@ -761,7 +761,9 @@ def prove_relu_batched(graph_path: str, claim, timeout_s: float = 60.0, *, devic
     proved or empty domain becomes a `crown` leaf with its intermediate entries, slopes and
     multipliers; an open one is split on an unstable neuron: among its `lookahead` best by
     relaxation gap on the open rows (BaBSR-like), the one whose worse child bounds best with
-    the parent's slopes (1: the best gap). The vertices minimising the open rows' linear
+    the parent's slopes (1: the best gap; 32 by default: on MNIST-FC 256x2 prop_3 at eps 0.03,
+    its hardest polytope alone, 8 candidates took 25,909 domains, 16 took 1,125, 32 took 521 and
+    64 took 523). The vertices minimising the open rows' linear
     bounds and the box centre are tried as counterexamples. A batch is not started when the
     previous one's time plus `kernel_cost` seconds per leaf (the kernel's check) would pass
     the budget. With `fix_inter` the intermediate bounds are the root's (alpha-CROWN with

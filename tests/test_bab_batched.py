@@ -201,16 +201,36 @@ def test_malformed_split_intermediate_is_rejected(fixed, bad, path, fragment):
 
 @pytest.fixture(scope="module")
 def by_polytope(net):
-    """`produce` on a two-polytope robustness claim that alpha-CROWN cannot prove: one relu-split
-    tree per polytope, joined by a polytope split."""
+    """A two-polytope robustness claim that alpha-CROWN cannot prove: one relu-split tree per
+    polytope, joined by a polytope split."""
+    import time
+
     from tl_dsl import verify
 
     built, chain, x0, label = net
     claim = robustness.robust(built.graph, x0, 0.22, label)
     assert len(claim.unsafe) == 2
-    d = verify.produce(built.path, claim.to_json(), 60)
-    assert (d.status, d.method) == ("unsat", "relu-split by polytope"), d
+    root = bt.crown_certificate(built.path, claim, "alpha", chain=chain)
+    d = verify.by_polytope(built.path, claim, time.perf_counter() + 60, chain, root)
+    assert (d.status, d.method) == ("unsat", "by polytope"), d
     return built, claim, d
+
+
+def test_tl_verify_turns_to_one_tree_per_polytope_when_the_joint_tree_runs_out(net,
+                                                                               monkeypatch):
+    """`produce` gives a union's joint tree JOINT_SHARE of the budget (0 here), then goes by
+    polytope; the kernel accepts the joined certificate."""
+    from tl_dsl import verify
+
+    built, chain, x0, label = net
+    claim = robustness.robust(built.graph, x0, 0.22, label)
+    d = verify.produce(built.path, claim.to_json(), 60)
+    assert (d.status, d.method) == ("unsat", "relu-split"), d  # the joint tree proves it
+    monkeypatch.setattr(verify, "JOINT_SHARE", 0.0)
+    d = verify.produce(built.path, claim.to_json(), 60)
+    assert (d.status, d.method) == ("unsat", "relu-split, then by polytope"), d
+    assert d.certificate["split"] == {"kind": "polytope"}
+    assert proof.check(claim, d.certificate, built.graph).rule == "split"
 
 
 def _one(claim, i):
