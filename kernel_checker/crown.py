@@ -530,8 +530,9 @@ def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Do
             # next) or outgrow 10 COEF_BITS on any: a speed choice, the error is charged either way
             if bits > COEF_BITS and (n_rows * len(z.lo) >= 1 << 14 or bits > 10 * COEF_BITS):
                 mat, sc, const, bits = _shrink(_total(parts), n_rows, sc, const, z)
-            elif src.op in AFFINE_OPS and uses[x_id] == 1 and x_id not in betas:
-                # z = W x + b feeds only this relu: (sum left right) W = sum left (right W)
+            elif src.op in AFFINE_OPS and uses[x_id] == 1 and x_id not in betas and n_rows > 2:
+                # z = W x + b feeds only this relu: (sum left right) W = sum left (right W), for
+                # several rows (for one or two the selections' products cost more than they save)
                 w, w_den, b, b_den, w_bits = _affine(graph, src, values[src.inputs[0]].shape)
                 if b is not None:
                     const = _plus(const, _total([(lf, rt * b) for lf, rt in parts]).entries(),
