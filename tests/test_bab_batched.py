@@ -325,3 +325,44 @@ def test_an_alpha_certificate_cut_to_one_polytope_proves_that_polytope(net):
         cut = verify._rows_of(cert, i, i + 1)
         assert all(len(v) == 1 for v in cut["alpha"].values() if isinstance(v[0], list))
         assert proof.check(_one(claim, i), cut, built.graph).rule == "crown"
+
+
+# ---------------------------------------------------------------------------------------------
+# --jobs: the parts of a claim in worker processes, joined by a split
+
+
+def test_jobs_spread_the_polytopes_of_a_union_on_a_wide_input(net):
+    from tl_dsl import verify
+
+    built, chain, x0, label = net  # 12 inputs: more than input splitting takes
+    claim = robustness.robust(built.graph, x0, 0.22, label)
+    d = verify.decide_region(built.path, claim, 60, jobs=2)
+    assert (d.status, d.method) == ("unsat", "polytope parts in 2 processes"), d
+    assert d.certificate["split"] == {"kind": "polytope"}
+    assert len(d.certificate["children"]) == 2
+    assert proof.check(claim, d.certificate, built.graph).rule == "split"
+
+
+def test_jobs_cut_a_narrow_input_into_pieces(kit):
+    from rule_helpers import build_mlp
+
+    from tl_dsl import verify
+
+    built = kit.save(build_mlp(1), "jobs_mlp3")
+    claim = robustness.robust(built.graph, [Fraction(1, 2)] * 3, Fraction(3, 4), 0, clamp=None)
+    d = verify.decide_region(built.path, claim, 60, jobs=2)
+    assert (d.status, d.method) == ("unsat", "input parts in 2 processes"), d
+    assert d.certificate["split"]["kind"] == "input"
+    assert len(d.certificate["split"]["pieces"]) == 2
+    assert proof.check(claim, d.certificate, built.graph).rule == "split"
+
+
+def test_jobs_stop_at_the_first_counterexample(net):
+    from tl_dsl import verify
+
+    built, chain, x0, label = net
+    claim = robustness.robust(built.graph, x0, 0.6, label)
+    d = verify.decide_region(built.path, claim, 60, jobs=2)
+    assert d.status == "sat", d
+    y = chain.forward(chain.tensor(d.point)[None])[0]
+    assert int(torch.argmax(y)) != label

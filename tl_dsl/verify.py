@@ -208,33 +208,63 @@ def _pieces(claim: Claim, jobs: int) -> list[tuple[int, fmpq, fmpq]]:
     return [(dim, a, b) for a, b in zip(cuts, cuts[1:]) if a < b]
 
 
-def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
-                  progress=None) -> Decision:
-    if jobs <= 1:
-        return produce(graph_path, claim.to_json(), budget_s, progress=progress)
-    pieces = _pieces(claim, jobs)
-    subclaims = []
+def _produce_until(deadline: float, graph_path: str, claim_doc: dict, seed: int) -> Decision:
+    """produce() in a worker with the budget left until `deadline` (time.time())."""
+    return produce(graph_path, claim_doc, deadline - time.time(), seed)
+
+
+def _parts(claim: Claim, jobs: int) -> tuple[list[Claim], dict]:
+    """What --jobs spreads over processes, and the split that joins it: the polytopes of an
+    unsafe union on a wide input (one relu-split tree each; halving one of many inputs helps
+    little), else pieces of the widest input dimension."""
+    box = claim.input_set.as_box()
+    if claim.kind == "unsat" and len(claim.unsafe) > 1 and len(box.lo) > INPUT_SPLIT_MAX_INPUTS:
+        return ([Claim(**{**claim.__dict__, "unsafe": (p,)}) for p in claim.unsafe],
+                {"kind": "polytope"})
+    pieces, subclaims = _pieces(claim, jobs), []
     for dim, a, b in pieces:
-        box = claim.input_set.as_box()
         lo, hi = list(box.lo), list(box.hi)
         lo[dim], hi[dim] = a, b
         subclaims.append(Claim(**{**claim.__dict__, "input_set": Box(tuple(lo), tuple(hi))}))
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
-        futs = [pool.submit(produce, graph_path, c.to_json(), budget_s, i)
-                for i, c in enumerate(subclaims)]
-        results = [f.result() for f in futs]
-    out = Decision("unsat", producer_s=sum(r.producer_s for r in results),
-                   leaves=sum(max(r.leaves, 1) for r in results), method="split")
-    for r in results:
-        if r.status == "sat":
-            return r
-    for r in results:
-        if r.status != "unsat":
-            out.status = r.status
-            return out
-    dim = pieces[0][0]
-    out.certificate = {"rule": "split", "split": {"kind": "input", "dim": dim, "pieces": [
-        [str(a), str(b)] for _, a, b in pieces]}, "children": [r.certificate for r in results]}
+    return subclaims, {"kind": "input", "dim": pieces[0][0],
+                       "pieces": [[str(a), str(b)] for _, a, b in pieces]}
+
+
+def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
+                  progress=None) -> Decision:
+    """produce() on the claim, or with jobs > 1 on its parts (`_parts`) in `jobs` processes,
+    joined by a split. The first part that is not unsat (sat, timeout, unknown) decides, and
+    the workers still running are stopped."""
+    if jobs <= 1:
+        return produce(graph_path, claim.to_json(), budget_s, progress=progress)
+    subclaims, split = _parts(claim, jobs)
+    deadline = time.time() + budget_s
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs)
+    futs = {pool.submit(_produce_until, deadline, graph_path, c.to_json(), i): i
+            for i, c in enumerate(subclaims)}
+    results, stop = {}, None
+    try:
+        for f in concurrent.futures.as_completed(futs):
+            results[futs[f]] = r = f.result()
+            if r.status != "unsat":
+                stop = r
+                break
+    finally:
+        workers = list(pool._processes.values())  # (no public way to stop running tasks)
+        pool.shutdown(wait=False, cancel_futures=True)
+        if stop is not None or len(results) < len(subclaims):
+            for w in workers:
+                w.terminate()
+    out = Decision("unsat", producer_s=sum(r.producer_s for r in results.values()),
+                   leaves=sum(max(r.leaves, 1) for r in results.values()),
+                   method=f"{split['kind']} parts in {jobs} processes")
+    if stop is not None:
+        if stop.status == "sat":
+            return stop
+        out.status = stop.status
+        return out
+    out.certificate = {"rule": "split", "split": split,
+                       "children": [results[i].certificate for i in range(len(subclaims))]}
     return out
 
 
