@@ -211,8 +211,11 @@ def by_polytope(net):
     claim = robustness.robust(built.graph, x0, 0.22, label)
     assert len(claim.unsafe) == 2
     root = bt.crown_certificate(built.path, claim, "alpha", chain=chain)
-    d = verify.by_polytope(built.path, claim, time.perf_counter() + 60, chain, root)
+    shown = []
+    d = verify.by_polytope(built.path, claim, time.perf_counter() + 60, chain, root,
+                           progress=lambda st: shown.append(st["strategy"]))
     assert (d.status, d.method) == ("unsat", "by polytope"), d
+    assert shown and set(shown) <= {"polytope 1 of 2", "polytope 2 of 2"}  # the live line
     return built, claim, d
 
 

@@ -159,8 +159,10 @@ def by_polytope(graph_path: str, claim: Claim, deadline: float, chain, root: tup
         if left <= 0:
             return Decision("timeout", producer_s=time.perf_counter() - t0, leaves=leaves)
         cost = leaf_kernel_s(len(poly.b))
+        show = progress and (lambda st, i=i: progress(
+            {**st, "strategy": f"polytope {i + 1} of {len(claim.unsafe)}"}))
         res = prove_relu_batched(graph_path, sub, left, seed=seed, chain=chain, fix_inter=True,
-                                 kernel_cost=cost, progress=progress)
+                                 kernel_cost=cost, progress=show)
         leaves += res.stats.get("leaves", 0)
         reserved += cost * res.stats.get("leaves", 0)
         if res.status != "proved":
