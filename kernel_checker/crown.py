@@ -29,13 +29,13 @@ of z_p. With slopes shared by the rows this is exact, by integer matrix products
 v * slope = v alpha + min(v, 0) (s - alpha); with per-row slopes it rounds as above.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from flint import fmpq, fmpz, fmpz_mat
 
 from kernel_checker.claims import Claim
 from kernel_checker.enclosure import GRAPH_FUNCS, backward_smooth
-from kernel_checker.errors import refuse
+from kernel_checker.errors import KernelError, refuse
 from kernel_checker.exact import approx_text, common_denominator, decode_vector
 from kernel_checker.graph import Graph, Node
 from kernel_checker.semantics import Interval, _window_indices, batchnorm_channels, eval_node
@@ -885,13 +885,22 @@ def check_split(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
     kind = spec.get("kind")
     if kind == "polytope":  # the unsafe set is a union: child i excludes polytope i alone
         k = len(claim.unsafe) if claim.kind == "unsat" else 0
-        if set(spec) != {"kind"} or k < 2 or len(children) != k:
-            raise refuse("split", f"{path}.split", f"a polytope split takes no other keys and "
-                         f"one child per polytope of an unsat claim (at least 2), found "
-                         f"{sorted(spec)} with {len(children)} children for {k} polytopes")
+        if k < 2 or set(spec) != {"kind"}:
+            raise refuse("split", f"{path}.split", f"a polytope split takes an unsat claim of at "
+                         f"least 2 polytopes and no other keys, found a {claim.kind} claim of {k} "
+                         f"and keys {sorted(spec)}")
+        if len(children) != k:
+            raise refuse("split", f"{path}.children", f"expected one child per polytope ({k}), "
+                         f"found {len(children)}")
         for i, poly in enumerate(claim.unsafe):
-            check_split(graph, Claim(**{**claim.__dict__, "unsafe": (poly,)}), children[i], dom,
-                        f"{path}.children[{i}]", stats, depth + 1)
+            try:
+                check_split(graph, replace(claim, unsafe=(poly,)), children[i], dom,
+                            f"{path}.children[{i}]", stats, depth + 1)
+            except KernelError as e:  # the child's claim numbers its one polytope 0
+                if e.path != "claim.unsafe[0]":
+                    raise
+                raise refuse(e.rule, f"claim.unsafe[{i}]", f"{path}.children[{i}]: " + e.message
+                             .replace("polytope 0", f"polytope {i}", 1)) from None
         return
     if kind == "input":
         dim = spec.get("dim")

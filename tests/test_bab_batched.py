@@ -7,6 +7,8 @@ moved to one child, a bound one 2^-40 step past the kernel's and malformed entri
 rejected."""
 
 import copy
+import dataclasses
+import time
 from fractions import Fraction
 
 import pytest
@@ -203,8 +205,6 @@ def test_malformed_split_intermediate_is_rejected(fixed, bad, path, fragment):
 def by_polytope(net):
     """A two-polytope robustness claim that alpha-CROWN cannot prove: one relu-split tree per
     polytope, joined by a polytope split."""
-    import time
-
     from tl_dsl import verify
 
     built, chain, x0, label = net
@@ -237,7 +237,7 @@ def test_tl_verify_turns_to_one_tree_per_polytope_when_the_joint_tree_runs_out(n
 
 
 def _one(claim, i):
-    return type(claim)(**{**claim.__dict__, "unsafe": (claim.unsafe[i],)})
+    return dataclasses.replace(claim, unsafe=(claim.unsafe[i],))
 
 
 def test_polytope_split_joins_one_tree_per_polytope(by_polytope):
@@ -269,17 +269,31 @@ def test_polytope_split_children_swapped_are_rejected(by_polytope):
     assert info.value.rule == "crown", info.value
 
 
-@pytest.mark.parametrize("change, fragment", [
-    (lambda c: c["children"].pop(), "with 1 children for 2 polytopes"),
-    (lambda c: c["children"].append(c["children"][0]), "with 3 children for 2 polytopes"),
-    (lambda c: c["split"].update(index=0), "found ['index', 'kind']"),
+@pytest.mark.parametrize("change, path, fragment", [
+    (lambda c: c["children"].pop(), "certificate.children",
+     "expected one child per polytope (2), found 1"),
+    (lambda c: c["children"].append(c["children"][0]), "certificate.children",
+     "expected one child per polytope (2), found 3"),
+    (lambda c: c["split"].update(index=0), "certificate.split", "and keys ['index', 'kind']"),
 ])
-def test_malformed_polytope_splits_are_rejected(by_polytope, change, fragment):
+def test_malformed_polytope_splits_are_rejected(by_polytope, change, path, fragment):
     built, claim, d = by_polytope
     cert = copy.deepcopy(d.certificate)
     change(cert)
-    rejected(claim, cert, built.graph, rule="split", path="certificate.split",
-             contains=("one child per polytope of an unsat claim (at least 2)", fragment))
+    rejected(claim, cert, built.graph, rule="split", path=path, contains=fragment)
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_a_child_that_does_not_exclude_its_polytope_is_rejected_by_index(by_polytope, i):
+    """Child i replaced by an ibp leaf, which does not exclude polytope i: refused at the
+    union's polytope i (not the child's renumbered polytope 0), naming the child."""
+    built, claim, d = by_polytope
+    with pytest.raises(KernelError):  # precondition: ibp alone does not prove polytope i
+        proof.check(_one(claim, i), {"rule": "ibp"}, built.graph)
+    cert = copy.deepcopy(d.certificate)
+    cert["children"][i] = {"rule": "ibp"}
+    rejected(claim, cert, built.graph, rule="ibp", path=f"claim.unsafe[{i}]",
+             contains=f"certificate.children[{i}]: polytope {i} is not excluded")
 
 
 def test_polytope_split_needs_an_unsat_claim_of_several_polytopes(by_polytope, net):
@@ -292,13 +306,13 @@ def test_polytope_split_needs_an_unsat_claim_of_several_polytopes(by_polytope, n
     assert proof.check(one, child, built.graph)
     cert = {"rule": "split", "split": {"kind": "polytope"}, "children": [child]}
     rejected(one, cert, built.graph, rule="split", path="certificate.split",
-             contains="for 1 polytopes")
+             contains="found a unsat claim of 1 and keys ['kind']")
     margin = robustness.margin(built.graph, x0, 0.01, label, 0)
     leaf, _ = bt.crown_certificate(built.path, margin, "crown", chain=chain)
     assert proof.check(margin, leaf, built.graph)
     cert = {"rule": "split", "split": {"kind": "polytope"}, "children": [leaf, leaf]}
     rejected(margin, cert, built.graph, rule="split", path="certificate.split",
-             contains="for 0 polytopes")
+             contains="found a linear_bound claim of 0")
 
 
 def test_a_polytope_tree_root_bound_one_step_past_the_kernel_bound_is_rejected(by_polytope):
@@ -326,7 +340,9 @@ def test_an_alpha_certificate_cut_to_one_polytope_proves_that_polytope(net):
     assert per_row and all(len(v) == 2 for v in per_row)
     for i in (0, 1):
         cut = verify._rows_of(cert, i, i + 1)
-        assert all(len(v) == 1 for v in cut["alpha"].values() if isinstance(v[0], list))
+        assert cut["intermediate"] == cert["intermediate"]
+        for k, v in cert["alpha"].items():  # polytope i's own row of every per-row list
+            assert cut["alpha"][k] == (v[i:i + 1] if isinstance(v[0], list) else v)
         assert proof.check(_one(claim, i), cut, built.graph).rule == "crown"
 
 
@@ -369,3 +385,30 @@ def test_jobs_stop_at_the_first_counterexample(net):
     assert d.status == "sat", d
     y = chain.forward(chain.tensor(d.point)[None])[0]
     assert int(torch.argmax(y)) != label
+    _no_workers_left()
+
+
+def _no_workers_left():
+    import multiprocessing
+
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not multiprocessing.active_children()
+
+
+def test_jobs_answer_unknown_when_a_worker_fails(net, monkeypatch):
+    """A worker that raises (or dies) is no answer: unknown with a note, never a traceback, and
+    no worker is left running."""
+    from tl_dsl import verify
+
+    built, chain, x0, label = net
+    claim = robustness.robust(built.graph, x0, 0.22, label)
+    monkeypatch.setattr(verify, "_produce_until", _raises)
+    d = verify.decide_region(built.path, claim, 60, jobs=2)
+    assert d.status == "unknown" and "a --jobs worker failed" in d.notes[0], d
+    _no_workers_left()
+
+
+def _raises(*args):
+    raise MemoryError("no memory left")

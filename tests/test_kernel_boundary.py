@@ -25,7 +25,7 @@ FORBIDDEN = {"numpy", "torch", "tl_dsl", "oracles", "gpu", "stdlib", "math", "cm
 # and 3,330 until the affine-block route kept its slope diagonals per leaf and took min(v, 0)
 # for |v| (14 lines; checking ACAS Xu bundles took 14-19% less time) and interval replay reused
 # a node's interval for the very same input objects (6 lines; relu-split leaves share a box),
-# and 3,345 until the split of an unsafe union by polytope (10 lines; one branch and bound tree
+# and 3,345 until the split of an unsafe union by polytope (19 lines; one branch and bound tree
 # per polytope, with leaves of one row: MNIST-FC props 1 and 3 at eps 0.03 went from timeouts to
 # unsat in 100 s and 25 s).
 MAX_KERNEL_LINES = 3360

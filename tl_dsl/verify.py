@@ -5,6 +5,7 @@ counterexample exactly. Producers (attacks, IBP/CROWN/alpha-CROWN, branch and bo
 propose."""
 
 import concurrent.futures
+import dataclasses
 import decimal
 import os
 import sys
@@ -154,7 +155,7 @@ def by_polytope(graph_path: str, claim: Claim, deadline: float, chain, root: tup
         if i in children:
             continue
         poly = claim.unsafe[i]
-        sub = Claim(**{**claim.__dict__, "unsafe": (poly,)})
+        sub = dataclasses.replace(claim, unsafe=(poly,))
         left = deadline - time.perf_counter() - reserved
         if left <= 0:
             return Decision("timeout", producer_s=time.perf_counter() - t0, leaves=leaves)
@@ -176,8 +177,12 @@ def by_polytope(graph_path: str, claim: Claim, deadline: float, chain, root: tup
 
 def _rows_of(cert: dict, a: int, b: int) -> dict:
     """A crown certificate for the spec rows a..b-1 alone: per-row final slopes cut to those
-    rows (shared slopes and intermediate entries as they are), which bound those rows as in
-    `cert`."""
+    rows (shared slopes and intermediate entries as they are). It bounds those rows as `cert`
+    does, up to the kernel's rounding (on the affine-block route the per-row rounding can
+    differ in the last bits, about 1e-16); a cut the kernel refuses makes the answer unknown,
+    never wrong. A certificate with per-row multipliers (`beta`) is not cut."""
+    if "beta" in cert:
+        raise ValueError("_rows_of: a certificate with beta multipliers")
     alpha = {k: v[a:b] if v and isinstance(v[0], list) else v
              for k, v in cert.get("alpha", {}).items()}
     return {**cert, "alpha": alpha} if "alpha" in cert else dict(cert)
@@ -211,8 +216,10 @@ def _pieces(claim: Claim, jobs: int) -> list[tuple[int, fmpq, fmpq]]:
 
 
 def _produce_until(deadline: float, graph_path: str, claim_doc: dict, seed: int) -> Decision:
-    """produce() in a worker with the budget left until `deadline` (time.time())."""
-    return produce(graph_path, claim_doc, deadline - time.time(), seed)
+    """produce() in a worker with the budget left until `deadline` (time.time()); a part that
+    starts after it (queued behind others) is a timeout without trying anything."""
+    left = deadline - time.time()
+    return produce(graph_path, claim_doc, left, seed) if left > 0 else Decision("timeout")
 
 
 def _parts(claim: Claim, jobs: int) -> tuple[list[Claim], dict]:
@@ -221,13 +228,13 @@ def _parts(claim: Claim, jobs: int) -> tuple[list[Claim], dict]:
     little), else pieces of the widest input dimension."""
     box = claim.input_set.as_box()
     if claim.kind == "unsat" and len(claim.unsafe) > 1 and len(box.lo) > INPUT_SPLIT_MAX_INPUTS:
-        return ([Claim(**{**claim.__dict__, "unsafe": (p,)}) for p in claim.unsafe],
+        return ([dataclasses.replace(claim, unsafe=(p,)) for p in claim.unsafe],
                 {"kind": "polytope"})
     pieces, subclaims = _pieces(claim, jobs), []
     for dim, a, b in pieces:
         lo, hi = list(box.lo), list(box.hi)
         lo[dim], hi[dim] = a, b
-        subclaims.append(Claim(**{**claim.__dict__, "input_set": Box(tuple(lo), tuple(hi))}))
+        subclaims.append(dataclasses.replace(claim, input_set=Box(tuple(lo), tuple(hi))))
     return subclaims, {"kind": "input", "dim": pieces[0][0],
                        "pieces": [[str(a), str(b)] for _, a, b in pieces]}
 
@@ -235,8 +242,10 @@ def _parts(claim: Claim, jobs: int) -> tuple[list[Claim], dict]:
 def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
                   progress=None) -> Decision:
     """produce() on the claim, or with jobs > 1 on its parts (`_parts`) in `jobs` processes,
-    joined by a split. The first part that is not unsat (sat, timeout, unknown) decides, and
-    the workers still running are stopped."""
+    joined by a split. A counterexample of any part decides at once (the workers still running
+    are stopped); otherwise the first part that is not unsat (timeout, unknown, a worker that
+    failed) gives the answer once every part has had its chance at a counterexample. A worker
+    that has not answered 30 s past the budget counts as a timeout."""
     if jobs <= 1:
         return produce(graph_path, claim.to_json(), budget_s, progress=progress)
     subclaims, split = _parts(claim, jobs)
@@ -244,26 +253,30 @@ def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs)
     futs = {pool.submit(_produce_until, deadline, graph_path, c.to_json(), i): i
             for i, c in enumerate(subclaims)}
-    results, stop = {}, None
+    results, worst = {}, None
     try:
-        for f in concurrent.futures.as_completed(futs):
-            results[futs[f]] = r = f.result()
-            if r.status != "unsat":
-                stop = r
-                break
+        for f in concurrent.futures.as_completed(futs, timeout=budget_s + 30):
+            try:
+                r = f.result()
+            except Exception as e:  # a worker that raised or died (out of memory): no answer
+                r = Decision("unknown", notes=[f"a --jobs worker failed: {e!r}"])
+            results[futs[f]] = r
+            if r.status == "sat":
+                return r
+            if r.status != "unsat" and worst is None:
+                worst = r
+    except concurrent.futures.TimeoutError:
+        worst = worst or Decision("timeout", notes=["a --jobs worker did not answer in time"])
     finally:
         workers = list(pool._processes.values())  # (no public way to stop running tasks)
         pool.shutdown(wait=False, cancel_futures=True)
-        if stop is not None or len(results) < len(subclaims):
-            for w in workers:
-                w.terminate()
+        for w in workers:
+            w.terminate()
     out = Decision("unsat", producer_s=sum(r.producer_s for r in results.values()),
                    leaves=sum(max(r.leaves, 1) for r in results.values()),
                    method=f"{split['kind']} parts in {jobs} processes")
-    if stop is not None:
-        if stop.status == "sat":
-            return stop
-        out.status = stop.status
+    if worst is not None:
+        out.status, out.notes = worst.status, worst.notes
         return out
     out.certificate = {"rule": "split", "split": split,
                        "children": [results[i].certificate for i in range(len(subclaims))]}
