@@ -112,6 +112,21 @@ def test_verify_quick_vnncomp_instances(tmp_path, bench, onnx, prop, expected):
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared benchmarks not present")
+def test_verify_a_hard_mnist_instance_end_to_end(tmp_path):
+    """MNIST-FC prop_3 at eps 0.03 (a timeout until relu splits took 32 candidates and one tree
+    per polytope; about 21 s on the 2-core machine): unsat, and the bundle re-checks."""
+    bundle = tmp_path / "b.json"
+    r = tl("verify", str(SHARED / "mnistfc" / "mnist-net_256x2.onnx"),
+           str(SHARED / "mnistfc" / "prop_3_0.03.vnnlib"), "--timeout", "300",
+           "--bundle", str(bundle))
+    assert r.stdout.splitlines()[0] == "unsat", r.stdout + r.stderr
+    assert "methods relu-split" in r.stdout
+    again = subprocess.run([sys.executable, "-m", "kernel_checker", str(bundle)],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "level proved" in again.stdout
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared benchmarks not present")
 def test_verify_writes_the_bundle_when_the_reader_has_gone(tmp_path):
     """`tl verify ... | head -1` where the reader is gone before the answer: stdout fails, the
     bundle is still written (and re-checks), and no traceback is printed."""
