@@ -412,3 +412,27 @@ def test_jobs_answer_unknown_when_a_worker_fails(net, monkeypatch):
 
 def _raises(*args):
     raise MemoryError("no memory left")
+
+
+def test_polytopes_of_several_rows_go_by_polytope_too(net, monkeypatch):
+    """Each polytope of two rows (the misclassification row and a loose second row): the cut
+    root certificate and the per-polytope trees bound a polytope's own two rows."""
+    from tl_dsl import claims, verify
+
+    built, chain, x0, label = net
+    polys = []
+    for j in range(3):
+        if j != label:
+            a, b = [0, 0, 0], [0, 0, 0]
+            a[label], a[j], b[label], b[j] = 1, -1, -1, 1
+            polys.append(claims.polytope([a, b], [0, 5]))
+    claim = claims.unsat(built.graph, claims.ball(x0, 0.22), polys)
+    monkeypatch.setattr(verify, "JOINT_SHARE", 0.0)
+    d = verify.produce(built.path, claim.to_json(), 60)
+    assert (d.status, d.method) == ("unsat", "relu-split, then by polytope"), d
+    assert proof.check(claim, d.certificate, built.graph).rule == "split"
+    small = claims.unsat(built.graph, claims.ball(x0, 0.05), polys)
+    cert, _ = bt.crown_certificate(built.path, small, "alpha", chain=chain)
+    for i in (0, 1):
+        cut = verify._rows_of(cert, 2 * i, 2 * i + 2)
+        assert proof.check(_one(small, i), cut, built.graph).rule == "crown"
