@@ -526,9 +526,11 @@ def backward_lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Do
             parts, sc, const, bits = _relu_back(node, z, mat, bits, const, sc, cert, rule,
                                                 path)
             src = graph.by_id[x_id]
-            # round when the coefficients outgrow COEF_BITS on a wide matrix (fast products
-            # next) or outgrow 10 COEF_BITS on any: a speed choice, the error is charged either way
-            if bits > COEF_BITS and (n_rows * len(z.lo) >= 1 << 14 or bits > 10 * COEF_BITS):
+            # round when the coefficients outgrow COEF_BITS on a wide matrix or a single row
+            # (fast products next) or outgrow 10 COEF_BITS on any: a speed choice, the error is
+            # charged either way
+            if bits > COEF_BITS and (n_rows * len(z.lo) >= 1 << 14 or n_rows == 1
+                                     or bits > 10 * COEF_BITS):
                 mat, sc, const, bits = _shrink(_total(parts), n_rows, sc, const, z)
             elif src.op in AFFINE_OPS and uses[x_id] == 1 and x_id not in betas and n_rows > 2:
                 # z = W x + b feeds only this relu: (sum left right) W = sum left (right W), for
