@@ -113,12 +113,13 @@ def _step(graph: Graph, node: Node, values: dict, dom: Domain, certified: dict) 
     """One node's exact interval, intersected with its certified bounds and phases; False when
     it is empty (the domain holds no point)."""
     args = [values[i] for i in node.inputs]
-    last = graph._cache.get(("step", node.id))  # the same input objects: the same interval
-    if last is not None and all(a is b for a, b in zip(last[0], args, strict=True)):
+    # equal inputs (by value) give the same interval: eval_node depends on nothing else
+    last = graph._cache.get(("step", node.id))
+    if last is not None and all(a is b or a == b for a, b in zip(last[0], args, strict=True)):
         x = last[1]
     else:
         x = eval_node(node, args, graph)
-        graph._cache[("step", node.id)] = (args, x)  # (holding args keeps their ids unique)
+        graph._cache[("step", node.id)] = (args, x)
     if node.id in certified:
         x = _clip(x, *certified[node.id])
     if node.id in dom.phases:

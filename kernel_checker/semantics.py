@@ -26,7 +26,7 @@ class Interval:
     """Element i lies in [lo[i] / den, hi[i] / den]."""
 
     # lo and hi are never changed after construction (every op builds new lists): crown._step
-    # reuses a node's interval for the very same input objects, and relies on that.
+    # reuses a node's interval for equal inputs, kept from an earlier call, and relies on that.
 
     shape: tuple[int, ...]
     lo: list

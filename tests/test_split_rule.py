@@ -626,8 +626,8 @@ def test_a_split_bound_one_step_too_tight_is_rejected(absdiff):
 
 
 def test_relu_split_children_share_the_box_but_each_replays_its_own_phase(absdiff):
-    """The kernel reuses a node's interval when its inputs are the very same objects (relu-split
-    children share their parent's box); each child still clips by its own phase: with d[0] <= 0
+    """The kernel reuses a node's interval when its inputs are equal (relu-split children share
+    their parent's box); each child still clips by its own phase: with d[0] <= 0
     interval replay proves y <= 1, with d[0] >= 0 it cannot (CROWN's s_0 <= 1 is needed)."""
     g, claim = absdiff
     ibp, crown_leaf = {"rule": "ibp"}, {"rule": "crown", "intermediate": S_LE_1}
