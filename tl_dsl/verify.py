@@ -117,7 +117,8 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
 def leaf_kernel_s(rows: int) -> float:
     """The kernel's time per relu-split leaf without intermediate entries, reserved by the
     producer: on MNIST-FC 256x2 on this 2-core machine, 21 ms with 9 spec rows and 5.4 ms with
-    one (prop_3 at eps 0.03 by polytope: 83 s for 15,402 leaves), with some margin."""
+    one (prop_3 at eps 0.03 by polytope: 83 s for 15,402 leaves), with some margin; since
+    a184140 about 4.5 ms with one (prop_1 at eps 0.03: 23 s for 5,054 leaves)."""
     return 0.0045 + 0.0022 * rows
 
 
