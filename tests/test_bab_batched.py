@@ -436,3 +436,15 @@ def test_polytopes_of_several_rows_go_by_polytope_too(net, monkeypatch):
     for i in (0, 1):
         cut = verify._rows_of(cert, 2 * i, 2 * i + 2)
         assert proof.check(_one(small, i), cut, built.graph).rule == "crown"
+
+
+def test_jobs_try_the_whole_claim_first(net):
+    """With polytope parts, the whole claim's attack, IBP, CROWN and alpha-CROWN run first in
+    this process (one certificate, no workers), and the parts then go worst margin first."""
+    from tl_dsl import verify
+
+    built, chain, x0, label = net
+    claim = robustness.robust(built.graph, x0, 0.05, label)
+    d = verify.decide_region(built.path, claim, 60, jobs=2)
+    assert d.status == "unsat" and d.method in ("ibp", "crown", "alpha"), d
+    assert proof.check(claim, d.certificate, built.graph)

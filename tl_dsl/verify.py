@@ -64,8 +64,7 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
     import torch
 
     from oracles.bab import prove_input_split, prove_relu_batched, prove_with_bab
-    from oracles.bounds_torch import BatchChain, crown_certificate, ibp_bounds, load_chain, spec_of
-    from oracles.pgd import pgd_attack, sample_attack
+    from oracles.bounds_torch import BatchChain, load_chain
 
     torch.set_num_threads(1)
     claim = kernel_checker.parse_claim(claim_doc)
@@ -77,6 +76,36 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
         res = prove_input_split(graph_path, claim, budget_s - (time.perf_counter() - t0),
                                 seed=seed, chain=chain, progress=progress)
         return _decision(res, time.perf_counter() - t0, "input-split")
+    first = _whole(graph_path, claim, chain, why, t0, seed)
+    if isinstance(first, Decision):
+        return first
+    spec, cert, lows = first
+    left = budget_s - (time.perf_counter() - t0)
+    if left <= 0:
+        return Decision("timeout", producer_s=time.perf_counter() - t0)
+    if BatchChain.supports(chain):
+        union = claim.kind == "unsat" and len(claim.unsafe) > 1
+        res = prove_relu_batched(graph_path, claim, left * JOINT_SHARE if union else left,
+                                 seed=seed, chain=chain, fix_inter=True,
+                                 kernel_cost=leaf_kernel_s(len(spec.c)), progress=progress)
+        if union and res.status == "timeout":  # hard: one tree per polytope, the rest of the time
+            d = by_polytope(graph_path, claim, t0 + budget_s, chain, (cert, lows), seed,
+                            progress)
+            d.producer_s, d.method = time.perf_counter() - t0, "relu-split, then by polytope"
+            return d
+        return _decision(res, time.perf_counter() - t0, "relu-split")
+    res = prove_with_bab(graph_path, claim, left, method="alpha", seed=seed, progress=progress)
+    return _decision(res, time.perf_counter() - t0, "bab")
+
+
+def _whole(graph_path: str, claim: Claim, chain, why: str, t0: float, seed: int):
+    """The cheap stages on the whole claim: a PGD attack (sampling too where bound propagation
+    cannot take the graph, then the kernel's interval replay alone), IBP, CROWN, alpha-CROWN.
+    Returns the Decision of the first that decides, else (spec, the alpha-CROWN certificate, its
+    float lower bounds)."""
+    from oracles.bounds_torch import crown_certificate, ibp_bounds, spec_of
+    from oracles.pgd import pgd_attack, sample_attack
+
     point = pgd_attack(graph_path, claim, steps=40, restarts=4, seed=seed)
     if point is None and chain is None:
         point = sample_attack(graph_path, claim, seed=seed)
@@ -96,22 +125,12 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
         if spec.holds(lows):
             return Decision("unsat", cert, producer_s=time.perf_counter() - t0, method=method,
                             leaves=1)
-    left = budget_s - (time.perf_counter() - t0)
-    if left <= 0:
-        return Decision("timeout", producer_s=time.perf_counter() - t0)
-    if BatchChain.supports(chain):
-        union = claim.kind == "unsat" and len(claim.unsafe) > 1
-        res = prove_relu_batched(graph_path, claim, left * JOINT_SHARE if union else left,
-                                 seed=seed, chain=chain, fix_inter=True,
-                                 kernel_cost=leaf_kernel_s(len(spec.c)), progress=progress)
-        if union and res.status == "timeout":  # hard: one tree per polytope, the rest of the time
-            d = by_polytope(graph_path, claim, t0 + budget_s, chain, (cert, lows), seed,
-                            progress)
-            d.producer_s, d.method = time.perf_counter() - t0, "relu-split, then by polytope"
-            return d
-        return _decision(res, time.perf_counter() - t0, "relu-split")
-    res = prove_with_bab(graph_path, claim, left, method="alpha", seed=seed, progress=progress)
-    return _decision(res, time.perf_counter() - t0, "bab")
+    return spec, cert, lows
+
+
+def _margins(spec, lows) -> list[float]:
+    """Each polytope's best row's lower bound minus its threshold (> 0: excluded)."""
+    return [float(max(np.asarray(lows)[a:b] - spec.thr[a:b])) for a, b in spec.groups]
 
 
 def leaf_kernel_s(rows: int) -> float:
@@ -146,13 +165,12 @@ def by_polytope(graph_path: str, claim: Claim, deadline: float, chain, root: tup
 
     t0 = time.perf_counter()
     spec, (whole, lows) = spec_of(claim, chain.n_out), root
-    children, leaves, reserved, margins = {}, 0, 0.0, []
+    children, leaves, reserved = {}, 0, 0.0
     for i, (a, b) in enumerate(spec.groups):
         if spec.row_ok(lows)[a:b].any():
             children[i] = _rows_of(whole, a, b)
             leaves += 1
-        margins.append(float(max(np.asarray(lows)[a:b] - spec.thr[a:b])))
-    for i in np.argsort(margins, kind="stable").tolist():
+    for i in np.argsort(_margins(spec, lows), kind="stable").tolist():
         if i in children:
             continue
         poly = claim.unsafe[i]
@@ -223,6 +241,22 @@ def _produce_until(deadline: float, graph_path: str, claim_doc: dict, seed: int)
     return produce(graph_path, claim_doc, left, seed) if left > 0 else Decision("timeout")
 
 
+def _whole_here(graph_path: str, claim: Claim):
+    """`_whole` in this process: a Decision, or (spec, its float lower bounds)."""
+    import torch
+
+    from oracles.bounds_torch import load_chain
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    try:
+        chain, why = load_chain(graph_path, claim.node), ""
+    except ValueError as e:  # as in produce
+        chain, why = None, str(e)
+    first = _whole(graph_path, claim, chain, why, t0, 0)
+    return first if isinstance(first, Decision) else (first[0], first[2])
+
+
 def _parts(claim: Claim, jobs: int) -> tuple[list[Claim], dict]:
     """What --jobs spreads over processes, and the split that joins it: the polytopes of an
     unsafe union on a wide input (one relu-split tree each; halving one of many inputs helps
@@ -251,9 +285,15 @@ def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
         return produce(graph_path, claim.to_json(), budget_s, progress=progress)
     subclaims, split = _parts(claim, jobs)
     deadline = time.time() + budget_s
+    order = list(range(len(subclaims)))
+    if split["kind"] == "polytope":  # the whole claim's cheap stages here first; the parts
+        first = _whole_here(graph_path, claim)  # then go worst margin first, as by_polytope
+        if isinstance(first, Decision):
+            return first
+        order = np.argsort(_margins(*first), kind="stable").tolist()
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs)
-    futs = {pool.submit(_produce_until, deadline, graph_path, c.to_json(), i): i
-            for i, c in enumerate(subclaims)}
+    futs = {pool.submit(_produce_until, deadline, graph_path, subclaims[i].to_json(), i): i
+            for i in order}
     results, worst = {}, None
     try:
         for f in concurrent.futures.as_completed(futs, timeout=budget_s + 30):
