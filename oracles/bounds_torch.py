@@ -479,10 +479,14 @@ class Spec:
 
     def margin(self, lower: np.ndarray) -> float:
         """How far the bounds are from proving the claim (> 0: proved); +inf when vacuous."""
-        gap = lower - self.thr
         if self.kind == "unsat":
-            return float(min(gap[a:b].max() for a, b in self.groups))
-        return float(gap.min())
+            return min(self.polytope_margins(lower))
+        return float((lower - self.thr).min())
+
+    def polytope_margins(self, lower: np.ndarray) -> list[float]:
+        """unsat: each polytope's best row's lower bound minus its threshold (> 0: excluded)."""
+        gap = np.asarray(lower) - self.thr
+        return [float(gap[a:b].max()) for a, b in self.groups]
 
     def open_rows(self, lower: np.ndarray, tol: float = DECIDE_TOL) -> np.ndarray:
         """Rows still to improve: failing rows; for unsat, the best row of each open polytope."""

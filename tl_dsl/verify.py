@@ -64,14 +64,11 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
     import torch
 
     from oracles.bab import prove_input_split, prove_relu_batched, prove_with_bab
-    from oracles.bounds_torch import BatchChain, load_chain
+    from oracles.bounds_torch import BatchChain
 
     torch.set_num_threads(1)
     claim = kernel_checker.parse_claim(claim_doc)
-    try:
-        chain, why = load_chain(graph_path, claim.node), ""
-    except ValueError as e:  # an op bound propagation lacks: attacks, then interval replay
-        chain, why = None, str(e)
+    chain, why = _chain(graph_path, claim)
     if chain is not None and chain.n_in <= INPUT_SPLIT_MAX_INPUTS and BatchChain.supports(chain):
         res = prove_input_split(graph_path, claim, budget_s - (time.perf_counter() - t0),
                                 seed=seed, chain=chain, progress=progress)
@@ -96,6 +93,17 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
         return _decision(res, time.perf_counter() - t0, "relu-split")
     res = prove_with_bab(graph_path, claim, left, method="alpha", seed=seed, progress=progress)
     return _decision(res, time.perf_counter() - t0, "bab")
+
+
+def _chain(graph_path: str, claim: Claim) -> tuple:
+    """(the claim node's chain for bound propagation, ""), or (None, why) for a graph with an
+    op bound propagation lacks (attacks, then the kernel's interval replay alone)."""
+    from oracles.bounds_torch import load_chain
+
+    try:
+        return load_chain(graph_path, claim.node), ""
+    except ValueError as e:
+        return None, str(e)
 
 
 def _whole(graph_path: str, claim: Claim, chain, why: str, t0: float, seed: int):
@@ -126,11 +134,6 @@ def _whole(graph_path: str, claim: Claim, chain, why: str, t0: float, seed: int)
             return Decision("unsat", cert, producer_s=time.perf_counter() - t0, method=method,
                             leaves=1)
     return spec, cert, lows
-
-
-def _margins(spec, lows) -> list[float]:
-    """Each polytope's best row's lower bound minus its threshold (> 0: excluded)."""
-    return [float(max(np.asarray(lows)[a:b] - spec.thr[a:b])) for a, b in spec.groups]
 
 
 def leaf_kernel_s(rows: int) -> float:
@@ -170,7 +173,7 @@ def by_polytope(graph_path: str, claim: Claim, deadline: float, chain, root: tup
         if spec.row_ok(lows)[a:b].any():
             children[i] = _rows_of(whole, a, b)
             leaves += 1
-    for i in np.argsort(_margins(spec, lows), kind="stable").tolist():
+    for i in np.argsort(spec.polytope_margins(lows), kind="stable").tolist():
         if i in children:
             continue
         poly = claim.unsafe[i]
@@ -245,15 +248,9 @@ def _whole_here(graph_path: str, claim: Claim):
     """`_whole` in this process: a Decision, or (spec, its float lower bounds)."""
     import torch
 
-    from oracles.bounds_torch import load_chain
-
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    try:
-        chain, why = load_chain(graph_path, claim.node), ""
-    except ValueError as e:  # as in produce
-        chain, why = None, str(e)
-    first = _whole(graph_path, claim, chain, why, t0, 0)
+    first = _whole(graph_path, claim, *_chain(graph_path, claim), t0, 0)
     return first if isinstance(first, Decision) else (first[0], first[2])
 
 
@@ -290,7 +287,7 @@ def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
         first = _whole_here(graph_path, claim)  # then go worst margin first, as by_polytope
         if isinstance(first, Decision):
             return first
-        order = np.argsort(_margins(*first), kind="stable").tolist()
+        order = np.argsort(first[0].polytope_margins(first[1]), kind="stable").tolist()
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs)
     futs = {pool.submit(_produce_until, deadline, graph_path, subclaims[i].to_json(), i): i
             for i in order}
