@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 
 from flint import fmpq, fmpz, fmpz_mat
 
+from kernel_checker import semantics
 from kernel_checker.claims import Claim
 from kernel_checker.enclosure import GRAPH_FUNCS, backward_smooth
 from kernel_checker.errors import KernelError, refuse
@@ -143,10 +144,9 @@ def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
     a = node.attrs
     n_in, n_out = numel(in_shape), numel(node.shape)
     bias = graph.param(a["bias"]) if a.get("bias") else None
-    if node.op == "linear":
-        wt = graph.param(a["weight"])
-        w = fmpz_mat(n_out, n_in, wt.nums)
-        w_den = wt.den
+    w_abs = None
+    if node.op == "linear":  # the matrices interval replay uses
+        w, w_abs, w_den = semantics._weight_matrix(graph, a["weight"], n_out, n_in)
         b_nums = bias.nums if bias else None
     elif node.op == "conv2d":
         wt = graph.param(a["weight"])
@@ -188,10 +188,11 @@ def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
         w = fmpz_mat(n_out, n_in, dense)
         b_nums = None
     b = fmpz_mat(n_out, 1, b_nums) if b_nums is not None else None
-    col_sums = [0] * n_in  # |lam W| <= max|lam| * max column sum of |W|
-    for i, v in enumerate(w.entries()):
-        col_sums[i % n_in] += abs(int(v))
-    graph._cache[key] = (w, w_den, b, bias.den if bias else 1, max(col_sums).bit_length())
+    if w_abs is None:
+        w_abs = fmpz_mat(n_out, n_in, [abs(v) for v in w.entries()])
+    # |lam W| <= max|lam| * max column sum of |W|
+    top = max((fmpz_mat(1, n_out, [1] * n_out) * w_abs).entries(), default=0)
+    graph._cache[key] = (w, w_den, b, bias.den if bias else 1, int(top).bit_length())
     return graph._cache[key]
 
 
@@ -483,12 +484,17 @@ def _start(rows, n: int) -> tuple:
     return fmpz_mat(len(rows), n, nums), fmpq(1, den), int(top).bit_length()
 
 
+_BOX: list = [None, None, None]  # the last box concretised over, its lo and widths as columns
+
+
 def _concretise(mat: fmpz_mat, sc: fmpq, const: list, box: Interval) -> list[fmpq]:
     """Each row's minimum of mat * sc . x over the box, plus its constant."""
     n_in = len(box.lo)
-    width = fmpz_mat(n_in, 1, [b - a for a, b in zip(box.lo, box.hi, strict=True)])
+    if _BOX[0] is not box:  # relu-split leaves share their box
+        _BOX[:] = box, fmpz_mat(n_in, 1, box.lo), fmpz_mat(n_in, 1, [
+            b - a for a, b in zip(box.lo, box.hi, strict=True)])
     neg = fmpz_mat(mat.nrows(), n_in, [v if v < 0 else 0 for v in mat.entries()])
-    mins = mat * fmpz_mat(n_in, 1, box.lo) + neg * width
+    mins = mat * _BOX[1] + neg * _BOX[2]
     return _values(_plus(const, mins, sc / box.den), mat.nrows())
 
 
@@ -831,7 +837,9 @@ def _replay(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) -> t
                                      path)
 
     for k, node in enumerate(nodes):  # one forward pass; each entry is proved where it sits
-        if not _step(graph, node, values, dom, certified):
+        # (the claim node's own interval is not needed: its bounds come from the rows)
+        needed = node.id != claim.node or node.id in certified or node.id in dom.phases
+        if needed and not _step(graph, node, values, dom, certified):
             return None
         if state is not None and node.op == "linear":
             _paths(graph, node, values, state)

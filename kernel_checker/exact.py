@@ -43,21 +43,26 @@ def load_json(text: str | bytes, rule: str, path: str = "") -> object:
 
 def float_bits_to_dyadic(kind: str, bits: int, rule: str, path: str) -> tuple[int, int]:
     """IEEE binary16/bfloat16/binary32/binary64 bits to (m, e) with value m * 2^e exactly."""
+    mants, exps = float_bits_to_dyadics(kind, [bits], rule, path, index=False)
+    return mants[0], exps[0]
+
+
+def float_bits_to_dyadics(kind: str, bits: list, rule: str, path: str, index: bool = True
+                          ) -> tuple[list[int], list[int]]:
+    """Many values' bits of one kind to (mantissas, exponents), value i being m[i] * 2^e[i]
+    exactly; NaN or Inf is refused at path[i] (at path when not `index`)."""
     ebits, fbits = {"f16": (5, 10), "bf16": (8, 7), "f32": (8, 23), "f64": (11, 52)}[kind]
-    width = 1 + ebits + fbits
-    emask = (1 << ebits) - 1
-    sign = bits >> (width - 1)
-    e = (bits >> fbits) & emask
-    f = bits & ((1 << fbits) - 1)
-    if e == emask:
-        found = "NaN" if f else "Inf"
-        raise refuse(rule, path, f"expected a finite {kind} value, found {found} (bits {bits:x})")
-    bias = (1 << (ebits - 1)) - 1
-    if e == 0:
-        m, exp = f, 1 - bias - fbits
-    else:
-        m, exp = f | (1 << fbits), e - bias - fbits
-    return (-m if sign else m), exp
+    emask, fmask, sign_at, hidden = (1 << ebits) - 1, (1 << fbits) - 1, ebits + fbits, 1 << fbits
+    fields = [(b >> fbits) & emask for b in bits]
+    if emask in fields:
+        i = fields.index(emask)
+        found = "NaN" if bits[i] & fmask else "Inf"
+        raise refuse(rule, f"{path}[{i}]" if index else path, f"expected a finite {kind} value, "
+                     f"found {found} (bits {bits[i]:x})")
+    mags = [(b & fmask) | hidden if e else b & fmask for b, e in zip(bits, fields)]
+    shift = (1 << (ebits - 1)) - 1 + fbits  # bias + fraction bits; a subnormal's field counts 1
+    return ([-m if b >> sign_at else m for m, b in zip(mags, bits)],
+            [(e or 1) - shift for e in fields])
 
 
 def _dyadic_to_fmpq(m: int, e: int) -> fmpq:
@@ -149,6 +154,10 @@ def decode_vector(value: object, path: str, rule: str = "decode", length: int | 
         raise refuse(rule, path, f"expected a list of numbers, found {type(value).__name__}")
     if length is not None and len(value) != length:
         raise refuse(rule, path, f"expected {length} numbers, found {len(value)}")
+    try:  # every text decoded before (producers repeat themselves): one lookup each
+        return [_SHORT[v] for v in value]
+    except (KeyError, TypeError):  # (unhashable: a list or object, refused below)
+        pass
     out = []
     if len(_SHORT) > 1 << 18:
         _SHORT.clear()

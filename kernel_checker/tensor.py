@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from flint import fmpq, fmpz
 
 from kernel_checker.errors import refuse
-from kernel_checker.exact import decode_rational, float_bits_to_dyadic
+from kernel_checker.exact import decode_rational, float_bits_to_dyadics
 
 # dtype -> (struct code, bytes per element, float kind or None for integers)
 DTYPES = {
@@ -92,17 +92,8 @@ def decode_raw(data: bytes, dtype: str, shape: tuple[int, ...], rule: str, path:
         raw = [b << 16 for b in raw]  # bfloat16 is the top half of a binary32
     else:
         kind_bits = kind
-    mants, exps = [], []
-    emin = None
-    exp_all = {"f32": 255 << 23, "f64": 2047 << 52, "f16": 31 << 10}[kind_bits]
-    for i, bits in enumerate(raw):
-        if bits & exp_all == exp_all:  # NaN or Inf: let the decoder name it
-            float_bits_to_dyadic(kind_bits, bits, rule, f"{path}[{i}]")
-        m, e = float_bits_to_dyadic(kind_bits, bits, rule, path)
-        mants.append(m)
-        exps.append(e)
-        if m and (emin is None or e < emin):
-            emin = e
+    mants, exps = float_bits_to_dyadics(kind_bits, raw, rule, path)
+    emin = min((e for m, e in zip(mants, exps) if m), default=None)
     if emin is None:
         return Tensor(tuple(shape), [0] * n, 1)
     nums = [m << (e - emin) if m else 0 for m, e in zip(mants, exps)]

@@ -12,6 +12,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from flint import fmpq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import save as save_safetensors
 
 from kernel_checker.errors import KernelError
@@ -319,6 +321,30 @@ def test_raw_all_zero_and_subnormal_tensors():
     sub = np.array([1e-45, -1e-40], dtype=np.float32)
     assert decode_raw(sub.tobytes(), "F32", (2,), "r", "t").values() == [
         q(*Fraction(float(v)).as_integer_ratio()) for v in sub]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([("F16", np.float16, np.uint16), ("F32", np.float32, np.uint32),
+                        ("F64", np.float64, np.uint64)]),
+       st.lists(st.integers(min_value=0, max_value=2**64 - 1), min_size=1, max_size=12),
+       st.integers(min_value=0, max_value=11))
+def test_raw_float_tensors_decode_every_bit_pattern_exactly(kind, words, bad):
+    """decode_raw takes a whole tensor's bits at once: any finite bit patterns (subnormals,
+    -0.0, the largest exponents) decode to the values numpy reads; one NaN or Inf anywhere is
+    refused at its index."""
+    dtype, np_dtype, np_bits = kind
+    bits = np.array([w % (1 << (8 * np.dtype(np_bits).itemsize)) for w in words], dtype=np_bits)
+    vals = bits.view(np_dtype)
+    finite = np.isfinite(vals)
+    bits, vals = bits[finite], vals[finite]
+    if len(bits):
+        got = decode_raw(bits.tobytes(), dtype, (len(bits),), "r", "t").values()
+        assert got == [q(*Fraction(float(v)).as_integer_ratio()) for v in vals]
+    i = bad % (len(bits) + 1)
+    for special in (np.nan, np.inf, -np.inf):
+        arr = np.insert(vals, i, special).astype(np_dtype)
+        refused(decode_raw, arr.tobytes(), dtype, (len(arr),), "r", "t", rule="r",
+                path=f"t[{i}]", contains="NaN" if np.isnan(special) else "Inf")
 
 
 def test_values_inline_tensor():
