@@ -121,8 +121,12 @@ def _step(graph: Graph, node: Node, values: dict, dom: Domain, certified: dict) 
     else:
         x = eval_node(node, args, graph)
         graph._cache[("step", node.id)] = (args, x)
-    if node.id in certified:
-        x = _clip(x, *certified[node.id])
+    if node.id in certified:  # (leaves below one split share its bounds and often x)
+        hit = graph._cache.get(("clip", node.id))
+        if hit is None or hit[0] is not x or hit[1] is not certified[node.id]:
+            hit = graph._cache[("clip", node.id)] = (x, certified[node.id],
+                                                    _clip(x, *certified[node.id]))
+        x = hit[2]
     if node.id in dom.phases:
         x = _apply_phases(x, dom.phases[node.id])
     values[node.id] = x
@@ -283,18 +287,26 @@ def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, s
         mat, sc, bits = mat * (1 << (COEF_BITS - bits)), sc / (1 << (COEF_BITS - bits)), COEF_BITS
     unstable = [j for j in range(n) if z.lo[j] < 0 < z.hi[j]]
     active = [j for j in range(n) if z.lo[j] >= 0]  # relu(z) = z
-    keep = _pick(n, active)
-    parts = [(mat * keep, keep.transpose())]  # inactive and unstable columns are 0 here
     s, t_nums, t_den, grow, lows, shared = _slopes(node.id, z, unstable, rows, cert, rule, path)
+    if rows == 1:  # entries placed directly: for one row the selections cost more than they save
+        v = mat.entries()
+        cols, out = [v[j] for j in unstable], [0] * n
+        for j in active:
+            out[j] = v[j]
+        for j, x in zip(unstable, _products(cols, 1, s, lows, shared)):
+            out[j] = x
+        parts = [(fmpz_mat(1, n, out), None)]
+    else:
+        keep = _pick(n, active)
+        parts = [(mat * keep, keep.transpose())]  # inactive and unstable columns are 0 here
+        if unstable:
+            pick = _pick(n, unstable)
+            cols = (mat * pick).entries()
+            parts.append((fmpz_mat(rows, len(unstable), _products(cols, rows, s, lows, shared)),
+                          pick.transpose()))
     if not unstable:  # (what cert gives for this relu is checked all the same)
         return parts, sc, const, bits
-    k = len(unstable)
-    pick = _pick(n, unstable)
-    sel = mat * pick
-    cols = sel.entries()
-    new = _products(cols, rows, s, lows, shared)
-    extra = _intercepts(rows, k, cols, t_nums)[1]
-    parts.append((fmpz_mat(rows, k, new), pick.transpose()))
+    extra = _intercepts(rows, len(unstable), cols, t_nums)[1]
     err = sc * sum(max(-z.lo[j], z.hi[j]) for j in unstable) / (2 * z.den)
     return parts, sc, _less(_plus(const, extra, sc / t_den), err), bits + grow
 
@@ -430,8 +442,9 @@ def _sum(m1: fmpz_mat, s1: fmpq, b1: int, m2: fmpz_mat, s2: fmpq, b2: int) -> tu
 
 
 def _total(parts: list) -> fmpz_mat:
-    """The sum of left * right over the parts."""
-    return sum((left * right for left, right in parts[1:]), parts[0][0] * parts[0][1])
+    """The sum of left * right over the parts (right None: left alone)."""
+    first = parts[0][0] if parts[0][1] is None else parts[0][0] * parts[0][1]
+    return sum((left * right for left, right in parts[1:]), first)
 
 
 def _give(lam: dict, nid: str, mat: fmpz_mat, sc: fmpq, bits: int) -> None:

@@ -737,3 +737,45 @@ def test_exact_points_lie_inside_ibp_bounds(kit, case):
 def test_reference_reads_weights_exactly():
     shape, vals = exact_array(np.array([[0.1, -2.5]], np.float32))
     assert shape == (1, 2) and vals == [Fraction(13421773, 2**27), Fraction(-5, 2)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_updated_from_the_last_input_equals_the_full_product(kit, bias):
+    """Relu-split leaves replay intervals that differ from the previous leaf's in one or two
+    entries: linear then updates its last output by the changed columns (_linear_update). The
+    update must give the very numerators (and denominator) the full product gives."""
+    from kernel_checker.semantics import Interval as KInterval
+    from kernel_checker.semantics import _linear_update, _weight_matrix, linear
+
+    rng = np.random.default_rng(31)
+    b = w32(rng, 5)
+    b[0] = np.float32(1e-30)  # a finer bias than the weights: the output's den is a multiple
+    g = GraphBuilder()
+    g.output(g.linear(g.input([256]), w32(rng, 5, 256), b if bias else None))
+    graph = kit.save(g, "lin").graph
+    node = graph.by_id[graph.outputs[0]]
+    wt = graph.param(node.attrs["weight"])
+    w_den = _weight_matrix(graph, node.attrs["weight"], 5, 256)[2]
+    big = st.integers(-2**70, 2**70)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(big, st.integers(0, 2**70)), min_size=256, max_size=256),
+           st.lists(st.tuples(st.integers(0, 255), big, st.integers(0, 2**70)), max_size=4),
+           st.integers(1, 2**80))
+    def check(base, changes, den):
+        x0 = KInterval((256,), [a for a, _ in base], [a + r for a, r in base], den)
+        lo, hi = list(x0.lo), list(x0.hi)
+        for j, a, r in changes:
+            lo[j], hi[j] = a, a + r
+        x1 = KInterval((256,), lo, hi, den)
+        graph._cache.pop(("linear", node.id), None)
+        y0 = linear(x0, node, graph)
+        upd = _linear_update(x0, y0, x1, wt, w_den)
+        via_cache = linear(x1, node, graph)  # updates from x0's output
+        graph._cache.pop(("linear", node.id), None)
+        full = linear(x1, node, graph)
+        assert upd is not None
+        assert (upd.lo, upd.hi, upd.den) == (full.lo, full.hi, full.den)
+        assert (via_cache.lo, via_cache.hi, via_cache.den) == (full.lo, full.hi, full.den)
+
+    check()
