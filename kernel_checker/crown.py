@@ -200,33 +200,30 @@ def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
     return graph._cache[key]
 
 
-def _upper_lines(rule, path, relu_id, lo, hi, den, unstable, cert_upper):
-    """Upper lines s z + t >= relu(z) on [l, u] for unstable neurons: given and checked at both
-    endpoints (relu is convex, so the endpoints suffice), or computed with outward rounding."""
-    s_all, t_all = {}, {}
-    given = None
+def _upper_lines(rule, path, relu_id, lo, hi, den, unstable, cert_upper) -> tuple:
+    """Upper lines s z + t >= relu(z) on [l, u] for the unstable neurons, in order: (slopes,
+    intercept numerators, their denominator); given and checked at both endpoints (relu is
+    convex, so the endpoints suffice), or computed with outward rounding."""
     if cert_upper is not None and not isinstance(cert_upper, dict):
         raise refuse(rule, f"{path}.upper", "expected an object keyed by relu node id")
-    if cert_upper is not None and relu_id in cert_upper:
-        entry = cert_upper[relu_id]
-        if not isinstance(entry, dict) or set(entry) != {"slope", "intercept"}:
-            raise refuse(rule, f"{path}.upper.{relu_id}", "expected {slope, intercept}")
-        n = len(lo)
-        given = (decode_vector(entry["slope"], f"{path}.upper.{relu_id}.slope", rule, n),
-                 decode_vector(entry["intercept"], f"{path}.upper.{relu_id}.intercept", rule, n))
-    scale = 1 << UPPER_LINE_BITS
+    if cert_upper is None or relu_id not in cert_upper:
+        # s = u / (u - l) rounded up (the line only rises on [l, u]), t = -s l rounded up
+        scale = 1 << UPPER_LINE_BITS
+        s_nums = [-((-hi[j] * scale) // (hi[j] - lo[j])) for j in unstable]
+        return ([fmpq(v, scale) for v in s_nums],
+                [-((v * lo[j]) // den) for v, j in zip(s_nums, unstable)], scale)
+    entry = cert_upper[relu_id]
+    if not isinstance(entry, dict) or set(entry) != {"slope", "intercept"}:
+        raise refuse(rule, f"{path}.upper.{relu_id}", "expected {slope, intercept}")
+    n = len(lo)
+    slopes = decode_vector(entry["slope"], f"{path}.upper.{relu_id}.slope", rule, n)
+    ts = decode_vector(entry["intercept"], f"{path}.upper.{relu_id}.intercept", rule, n)
     for j in unstable:
-        if given is not None:
-            lj, uj = fmpq(lo[j], den), fmpq(hi[j], den)
-            s, t = given[0][j], given[1][j]
-            if s * lj + t < 0 or s * uj + t < uj:
-                raise refuse(rule, f"{path}.upper.{relu_id}.slope[{j}]", f"the line {s}*z + {t} "
-                             f"dips below relu on [{approx_text(lj)}, {approx_text(uj)}]")
-        else:  # s = u / (u - l) rounded up (the line only rises on [l, u]), t = -s l rounded up
-            s_num = -((-hi[j] * scale) // (hi[j] - lo[j]))
-            s, t = fmpq(s_num, scale), fmpq(-((s_num * lo[j]) // den), scale)
-        s_all[j], t_all[j] = s, t
-    return s_all, t_all
+        lj, uj, s, t = fmpq(lo[j], den), fmpq(hi[j], den), slopes[j], ts[j]
+        if s * lj + t < 0 or s * uj + t < uj:
+            raise refuse(rule, f"{path}.upper.{relu_id}.slope[{j}]", f"the line {s}*z + {t} "
+                         f"dips below relu on [{approx_text(lj)}, {approx_text(uj)}]")
+    return [slopes[j] for j in unstable], *common_denominator([ts[j] for j in unstable])
 
 
 def _alphas(rule, path, cert_alpha, relu_id, n, rows, lo, hi, den):
@@ -320,12 +317,10 @@ def _slopes(relu_id: str, z: Interval, unstable: list, rows: int, cert: dict, ru
     given = [k for k in ("upper", "alpha") if cert.get(k) is not None and (
         not isinstance(cert[k], dict) or relu_id in cert[k])]  # (a malformed one is refused)
     if "upper" in given or ("upper", relu_id) not in memo:
-        s_map, t_map = _upper_lines(rule, path, relu_id, z.lo, z.hi, z.den, unstable,
-                                    cert.get("upper"))
-        t_nums, t_den = common_denominator([t_map[j] for j in unstable])
-        top = max((s_map[j] for j in unstable), default=_ZERO)
-        grow = max(0, int(fmpz(top.ceil()).bit_length()) - 1)
-        memo[("upper", relu_id)] = ([s_map[j] for j in unstable], t_nums, t_den, grow)
+        s, t_nums, t_den = _upper_lines(rule, path, relu_id, z.lo, z.hi, z.den, unstable,
+                                        cert.get("upper"))
+        grow = max(0, int(fmpz(max(s, default=_ZERO).ceil()).bit_length()) - 1)
+        memo[("upper", relu_id)] = (s, t_nums, t_den, grow)
     ups = memo.pop(("upper", relu_id)) if "upper" in given else memo[("upper", relu_id)]
     if "alpha" in given or ("alpha", relu_id) not in memo:
         alphas = _alphas(rule, path, cert.get("alpha"), relu_id, len(z.lo), rows, z.lo, z.hi,

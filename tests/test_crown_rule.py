@@ -942,8 +942,8 @@ def test_default_upper_line_is_the_rounded_up_chord_and_lies_above_relu(lo, hi, 
     (integer arithmetic in the kernel, checked here with Fractions); it lies on or above relu
     at both ends."""
     den = 1 << den_bits
-    s_map, t_map = crown._upper_lines("crown", "c", "r", [lo], [hi], den, [0], None)
-    s, t = fr(s_map[0]), fr(t_map[0])
+    slopes, t_nums, t_den = crown._upper_lines("crown", "c", "r", [lo], [hi], den, [0], None)
+    s, t = fr(slopes[0]), Fraction(t_nums[0], t_den)
     scale = 1 << crown.UPPER_LINE_BITS
     lq, u = Fraction(lo, den), Fraction(hi, den)
     assert s * scale == -((-(u / (u - lq)) * scale) // 1)  # ceil(u / (u - l) scale)
