@@ -166,6 +166,40 @@ def test_root_bounds_hold_below_the_split_that_proves_them_only(fixed):
     assert proof.check(claim, cert, built.graph).rule == "split"
 
 
+def test_leaves_concluded_in_batches_have_the_bounds_each_leaf_has_alone(fixed, monkeypatch):
+    """The kernel stacks the last product of up to FLUSH_LEAVES leaves (`_flush`): the leaves'
+    lower bounds are those backward_lower_bounds gives each alone (compared as a multiset:
+    leaves on the affine-block route conclude at once, before the batch they skip)."""
+    built, claim, res = fixed
+    seen: dict = {"batched": [], "alone": []}
+    mode = ["batched"]
+    conclude = crown.conclude
+    monkeypatch.setattr(crown, "conclude", lambda c, lows, rule: (
+        seen[mode[0]].append(list(lows)), conclude(c, lows, rule))[1])
+    proof.check(claim, res.certificate, built.graph)
+    back = crown.backward_lower_bounds
+    monkeypatch.setattr(crown, "backward_lower_bounds", lambda *a: back(*a[:8]))  # no defer
+    mode[0] = "alone"
+    proof.check(claim, res.certificate, built.graph)
+    assert len(seen["batched"]) == len(_leaves(res.certificate)) > crown.FLUSH_LEAVES
+    assert sorted(map(tuple, seen["batched"])) == sorted(map(tuple, seen["alone"]))
+
+
+def test_a_leaf_failing_in_a_later_batch_is_rejected(fixed):
+    """A leaf past the first batch whose split multipliers are blown up (its bound falls far
+    below the claim) is refused, however many leaves were concluded before it."""
+    built, claim, res = fixed
+    cert = copy.deepcopy(res.certificate)
+    with_beta = [leaf for leaf in _leaves(cert) if leaf.get("beta")]
+    assert len(_leaves(cert)) > crown.FLUSH_LEAVES
+    leaf = with_beta[-1]
+    for entry in leaf["beta"]:
+        entry["values"] = ["1000000"] * len(entry["values"])
+    with pytest.raises(KernelError) as info:
+        proof.check(claim, cert, built.graph)
+    assert info.value.rule == "crown" and info.value.path.startswith("claim"), info.value
+
+
 def test_a_root_bound_one_step_past_the_kernel_bound_is_rejected(fixed):
     built, claim, res = fixed
     cert = copy.deepcopy(res.certificate)
