@@ -140,7 +140,8 @@ def leaf_kernel_s(rows: int) -> float:
     """The kernel's time per relu-split leaf without intermediate entries, reserved by the
     producer: on MNIST-FC 256x2 on this 2-core machine, 21 ms with 9 spec rows and 5.4 ms with
     one (prop_3 at eps 0.03 by polytope: 83 s for 15,402 leaves), with some margin; since
-    a184140 about 4.5 ms with one (prop_1 at eps 0.03: 23 s for 5,054 leaves)."""
+    a184140 about 4.5 ms with one (prop_1 at eps 0.03: 23 s for 5,054 leaves), since 51bf36a
+    about 2.8 ms (14 s); kept as it was, as a margin."""
     return 0.0045 + 0.0022 * rows
 
 
