@@ -886,8 +886,9 @@ def _replay(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) -> t
                                      path, defer)
 
     for k, node in enumerate(nodes):  # one forward pass; each entry is proved where it sits
-        # (the claim node's own interval is not needed: its bounds come from the rows)
-        needed = node.id != claim.node or node.id in certified or node.id in dom.phases
+        # (a linear claim node's own interval is not needed: its bounds come from the rows;
+        # other ops' replay also refuses what their back-substitution cannot take)
+        needed = node.id != claim.node or node.op != "linear"
         if needed and not _step(graph, node, values, dom, certified):
             return None
         if state is not None and node.op == "linear":

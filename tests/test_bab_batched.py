@@ -166,22 +166,37 @@ def test_root_bounds_hold_below_the_split_that_proves_them_only(fixed):
     assert proof.check(claim, cert, built.graph).rule == "split"
 
 
-def test_leaves_concluded_in_batches_have_the_bounds_each_leaf_has_alone(fixed, monkeypatch):
+def _halves(cert: dict, box, dim: int) -> dict:
+    """cert on each half of the box's input dim (an input split above a relu-split tree)."""
+    lo, hi = (Fraction(int(v.p), int(v.q)) for v in (box.lo[dim], box.hi[dim]))
+    mid = (lo + hi) / 2
+    return {"rule": "split", "split": {"kind": "input", "dim": dim, "pieces": [
+        [enc(lo), enc(mid)], [enc(mid), enc(hi)]]}, "children": [cert, copy.deepcopy(cert)]}
+
+
+@pytest.mark.parametrize("flush", [None, 10**6])
+@pytest.mark.parametrize("halves", [False, True])
+def test_leaves_concluded_in_batches_have_the_bounds_each_leaf_has_alone(fixed, monkeypatch,
+                                                                         flush, halves):
     """The kernel stacks the last product of up to FLUSH_LEAVES leaves (`_flush`): the leaves'
     lower bounds are those backward_lower_bounds gives each alone (compared as a multiset:
-    leaves on the affine-block route conclude at once, before the batch they skip)."""
+    leaves on the affine-block route conclude at once, before the batch they skip); also with
+    the tree on two halves of the input box, whose leaves share a batch but not a box."""
     built, claim, res = fixed
+    cert = _halves(res.certificate, claim.input_set.as_box(), 0) if halves else res.certificate
+    if flush:
+        monkeypatch.setattr(crown, "FLUSH_LEAVES", flush)
     seen: dict = {"batched": [], "alone": []}
     mode = ["batched"]
     conclude = crown.conclude
     monkeypatch.setattr(crown, "conclude", lambda c, lows, rule: (
         seen[mode[0]].append(list(lows)), conclude(c, lows, rule))[1])
-    proof.check(claim, res.certificate, built.graph)
+    proof.check(claim, cert, built.graph)
     back = crown.backward_lower_bounds
     monkeypatch.setattr(crown, "backward_lower_bounds", lambda *a: back(*a[:8]))  # no defer
     mode[0] = "alone"
-    proof.check(claim, res.certificate, built.graph)
-    assert len(seen["batched"]) == len(_leaves(res.certificate)) > crown.FLUSH_LEAVES
+    proof.check(claim, cert, built.graph)
+    assert len(seen["batched"]) > 8  # (more leaves than a batch; a leaf may be vacuous)
     assert sorted(map(tuple, seen["batched"])) == sorted(map(tuple, seen["alone"]))
 
 
@@ -328,6 +343,28 @@ def test_a_child_that_does_not_exclude_its_polytope_is_rejected_by_index(by_poly
     cert["children"][i] = {"rule": "ibp"}
     rejected(claim, cert, built.graph, rule="ibp", path=f"claim.unsafe[{i}]",
              contains=f"certificate.children[{i}]: polytope {i} is not excluded")
+
+
+@pytest.mark.parametrize("flush", [None, 10**6])
+def test_a_deferred_leaf_failing_in_a_polytope_tree_is_rejected_by_that_polytope(by_polytope,
+                                                                                 flush,
+                                                                                 monkeypatch):
+    """Each polytope's tree concludes its batched crown leaves before the split maps the
+    error: a leaf (with split multipliers, so deferred) blown up in child i is refused at the
+    union's polytope i, naming child i; also when nothing is flushed before a tree's end."""
+    built, claim, d = by_polytope
+    if flush:
+        monkeypatch.setattr(crown, "FLUSH_LEAVES", flush)
+    trees = [i for i, child in enumerate(d.certificate["children"])
+             if any(leaf.get("beta") for leaf in _leaves(child))]
+    assert trees
+    for i in trees:
+        cert = copy.deepcopy(d.certificate)
+        leaf = [leaf for leaf in _leaves(cert["children"][i]) if leaf.get("beta")][-1]
+        for entry in leaf["beta"]:
+            entry["values"] = ["1000000"] * len(entry["values"])
+        rejected(claim, cert, built.graph, rule="crown", path=f"claim.unsafe[{i}]",
+                 contains=f"certificate.children[{i}]: polytope {i} is not excluded")
 
 
 def test_polytope_split_needs_an_unsat_claim_of_several_polytopes(by_polytope, net):

@@ -287,3 +287,51 @@ def test_coefficient_rounding_error_is_charged(kit, monkeypatch):
         assert a <= b
     for a, b in list(zip(lo, lo_exact)) + list(zip(hi_exact, hi)):
         assert a <= b <= a + Fraction(1, 2**30)
+
+
+def test_split_leaves_on_a_residual_block_keep_the_skip_path_when_batched(kit, monkeypatch):
+    """Under a split the kernel defers a one-row leaf's last product to a batch (`_flush`)
+    only when nothing else is pending: on a residual block the input also takes the skip
+    path's coefficients. Every leaf's lower bound is the one it gets alone, and the split
+    holds."""
+    built = kit.save(residual_mlp(5), "res_batch")
+    g = built.graph
+    box = random_box(np.random.default_rng(5), 4, 1)
+    lo, _ = kernel_bounds(g, box, g.outputs[0])
+    claim = claims.linear_bound(g, box, [[1, 0, 0]], [lo[0] - 1])
+    a, b = fr(box.lo[0]), fr(box.hi[0])
+    cuts = [a + (b - a) * k / 10 for k in range(11)]
+    cert = {"rule": "split", "split": {"kind": "input", "dim": 0, "pieces": [
+        [enc(u), enc(v)] for u, v in zip(cuts, cuts[1:])]}, "children": [{"rule": "crown"}] * 10}
+    seen: dict = {"batched": [], "alone": []}
+    mode = ["batched"]
+    conclude = crown.conclude
+    monkeypatch.setattr(crown, "conclude", lambda c, lows, rule: (
+        seen[mode[0]].append(tuple(lows)), conclude(c, lows, rule))[1])
+    assert proof.check(claim, cert, g).rule == "split"
+    back = crown.backward_lower_bounds
+    monkeypatch.setattr(crown, "backward_lower_bounds", lambda *a: back(*a[:8]))  # no defer
+    mode[0] = "alone"
+    proof.check(claim, cert, g)
+    assert len(seen["batched"]) == 10 > crown.FLUSH_LEAVES
+    assert sorted(seen["batched"]) == sorted(seen["alone"])
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_a_maxpool_claim_node_with_a_window_in_the_padding_is_refused(kit, split):
+    """The claim node's own interval replay is skipped only for a linear node: a maxpool2d
+    whose window lies entirely in the padding (dilation 3 on a 2x2 input) is refused there,
+    as it was, not a crash in the back-substitution."""
+    g = GraphBuilder()
+    g.output(g.maxpool2d(g.input([1, 2, 2]), [2, 2], [1, 1], [1, 1]))
+    doc = kit.save(g, "mp_pad").doc
+    pool = next(n for n in doc["nodes"] if n["op"] == "maxpool2d")
+    pool["attrs"]["dilation"], pool["shape"] = [3, 3], [1, 1, 1]
+    graph = kit.parse(doc)
+    claim = claims.bounds(graph, claims.box([0] * 4, [1] * 4), [-5], [5])
+    cert = {"rule": "crown"}
+    if split:
+        cert = {"rule": "split", "split": {"kind": "input", "dim": 0, "pieces": [
+            ["0", "1/2"], ["1/2", "1"]]}, "children": [{"rule": "crown"}, {"rule": "crown"}]}
+    rejected(claim, cert, graph, rule="semantics", path=f"node {pool['id']!r}",
+             contains="lies entirely in the padding")

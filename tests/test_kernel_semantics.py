@@ -777,5 +777,12 @@ def test_linear_updated_from_the_last_input_equals_the_full_product(kit, bias):
         assert upd is not None
         assert (upd.lo, upd.hi, upd.den) == (full.lo, full.hi, full.den)
         assert (via_cache.lo, via_cache.hi, via_cache.den) == (full.lo, full.hi, full.den)
+        # x1 over another denominator: not an update of x0's output
+        x2 = KInterval((256,), [3 * v for v in lo], [3 * v for v in hi], 3 * den)
+        graph._cache[("linear", node.id)] = (x0, y0)
+        via_other = linear(x2, node, graph)
+        graph._cache.pop(("linear", node.id), None)
+        full = linear(x2, node, graph)
+        assert (via_other.lo, via_other.hi, via_other.den) == (full.lo, full.hi, full.den)
 
     check()
