@@ -40,6 +40,24 @@ def rejected(claim, cert, *graphs, rule, path, contains=()):
     return err
 
 
+def batched_and_alone(monkeypatch, check) -> tuple[list, list]:
+    """The lower bounds the kernel concludes crown leaves with while `check()` runs: with the
+    leaves' last products batched (`crown._flush`), then with each leaf alone (no deferral).
+    Both sorted: leaves that are not deferred conclude before the batch they skip."""
+    from kernel_checker import crown
+
+    runs: list = []
+    conclude, back = crown.conclude, crown.backward_lower_bounds
+    monkeypatch.setattr(crown, "conclude", lambda c, lows, rule: (
+        runs[-1].append(tuple(lows)), conclude(c, lows, rule))[1])
+    runs.append([])
+    check()
+    monkeypatch.setattr(crown, "backward_lower_bounds", lambda *a: back(*a[:8]))  # no defer
+    runs.append([])
+    check()
+    return sorted(runs[0]), sorted(runs[1])
+
+
 def randn(rng, *shape, scale=0.5):
     """Random float32 weights that are never exactly zero."""
     w = (rng.standard_normal(shape) * scale).astype(np.float32)

@@ -14,7 +14,7 @@ from fractions import Fraction
 import pytest
 import torch
 from flint import fmpq
-from rule_helpers import enc, rejected
+from rule_helpers import batched_and_alone, enc, rejected
 
 from kernel_checker import KernelError, crown
 from kernel_checker.crown import MAX_SPLIT_DEPTH
@@ -186,18 +186,10 @@ def test_leaves_concluded_in_batches_have_the_bounds_each_leaf_has_alone(fixed, 
     cert = _halves(res.certificate, claim.input_set.as_box(), 0) if halves else res.certificate
     if flush:
         monkeypatch.setattr(crown, "FLUSH_LEAVES", flush)
-    seen: dict = {"batched": [], "alone": []}
-    mode = ["batched"]
-    conclude = crown.conclude
-    monkeypatch.setattr(crown, "conclude", lambda c, lows, rule: (
-        seen[mode[0]].append(list(lows)), conclude(c, lows, rule))[1])
-    proof.check(claim, cert, built.graph)
-    back = crown.backward_lower_bounds
-    monkeypatch.setattr(crown, "backward_lower_bounds", lambda *a: back(*a[:8]))  # no defer
-    mode[0] = "alone"
-    proof.check(claim, cert, built.graph)
-    assert len(seen["batched"]) > 8  # (more leaves than a batch; a leaf may be vacuous)
-    assert sorted(map(tuple, seen["batched"])) == sorted(map(tuple, seen["alone"]))
+    batched, alone = batched_and_alone(monkeypatch, lambda: proof.check(claim, cert,
+                                                                        built.graph))
+    assert len(batched) > 8  # (more leaves than a batch; a leaf may be vacuous)
+    assert batched == alone
 
 
 def test_a_leaf_failing_in_a_later_batch_is_rejected(fixed):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from reference_fraction import evaluate as reference_evaluate
-from rule_helpers import enc, fr, q, randn, rejected
+from rule_helpers import batched_and_alone, enc, fr, q, randn, rejected
 
 from kernel_checker import crown
 from kernel_checker.claims import Box
@@ -303,18 +303,10 @@ def test_split_leaves_on_a_residual_block_keep_the_skip_path_when_batched(kit, m
     cuts = [a + (b - a) * k / 10 for k in range(11)]
     cert = {"rule": "split", "split": {"kind": "input", "dim": 0, "pieces": [
         [enc(u), enc(v)] for u, v in zip(cuts, cuts[1:])]}, "children": [{"rule": "crown"}] * 10}
-    seen: dict = {"batched": [], "alone": []}
-    mode = ["batched"]
-    conclude = crown.conclude
-    monkeypatch.setattr(crown, "conclude", lambda c, lows, rule: (
-        seen[mode[0]].append(tuple(lows)), conclude(c, lows, rule))[1])
     assert proof.check(claim, cert, g).rule == "split"
-    back = crown.backward_lower_bounds
-    monkeypatch.setattr(crown, "backward_lower_bounds", lambda *a: back(*a[:8]))  # no defer
-    mode[0] = "alone"
-    proof.check(claim, cert, g)
-    assert len(seen["batched"]) == 10 > crown.FLUSH_LEAVES
-    assert sorted(seen["batched"]) == sorted(seen["alone"])
+    batched, alone = batched_and_alone(monkeypatch, lambda: proof.check(claim, cert, g))
+    assert len(batched) == 10 > crown.FLUSH_LEAVES
+    assert batched == alone
 
 
 @pytest.mark.parametrize("split", [False, True])
