@@ -1259,6 +1259,19 @@ def _apply_signs(lo, hi, sign):
             torch.where(sign < 0, hi.clamp(max=0), hi))
 
 
+def _caster(dtype):
+    """A function taking tensors, in nested dicts and tuples, to `dtype` (None stays None)."""
+    def cast(v):
+        if isinstance(v, torch.Tensor):
+            return v if v.dtype == dtype or not v.is_floating_point() else v.to(dtype)
+        if isinstance(v, dict):
+            return {k: cast(t) for k, t in v.items()}
+        if isinstance(v, tuple):
+            return tuple(cast(t) for t in v)
+        return v
+    return cast
+
+
 class _Adam:
     """Adam with the iterates projected to [0, upper] (no upper limit when None; a small local
     version: torch.optim's first use imports much of torch, about a second)."""
@@ -1533,7 +1546,8 @@ class BatchChain:
                  base: BatchBounds | None = None, phases: dict | None = None,
                  init_inter: dict | None = None, init_final: dict | None = None,
                  init_beta: dict | None = None, beta_lr: float = 0.05,
-                 per_row_inter: bool = False, fixed: dict | None = None):
+                 per_row_inter: bool = False, fixed: dict | None = None,
+                 search: BatchChain | None = None):
         """alpha-CROWN over a batch: lower slopes of the final rows (per row) and of every
         intermediate bound (one list per relu per intermediate node, shared by its rows; per-row
         lists cost the kernel much more for little gain) optimised by
@@ -1544,13 +1558,20 @@ class BatchChain:
         multiples of 2^-16; the result's `betas`). per_row_inter: one intermediate slope list
         per row (tighter, dearer for the kernel). `init_inter` / `init_final` warm-start the
         slopes (layouts of the returned ones); `base` must be the bounds at the starting point.
-        `fixed`: as in `bounds` (no intermediate slopes there).
+        `fixed`: as in `bounds` (no intermediate slopes there). `search`: the same chain in
+        another float type (float32) for the Adam steps, whose bounds only rank the steps'
+        slopes; the start, the rounded slopes' replay and so every bound returned are this
+        chain's.
         Returns (BatchBounds, alpha_inter, alpha_final)."""
         batch = lo.shape[0]
         m = c.shape[0]
         if base is None:
             base = self.bounds(lo, hi, c, plain=False, phases=phases, alpha_inter=init_inter,
                                alpha_final=init_final, beta_final=init_beta, fixed=fixed)
+        sb = search or self
+        cast = _caster(sb.chain.dtype)
+        s_lo, s_hi, s_c, s_fixed = cast(lo), cast(hi), cast(c), cast(fixed)
+        init_inter, init_final, init_beta = cast(init_inter), cast(init_final), cast(init_beta)
         relus = sorted(base.relax)
         pi, pf = {}, {}
         for pos in (p for p in self.inter_pos if p not in (fixed or {})):
@@ -1559,7 +1580,7 @@ class BatchChain:
                 if k < pos:
                     start = (init_inter or {}).get(pos, {}).get(k)
                     if start is None:
-                        start = base.relax[k].default_alpha
+                        start = cast(base.relax[k].default_alpha)
                         if per_row_inter:
                             start = start[:, None, :].expand(-1, 2 * self.width(pos), -1)
                     tab[k] = start.clone().requires_grad_(True)
@@ -1568,7 +1589,7 @@ class BatchChain:
         for k in relus:
             start = (init_final or {}).get(k)
             if start is None:
-                start = base.relax[k].default_alpha[:, None, :].expand(batch, m, -1)
+                start = cast(base.relax[k].default_alpha)[:, None, :].expand(batch, m, -1)
             pf[k] = start.clone().requires_grad_(True)
         pb = {pos: v.clone().requires_grad_(True) for pos, v in (init_beta or {}).items()}
         params = [t for tab in pi.values() for t in tab.values()] + list(pf.values())
@@ -1579,8 +1600,8 @@ class BatchChain:
         opt = _Adam(params, lr)
         opt_b = _Adam(list(pb.values()), beta_lr, upper=None)
         for _ in range(iterations):
-            r = self.bounds(lo, hi, c, plain=False, alpha_inter=pi, alpha_final=pf, diff=True,
-                            phases=phases, beta_final=pb or None, fixed=fixed)
+            r = sb.bounds(s_lo, s_hi, s_c, plain=False, alpha_inter=pi, alpha_final=pf,
+                          diff=True, phases=phases, beta_final=pb or None, fixed=s_fixed)
             with torch.no_grad():
                 mg = margin(r.lower)
                 imp = mg > best_m
@@ -1602,9 +1623,11 @@ class BatchChain:
             opt.step(grads[:len(params)])
             opt_b.step(grads[len(params):])
         with torch.no_grad():
-            ri = {pos: {k: _round_alpha(t) for k, t in tab.items()} for pos, tab in best_i.items()}
-            rf = {k: _round_alpha(t) for k, t in best_f.items()}
-            rb = {pos: _round_beta(t) for pos, t in best_b.items()}
+            back = _caster(self.chain.dtype)
+            ri = back({pos: {k: _round_alpha(t) for k, t in tab.items()}
+                       for pos, tab in best_i.items()})
+            rf = back({k: _round_alpha(t) for k, t in best_f.items()})
+            rb = back({pos: _round_beta(t) for pos, t in best_b.items()})
             r = self.bounds(lo, hi, c, plain=False, alpha_inter=ri, alpha_final=rf,
                             phases=phases, beta_final=rb or None, fixed=fixed)
         return r, ri, rf
