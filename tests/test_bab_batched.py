@@ -21,6 +21,7 @@ from kernel_checker.crown import MAX_SPLIT_DEPTH
 from kernel_checker.rules import box_interval
 from kernel_checker.tensor import numel
 from oracles import bounds_torch as bt
+from oracles import bab
 from oracles.bab import prove_relu_batched
 from stdlib import robustness
 from tl_dsl import proof
@@ -97,6 +98,45 @@ def test_batched_relu_bab_never_proves_a_false_claim(net):
         if res.status == "counterexample":
             y = chain.forward(chain.tensor(res.point.reshape(-1))[None])[0]
             assert int(torch.argmax(y)) != label
+
+
+def test_float32_search_returns_the_float64_replay_of_its_slopes(net):
+    """optimise(search=float32 chain): the steps rank slopes in float32, but what comes back is
+    this chain's float64 bounds of the rounded slopes, bit for bit, and the kernel takes the
+    leaf certificate built from them."""
+    built, chain, x0, label = net
+    claim = robustness.robust(built.graph, x0, 0.05, label)
+    spec = bt.spec_of(claim, chain.n_out)
+    bc, sc = bt.BatchChain(chain), bt.BatchChain(bt.load_chain(built.path, dtype=torch.float32))
+    assert sc.chain.dtype == torch.float32
+    lo, hi = (chain.tensor([float(v) for v in t])[None] for t in bt.claim_box(claim))
+    lo, hi = lo.repeat(3, 1), hi.repeat(3, 1)
+    c, thr = chain.tensor(spec.c), chain.tensor(spec.thr)
+
+    def margins(lower):
+        return (lower - thr).amin(dim=1)
+
+    def objective(lower):
+        return (lower - thr).clamp(max=0).sum(dim=1)
+
+    r, ai, af = bc.optimise(lo, hi, c, objective, margins, iterations=4, search=sc)
+    for t in [r.lower, *af.values(), *(v for tab in ai.values() for v in tab.values())]:
+        assert t.dtype == torch.float64
+    again = bc.bounds(lo, hi, c, plain=False, alpha_inter=ai, alpha_final=af)
+    assert torch.equal(r.lower, again.lower)
+    assert bool((margins(r.lower) > 0).all())
+    cert, _ = bab._leaf_cert(chain, r, 0, ai, af)
+    assert proof.check(claim, cert, built.graph).rule == "crown"
+
+
+def test_float32_and_float64_searches_both_prove_with_kernel_checked_trees(net):
+    built, chain, x0, label = net
+    claim = robustness.robust(built.graph, x0, 0.22, label)
+    for dt in (torch.float32, torch.float64):
+        res = prove_relu_batched(built.path, claim, timeout_s=60, batch=4, chain=chain,
+                                 search_dtype=dt)
+        assert res.status == "proved", (dt, res.stats)
+        assert proof.check(claim, res.certificate, built.graph).rule == "split"
 
 
 # ---------------------------------------------------------------------------------------------
