@@ -20,8 +20,8 @@ from kernel_checker import KernelError, crown
 from kernel_checker.crown import MAX_SPLIT_DEPTH
 from kernel_checker.rules import box_interval
 from kernel_checker.tensor import numel
-from oracles import bounds_torch as bt
 from oracles import bab
+from oracles import bounds_torch as bt
 from oracles.bab import prove_relu_batched
 from stdlib import robustness
 from tl_dsl import proof
