@@ -22,8 +22,8 @@ from oracles.bounds_torch import (
     BOUND_BITS,
     DECIDE_TOL,
     BatchChain,
-    _caster,
     bounds_for_claim,
+    caster,
     claim_box,
     compute_bounds,
     encode_dyadic,
@@ -439,7 +439,7 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
     sc = _search_chain(graph_path, claim, chain, search_dtype)
     spec = spec_of(claim, chain.n_out)
     c = chain.tensor(spec.c)
-    to_s = _caster(sc.chain.dtype)
+    to_s = caster(sc.chain.dtype)
     c_s = to_s(c)
     thr_t = torch.as_tensor(spec.thr, dtype=dtype, device=chain.device)
     dev = chain.device
@@ -732,7 +732,7 @@ def _lookahead_choice(bc, c, margins, score, choice, lookahead, ks, offsets, spl
     the best margin: the children bounded (intermediate bounds recomputed) with the parent's
     slopes and multipliers (0 on the new constraint). `bc` may be the search chain: the other
     tensors are taken to its float type."""
-    cast = _caster(bc.chain.dtype)
+    cast = caster(bc.chain.dtype)
     c, ai, af, bt, lo_r, hi_r, fixed = cast((c, ai, af, bt, lo_r, hi_r, fixed))
     top = score.topk(min(lookahead, score.shape[1]), dim=1)
     cand = torch.where(top.values >= 0, top.indices, choice[:, None])  # [d, K]

@@ -1259,7 +1259,7 @@ def _apply_signs(lo, hi, sign):
             torch.where(sign < 0, hi.clamp(max=0), hi))
 
 
-def _caster(dtype):
+def caster(dtype):
     """A function taking tensors, in nested dicts and tuples, to `dtype` (None stays None)."""
     def cast(v):
         if isinstance(v, torch.Tensor):
@@ -1569,7 +1569,7 @@ class BatchChain:
             base = self.bounds(lo, hi, c, plain=False, phases=phases, alpha_inter=init_inter,
                                alpha_final=init_final, beta_final=init_beta, fixed=fixed)
         sb = search or self
-        cast = _caster(sb.chain.dtype)
+        cast = caster(sb.chain.dtype)
         s_lo, s_hi, s_c, s_fixed = cast(lo), cast(hi), cast(c), cast(fixed)
         init_inter, init_final, init_beta = cast(init_inter), cast(init_final), cast(init_beta)
         relus = sorted(base.relax)
@@ -1623,7 +1623,7 @@ class BatchChain:
             opt.step(grads[:len(params)])
             opt_b.step(grads[len(params):])
         with torch.no_grad():
-            back = _caster(self.chain.dtype)
+            back = caster(self.chain.dtype)
             ri = back({pos: {k: _round_alpha(t) for k, t in tab.items()}
                        for pos, tab in best_i.items()})
             rf = back({k: _round_alpha(t) for k, t in best_f.items()})
