@@ -407,7 +407,9 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
                       alpha_lr: float = 0.5, max_domains: int = 2_000_000, attack: bool = True,
                       seed: int = 0, tol: float = DECIDE_TOL, max_depth: int = 400,
                       chain=None, kernel_cost: tuple = (1e-3, 1.2e-4), progress=None,
-                      search_dtype=torch.float64) -> BabResult:
+                      search_dtype=torch.float64, hand_off: int = 0,
+                      sample: bool = True, roots: list | None = None,
+                      stop=None) -> BabResult:
     """Input-split branch and bound over batches of boxes (few inputs; linear / relu chains).
 
     Per batch of `batch` domains: IBP, CROWN with IBP intermediate bounds and CROWN with CROWN
@@ -431,6 +433,13 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
     same leaves give or take 5%), but the kernel's check of these leaves did not get faster, so
     its share of the benchmark's time rose to 22.8%, past the 20% set for it: float64 stays the
     default until the kernel checks input-split leaves faster.
+    For `tl verify --jobs`: `roots`, exact boxes (lo, hi) inside the claim's, start the search
+    from those domains (ids 0, 1, ...) instead of the claim's box; it stops ("partial") once
+    `hand_off` (> 0) domains are open after a batch, or after a batch when `stop()` is true.
+    With any of the three, the certificate is the forest so far: {"leaves": {id:
+    leaf certificate}, "splits": {id: (split, child ids)}, "boxes": {id: (lo, hi) exact},
+    "open": [ids of open domains]} ("proved": none open). sample=False skips the random
+    sampling attack on the whole box first (for domains of a claim whose box had it).
     Returns a BabResult (certificate: a `split` tree, or a single leaf)."""
     t0 = time.perf_counter()
     deadline = t0 + timeout_s
@@ -470,7 +479,7 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
     lo0, hi0 = claim_box(claim)
     lo_f0, hi_f0 = _outward_floats(lo0, hi0)
     n_in = len(lo0)
-    if attack:
+    if attack and sample:
         point = sample_attack(graph_path, claim, (lo_f0, hi_f0), seed=seed, device=device,
                               dtype=dtype)
         if point is not None:
@@ -519,19 +528,18 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
 
     certs: dict[int, dict] = {}  # node id -> leaf certificate
     splits: dict[int, tuple] = {}  # node id -> (split dict, child ids)
-    lo = torch.as_tensor(lo_f0, dtype=dtype, device=dev)[None]
-    hi = torch.as_tensor(hi_f0, dtype=dtype, device=dev)[None]
-    ids, depth = [0], [0]
-    next_id = 1
+    forest = roots is not None or hand_off > 0 or stop is not None
+    roots = [(tuple(lo0), tuple(hi0))] if roots is None else roots
+    boxes = dict(enumerate(roots))  # domain id -> exact box
+    floats = [_outward_floats(a, b) for a, b in roots]
+    lo = torch.as_tensor(np.stack([f[0] for f in floats]), dtype=dtype, device=dev)
+    hi = torch.as_tensor(np.stack([f[1] for f in floats]), dtype=dtype, device=dev)
+    ids, depth = list(range(len(roots))), [0] * len(roots)
+    next_id = len(roots)
 
-    def exact(v: float, d: int, which: str):
-        """A domain bound exactly: the claim's own where the float is the root's outward
-        float, else the float itself (a dyadic cut point)."""
-        if which == "lo" and v == lo_f0[d]:
-            return lo0[d]
-        if which == "hi" and v == hi_f0[d]:
-            return hi0[d]
-        return fmpq(*float(v).as_integer_ratio())
+    def grown(status):
+        return finish(status, {"leaves": certs, "splits": splits, "boxes": boxes,
+                               "open": list(ids)})
 
     single = (spec.kind == "unsat" and len(spec.groups) == 1) or len(spec.thr) == 1
 
@@ -542,6 +550,8 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         stats["leaves"] += 1
 
     while ids:
+        if (hand_off and len(ids) >= hand_off) or (stop and stats["domains"] and stop()):
+            return grown("partial")
         kernel_est = kernel_cost[0] * stats["leaves"] + kernel_cost[1] * stats["inter_neurons"]
         if time.perf_counter() + kernel_est > deadline:
             return finish("timeout")
@@ -550,6 +560,7 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         k = min(batch, len(ids))
         blo, bhi, bids, bdepth = lo[:k], hi[:k], ids[:k], depth[:k]
         lo, hi, ids, depth = lo[k:], hi[k:], ids[k:], depth[k:]
+        bbox = {b: boxes[b] if forest else boxes.pop(b) for b in bids}
         stats["domains"] += k
         if progress is not None:
             progress(stats)
@@ -647,8 +658,8 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         for j in range(nd):
             i = int(open_[j])
             d = int(choice[j])
-            ea = exact(float(olo[j, d]), d, "lo")
-            eb = exact(float(ohi[j, d]), d, "hi")
+            blo_e, bhi_e = bbox[bids[i]]
+            ea, eb = blo_e[d], bhi_e[d]
             em = fmpq(*float(cuts[j]).as_integer_ratio())
             if not ea < em < eb or bdepth[i] + 1 > max_depth:
                 return finish("unknown")
@@ -660,6 +671,8 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
                                (c1, c2))
             new_ids += [c1, c2]
             new_depth += [bdepth[i] + 1] * 2
+            boxes[c1] = (blo_e, bhi_e[:d] + (em,) + bhi_e[d + 1:])
+            boxes[c2] = (blo_e[:d] + (em,) + blo_e[d + 1:], bhi_e)
             stats["input_splits"] += 1
             stats["max_depth"] = max(stats["max_depth"], bdepth[i] + 1)
         h1, l2 = ohi.clone(), olo.clone()
@@ -669,6 +682,8 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         kids_hi = torch.stack([h1, ohi], dim=1).reshape(-1, n_in)
         lo, hi = torch.cat([kids_lo, lo]), torch.cat([kids_hi, hi])
         ids, depth = new_ids + ids, new_depth + depth
+    if forest:
+        return grown("proved")
     if 0 in certs:
         return finish("proved", certs[0])
     return finish("proved", _tree(certs, splits))

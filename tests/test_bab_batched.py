@@ -8,6 +8,7 @@ rejected."""
 
 import copy
 import dataclasses
+import pathlib
 import time
 from fractions import Fraction
 
@@ -16,7 +17,7 @@ import torch
 from flint import fmpq
 from rule_helpers import batched_and_alone, enc, rejected
 
-from kernel_checker import KernelError, crown
+from kernel_checker import KernelError, crown, parse_claim
 from kernel_checker.crown import MAX_SPLIT_DEPTH
 from kernel_checker.rules import box_interval
 from kernel_checker.tensor import numel
@@ -515,6 +516,106 @@ def test_jobs_answer_unknown_when_a_worker_fails(net, monkeypatch):
 
 def _raises(*args):
     raise MemoryError("no memory left")
+
+
+ACAS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "vnncomp2021" / \
+    "acasxu"
+needs_acas = pytest.mark.skipif(not ACAS.exists(), reason="../shared benchmarks not present")
+
+
+def _acas(tmp_path, net: str = "1_2", prop: int = 1):
+    """(graph path, graph, claim) of an ACAS Xu instance (1_2 prop_1: about 27 leaves)."""
+    import kernel_checker
+    from stdlib.vnnlib import read_vnnlib
+    from tl_dsl import verify
+
+    gp = verify.load_model(str(ACAS / f"ACASXU_run2a_{net}_batch_2000.onnx"), str(tmp_path))
+    graph = kernel_checker.load_graph(gp)
+    region = read_vnnlib(str(ACAS / f"prop_{prop}.vnnlib")).regions[0]
+    return gp, graph, verify.region_claim(graph, region)
+
+
+@needs_acas
+def test_jobs_grow_an_input_split_tree_in_workers(tmp_path):
+    """A few-input chain with --jobs 2: the workers grow the tree, the kernel derives each leaf
+    here as it comes and joins the splits by `cases`; the certificate is that derivation and
+    re-derives the same theorem."""
+    from tl_dsl import verify
+
+    gp, graph, claim = _acas(tmp_path)
+    d = verify.decide_region(gp, claim, 120, 2, graph=graph)
+    assert (d.status, d.method) == ("unsat", "input-split in 2 processes"), d
+    assert d.theorem.claim == claim and d.theorem.rule == "cases"
+    assert d.leaves > 2 and d.kernel_s > 0 and d.certificate["rule"] == "cases"
+    again = proof.check(claim, d.certificate, graph)
+    assert (again.claim, again.rule) == (claim, "cases") and not again.assumptions
+    _no_workers_left()
+    # the join must cover the box: one premise's box cut short leaves a gap
+    bad = copy.deepcopy(d.certificate)
+    first = bad["premises"][0]
+    sub = parse_claim(first["claim"])
+    box = sub.input_set.as_box()
+    d0 = next(i for i in range(len(box.lo)) if box.lo[i] != claim.input_set.as_box().lo[i] or
+              box.hi[i] != claim.input_set.as_box().hi[i])
+    hi = list(box.hi)
+    hi[d0] = (box.lo[d0] + box.hi[d0]) / 2
+    first["claim"] = dataclasses.replace(sub, input_set=type(box)(box.lo, tuple(hi))).to_json()
+    with pytest.raises(KernelError, match="gap"):
+        proof.check(claim, bad, graph)
+
+
+@needs_acas
+def test_jobs_check_a_deep_tree_as_one_split(tmp_path, monkeypatch):
+    """Past JOIN_DEPTH the grown tree is checked again as one `split` (nested `cases` that deep
+    would pass Python's recursion limit when re-checked)."""
+    from tl_dsl import verify
+
+    gp, graph, claim = _acas(tmp_path)
+    monkeypatch.setattr(verify, "JOIN_DEPTH", 1)
+    d = verify.decide_region(gp, claim, 120, 2, graph=graph)
+    assert d.status == "unsat" and d.certificate["rule"] == "split", d
+    assert d.theorem.rule == "split" and _depth(d.certificate) > 1
+    assert proof.check(claim, d.certificate, graph).claim == claim
+
+
+def _tampered_grow(*args):
+    """_grow, with one leaf's first claimed upper bound lowered by 1 (below the kernel's)."""
+    d = _GROW[0](*args)
+    for cert in (d.certificate or {}).get("leaves", {}).values():
+        if cert.get("intermediate"):
+            e = cert["intermediate"][0]
+            e["hi"][0] = str(Fraction(e["hi"][0]) - 1)
+            break
+    return d
+
+
+_GROW: list = []
+
+
+@needs_acas
+def test_jobs_refuse_a_tampered_leaf_from_a_worker(tmp_path, monkeypatch):
+    """Each leaf a worker sends is checked by the kernel here: one bound tightened past the
+    kernel's makes the answer unknown, with the kernel's refusal, never unsat."""
+    from tl_dsl import verify
+
+    gp, graph, claim = _acas(tmp_path)
+    _GROW[:] = [verify._grow]
+    monkeypatch.setattr(verify, "_grow", _tampered_grow)
+    d = verify.decide_region(gp, claim, 120, 2, graph=graph)
+    assert d.status == "unknown" and d.theorem is None, d
+    assert "kernel refused a leaf" in d.notes[0] and "below the kernel's bound" in d.notes[0]
+    _no_workers_left()
+
+
+@needs_acas
+def test_jobs_grown_answer_unknown_when_a_worker_fails(tmp_path, monkeypatch):
+    from tl_dsl import verify
+
+    gp, graph, claim = _acas(tmp_path)
+    monkeypatch.setattr(verify, "_grow", _raises)
+    d = verify.decide_region(gp, claim, 120, 2, graph=graph)
+    assert d.status == "unknown" and "a --jobs worker failed" in d.notes[0], d
+    _no_workers_left()
 
 
 def test_polytopes_of_several_rows_go_by_polytope_too(net, monkeypatch):

@@ -112,6 +112,21 @@ def test_verify_quick_vnncomp_instances(tmp_path, bench, onnx, prop, expected):
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared benchmarks not present")
+def test_verify_with_jobs_grows_the_tree_in_workers(tmp_path):
+    """--jobs 2 on ACAS Xu: the input-split tree grows in two workers, the kernel derives it
+    leaf by leaf in the command's process, and the bundle (nested `cases`) re-checks."""
+    bundle = tmp_path / "b.json"
+    r = tl("verify", str(SHARED / "acasxu" / QUICK[0][1]), str(SHARED / "acasxu" / QUICK[0][2]),
+           "--timeout", "120", "--bundle", str(bundle), "--jobs", "2")
+    assert r.stdout.splitlines()[0] == "unsat", r.stdout + r.stderr
+    assert "methods input-split in 2 processes" in r.stdout
+    assert "kernel: unsat by cases, level proved, assumptions 0" in r.stdout
+    again = subprocess.run([sys.executable, "-m", "kernel_checker", str(bundle)],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "by cases" in again.stdout
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared benchmarks not present")
 def test_verify_a_hard_mnist_instance_end_to_end(tmp_path):
     """MNIST-FC prop_3 at eps 0.03 (a timeout until relu splits took 32 candidates and one tree
     per polytope; about 21 s on the 2-core machine): unsat, and the bundle re-checks."""

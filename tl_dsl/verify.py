@@ -7,6 +7,7 @@ propose."""
 import concurrent.futures
 import dataclasses
 import decimal
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -18,6 +19,7 @@ import numpy as np
 from flint import fmpq
 
 import kernel_checker
+from kernel_checker import inference
 from kernel_checker.claims import Box, Claim
 from stdlib.vnnlib import VnnlibError, read_vnnlib
 from tl_dsl import claims as dsl_claims
@@ -33,6 +35,8 @@ class Decision:
     leaves: int = 0
     method: str = ""
     notes: list = field(default_factory=list)
+    theorem: kernel_checker.Theorem | None = None  # derived here as the parts came (--jobs)
+    kernel_s: float = 0.0  # this process's time deriving `theorem`
 
 
 def load_model(model: str, workdir: str) -> str:
@@ -50,7 +54,7 @@ def region_claim(graph: kernel_checker.Graph, region) -> Claim:
 
 
 def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
-            progress=None) -> Decision:
+            progress=None, hand_off: int = 0, sample: bool = True) -> Decision:
     """Propose: an attack point, or a certificate (ibp / crown / alpha / branch and bound).
     Runs in a worker process with --jobs, so it takes and returns plain data. Few-input linear /
     relu chains (ACAS Xu-like) go straight to batched input-split branch and bound, which tries
@@ -59,7 +63,11 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
     with the root's intermediate bounds for linear / relu chains (one tree per polytope when the
     unsafe set is a union), else one domain at a time.
     `progress(stats)` receives the branch and bound's counts as it goes (in this process
-    only). The budget counts from the call: imports and loading the model are in it."""
+    only). The budget counts from the call: imports and loading the model are in it.
+    hand_off > 0: input-split branch and bound stops once that many domains are open, a
+    "partial" Decision whose certificate is its tree so far (`prove_input_split`); the other
+    routes return a "partial" Decision without one at once. sample=False: no random sampling
+    attack on the whole box before input-split branch and bound (a hand-off's open domain)."""
     t0 = time.perf_counter()
     import torch
 
@@ -71,8 +79,14 @@ def produce(graph_path: str, claim_doc: dict, budget_s: float, seed: int = 0,
     chain, why = _chain(graph_path, claim)
     if chain is not None and chain.n_in <= INPUT_SPLIT_MAX_INPUTS and BatchChain.supports(chain):
         res = prove_input_split(graph_path, claim, budget_s - (time.perf_counter() - t0),
-                                seed=seed, chain=chain, progress=progress)
+                                seed=seed, chain=chain, progress=progress, hand_off=hand_off,
+                                sample=sample)
+        if res.status == "partial":
+            return Decision("partial", res.certificate, producer_s=time.perf_counter() - t0,
+                            leaves=res.stats["leaves"], method="input-split")
         return _decision(res, time.perf_counter() - t0, "input-split")
+    if hand_off:
+        return Decision("partial")
     first = _whole(graph_path, claim, chain, why, t0, seed)
     if isinstance(first, Decision):
         return first
@@ -272,17 +286,39 @@ def _parts(claim: Claim, jobs: int) -> tuple[list[Claim], dict]:
                        "pieces": [[str(a), str(b)] for _, a, b in pieces]}
 
 
+HAND_OFF_PER_JOB = 1  # --jobs on a chain: open domains per process when the workers start
+SLICE_S = 1.0  # --jobs on a chain: a worker's turn on its domains before it hands back the rest
+JOIN_DEPTH = 150  # --jobs on a chain: deeper trees are checked again as one split (see below)
+
+
+def _stop(pool) -> None:
+    workers = list(pool._processes.values())  # (no public way to stop running tasks)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for w in workers:
+        w.terminate()
+
+
 def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
-                  progress=None) -> Decision:
-    """produce() on the claim, or with jobs > 1 on its parts (`_parts`) in `jobs` processes,
-    joined by a split. A counterexample of any part decides at once (the workers still running
+                  progress=None, graph: kernel_checker.Graph | None = None) -> Decision:
+    """produce() on the claim, or with jobs > 1 in `jobs` processes: few-input linear / relu
+    chains (given `graph`) by `_decide_grown`; otherwise parts (`_parts`) joined by a split,
+    checked later. A counterexample of any part decides at once (the workers still running
     are stopped); otherwise the first part that is not unsat (timeout, unknown, a worker that
     failed) gives the answer once every part has had its chance at a counterexample. A worker
     that has not answered 30 s past the budget counts as a timeout."""
     if jobs <= 1:
         return produce(graph_path, claim.to_json(), budget_s, progress=progress)
+    t0 = time.perf_counter()
     subclaims, split = _parts(claim, jobs)
-    deadline = time.time() + budget_s
+    if split["kind"] == "input" and graph is not None:
+        first = produce(graph_path, claim.to_json(), budget_s, progress=progress,
+                        hand_off=jobs * HAND_OFF_PER_JOB)
+        if first.status != "partial":
+            return first
+        if first.certificate is not None:  # an input-split forest to grow in the workers
+            return _decide_grown(graph_path, claim, t0 + budget_s, jobs, graph, first,
+                                 progress)
+    deadline = time.time() + budget_s - (time.perf_counter() - t0)
     order = list(range(len(subclaims)))
     if split["kind"] == "polytope":  # the whole claim's cheap stages here first; the parts
         first = _whole_here(graph_path, claim)  # then go worst margin first, as by_polytope
@@ -307,10 +343,7 @@ def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
     except concurrent.futures.TimeoutError:
         worst = worst or Decision("timeout", notes=["a --jobs worker did not answer in time"])
     finally:
-        workers = list(pool._processes.values())  # (no public way to stop running tasks)
-        pool.shutdown(wait=False, cancel_futures=True)
-        for w in workers:
-            w.terminate()
+        _stop(pool)
     out = Decision("unsat", producer_s=sum(r.producer_s for r in results.values()),
                    leaves=sum(max(r.leaves, 1) for r in results.values()),
                    method=f"{split['kind']} parts in {jobs} processes")
@@ -319,6 +352,166 @@ def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
         return out
     out.certificate = {"rule": "split", "split": split,
                        "children": [results[i].certificate for i in range(len(subclaims))]}
+    return out
+
+
+def _on_box(claim: Claim, box: tuple) -> Claim:
+    """The claim on the box (lo, hi) instead of its input set."""
+    return dataclasses.replace(claim, input_set=Box(tuple(box[0]), tuple(box[1])))
+
+
+def _join(claim: Claim, tree: dict, theorems: dict, certs: dict) -> tuple:
+    """The kernel's `cases` up an input-split tree ({"boxes", "splits"}, from domain 0): each
+    split domain's theorem from its children's, bottom-up without recursion; (the root's
+    theorem, the nested `cases` certificate of that derivation). `certs` (the leaves') is
+    consumed."""
+    boxes, splits = tree["boxes"], tree["splits"]
+    stack = [(0, False)]
+    while stack:
+        nid, done = stack.pop()
+        if nid in theorems:
+            continue
+        kids = splits[nid][1]
+        if not done:
+            stack += [(nid, True)] + [(k, False) for k in kids]
+            continue
+        here = claim if nid == 0 else _on_box(claim, boxes[nid])
+        theorems[nid] = inference.cases([theorems[k] for k in kids], here)
+        certs[nid] = proof.by_rule("cases", premises=[
+            proof.premise(_on_box(claim, boxes[k]), certs.pop(k)) for k in kids])
+    return theorems[0], certs[0]
+
+
+_HAND_BACK: list = [None]  # in a --jobs worker: the pool's event asking for open domains back
+
+
+def _worker_init(event) -> None:
+    _HAND_BACK[0] = event
+
+
+def _grow(deadline: float, graph_path: str, claim_doc: dict, roots: list, slice_s: float,
+          seed: int) -> Decision:
+    """In a worker: input-split branch and bound from the domains `roots` (exact boxes) for
+    about slice_s seconds, or until the parent sets the hand-back event (a worker is idle); a
+    Decision "sat", "timeout", "unknown", or "proved" / "partial" with the forest grown
+    (`prove_input_split`) as its certificate."""
+    import torch
+
+    from oracles.bab import prove_input_split
+
+    torch.set_num_threads(1)
+    left = deadline - time.time()
+    if left <= 0:
+        return Decision("timeout")
+    claim = kernel_checker.parse_claim(claim_doc)
+    t0, event = time.perf_counter(), _HAND_BACK[0]
+    res = prove_input_split(graph_path, claim, left, seed=seed, chain=_chain(graph_path, claim)[0],
+                            sample=False, roots=roots, stop=lambda: time.perf_counter() - t0 >
+                            slice_s or (event is not None and event.is_set()))
+    if res.status in ("proved", "partial"):
+        return Decision(res.status, res.certificate, producer_s=res.stats["producer_s"],
+                        leaves=res.stats["leaves"])
+    return _decision(res, res.stats.get("producer_s", 0.0), "input-split")
+
+
+def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
+                  graph: kernel_checker.Graph, first: Decision, progress=None) -> Decision:
+    """--jobs on a few-input linear / relu chain: `first` holds the input-split forest grown
+    here until jobs * HAND_OFF_PER_JOB domains were open. The open domains are shared out
+    among the workers (`_grow`, SLICE_S seconds a turn; what is still open comes back and is
+    shared out again), and the kernel derives each leaf's theorem here as it comes in, while
+    the workers go on. The splits are then joined by the kernel's `cases`: the Decision's
+    `theorem`, with the nested `cases` certificate of that very derivation (end: the
+    perf_counter time the budget runs out)."""
+    tree = first.certificate
+    leaves, splits, boxes = dict(tree["leaves"]), dict(tree["splits"]), dict(tree["boxes"])
+    frontier, queue = list(tree["open"]), list(leaves)
+    next_id = max(boxes) + 1
+    theorems, kernel_s, producer_s = {}, 0.0, first.producer_s
+    deadline = time.time() + end - time.perf_counter()
+    doc = claim.to_json()
+    hand_back = multiprocessing.get_context("fork").Event()
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=jobs, mp_context=multiprocessing.get_context("fork"),
+        initializer=_worker_init, initargs=(hand_back,))
+    running: dict = {}  # future -> the global ids of its roots
+    fail = None
+    try:
+        while (frontier or running or queue) and fail is None:
+            if frontier and len(running) < jobs:
+                hand_back.clear()
+            while frontier and len(running) < jobs:
+                take = -(-len(frontier) // (jobs - len(running)))
+                chunk, frontier = frontier[:take], frontier[take:]
+                running[pool.submit(_grow, deadline, graph_path, doc,
+                                    [boxes[g] for g in chunk], SLICE_S, 0)] = chunk
+            if queue:  # a few leaves for the kernel, then back to the workers
+                tk = time.process_time()
+                for g in queue[:8]:
+                    try:
+                        theorems[g] = proof.check(_on_box(claim, boxes[g]), leaves[g], graph)
+                    except kernel_checker.KernelError as e:
+                        fail = Decision("unknown", notes=[f"kernel refused a leaf: {e}"])
+                        break
+                queue = queue[8:]
+                kernel_s += time.process_time() - tk
+                done = [f for f in running if f.done()]
+            else:
+                done, _ = concurrent.futures.wait(
+                    running, timeout=max(0.0, end - time.perf_counter()) + 30,
+                    return_when=concurrent.futures.FIRST_COMPLETED)
+                if not done:
+                    fail = Decision("timeout", notes=["a --jobs worker did not answer in time"])
+            for f in done:
+                roots = running.pop(f)
+                try:
+                    r = f.result()
+                except Exception as e:  # a worker that raised or died (out of memory)
+                    r = Decision("unknown", notes=[f"a --jobs worker failed: {e!r}"])
+                producer_s += r.producer_s
+                if r.status == "sat":
+                    r.producer_s = producer_s
+                    return r
+                if r.status not in ("proved", "partial"):
+                    fail = fail or r
+                    continue
+                got = r.certificate  # its ids: roots 0..k-1, then new ones
+                ids = {i: roots[i] if i < len(roots) else next_id + i for i in got["boxes"]}
+                next_id += len(got["boxes"])
+                for i, cert in got["leaves"].items():
+                    leaves[ids[i]] = cert
+                    queue.append(ids[i])
+                for i, (split, kids) in got["splits"].items():
+                    splits[ids[i]] = (split, tuple(ids[k] for k in kids))
+                for i, box in got["boxes"].items():
+                    boxes[ids[i]] = box
+                frontier += [ids[i] for i in got["open"]]
+            if not frontier and running and len(running) < jobs:
+                hand_back.set()  # a worker is idle: the others hand back their open domains
+            if progress is not None:
+                progress({"strategy": f"input-split in {jobs} processes",
+                          "domains": len(boxes), "leaves": len(leaves)})
+    finally:
+        _stop(pool)
+    out = Decision("unsat", producer_s=producer_s, leaves=len(leaves), kernel_s=kernel_s,
+                   method=f"input-split in {jobs} processes")
+    if fail is not None:
+        out.status, out.notes = fail.status, fail.notes
+        return out
+    tk = time.process_time()
+    depth, level = 0, [0]
+    while level:
+        level = [k for nid in level if nid in splits for k in splits[nid][1]]
+        depth += bool(level)
+    if depth <= JOIN_DEPTH:
+        out.theorem, out.certificate = _join(claim, {"boxes": boxes, "splits": splits},
+                                             theorems, leaves)
+    else:  # nested `cases` this deep would pass Python's recursion limit when re-checked
+        from oracles.bab import _tree
+
+        out.certificate = _tree(leaves, splits)
+        out.theorem = proof.check(claim, out.certificate, graph)
+    out.kernel_s += time.process_time() - tk
     return out
 
 
@@ -427,8 +620,9 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
                 status.update(f"{where}branch and bound ({stats.get('strategy', '')}): "
                               f"{stats['domains']} domains, {stats['leaves']} leaves, "
                               f"{time.perf_counter() - t0:.0f} s of {timeout_s:g} s")
-            d = decide_region(graph_path, claim, left, jobs, show)
+            d = decide_region(graph_path, claim, left, jobs, show, graph)
             decisions.append(d)
+            kernel_s += d.kernel_s
             if d.status == "sat":
                 tk = time.perf_counter()
                 point = dsl_claims.clamp_into(d.point, claim.input_set.as_box())
@@ -459,7 +653,11 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
         try:
             with console.status(f"kernel checking the certificate ({leaves} leaves)",
                                 spinner="dots"):
-                theorem = proof.check(final, cert, graph)
+                if all(d.theorem is not None for d in decisions):  # derived piece by piece
+                    theorem = decisions[0].theorem if len(claims) == 1 else \
+                        inference.conjoin([d.theorem for d in decisions], final)
+                else:
+                    theorem = proof.check(final, cert, graph)
         except kernel_checker.KernelError as e:
             result = "unknown"
             decisions[-1].notes.append(f"kernel refused the certificate: {e}")
