@@ -436,9 +436,9 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
     For `tl verify --jobs`: `roots`, exact boxes (lo, hi) inside the claim's, start the search
     from those domains (ids 0, 1, ...) instead of the claim's box; it stops ("partial") once
     `hand_off` (> 0) domains are open after a batch, or after a batch when `stop()` is true.
-    With any of the three, the certificate is the forest so far: {"leaves": {id:
-    leaf certificate}, "splits": {id: (split, child ids)}, "boxes": {id: (lo, hi) exact},
-    "open": [ids of open domains]} ("proved": none open). sample=False skips the random
+    Stopped, or with `roots` or `stop` given, the certificate is the forest so far:
+    {"leaves": {id: leaf certificate}, "splits": {id: (split, child ids)}, "boxes": {id: (lo,
+    hi) exact}, "open": [ids of open domains]} ("proved": none open). sample=False skips the random
     sampling attack on the whole box first (for domains of a claim whose box had it).
     Returns a BabResult (certificate: a `split` tree, or a single leaf)."""
     t0 = time.perf_counter()
@@ -528,7 +528,8 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
 
     certs: dict[int, dict] = {}  # node id -> leaf certificate
     splits: dict[int, tuple] = {}  # node id -> (split dict, child ids)
-    forest = roots is not None or hand_off > 0 or stop is not None
+    forest = roots is not None or stop is not None  # (hand_off alone: a tree when done)
+    keep_boxes = forest or hand_off > 0  # the boxes of every domain, not only the open ones
     roots = [(tuple(lo0), tuple(hi0))] if roots is None else roots
     boxes = dict(enumerate(roots))  # domain id -> exact box
     floats = [_outward_floats(a, b) for a, b in roots]
@@ -560,7 +561,7 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         k = min(batch, len(ids))
         blo, bhi, bids, bdepth = lo[:k], hi[:k], ids[:k], depth[:k]
         lo, hi, ids, depth = lo[k:], hi[k:], ids[k:], depth[k:]
-        bbox = {b: boxes[b] if forest else boxes.pop(b) for b in bids}
+        bbox = {b: boxes[b] if keep_boxes else boxes.pop(b) for b in bids}
         stats["domains"] += k
         if progress is not None:
             progress(stats)

@@ -565,6 +565,17 @@ def test_jobs_grow_an_input_split_tree_in_workers(tmp_path):
 
 
 @needs_acas
+def test_jobs_on_a_claim_proved_before_the_hand_off(tmp_path):
+    """ACAS Xu 1_6 prop_3 is proved on the whole box: no workers, the root's own certificate."""
+    from tl_dsl import verify
+
+    gp, graph, claim = _acas(tmp_path, "1_6", 3)
+    d = verify.decide_region(gp, claim, 120, 2, graph=graph)
+    assert d.status == "unsat" and d.certificate["rule"] in ("ibp", "crown"), d
+    assert d.theorem is None and proof.check(claim, d.certificate, graph).claim == claim
+
+
+@needs_acas
 def test_jobs_check_a_deep_tree_as_one_split(tmp_path, monkeypatch):
     """Past JOIN_DEPTH the grown tree is checked again as one `split` (nested `cases` that deep
     would pass Python's recursion limit when re-checked)."""
