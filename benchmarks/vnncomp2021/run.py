@@ -246,7 +246,8 @@ def write_report(rows: list[dict], results: str = RESULTS) -> None:
                      f"{t['sat']} sat), {t['wrong']} wrong, total {t['total_wall_s']:.0f} s, "
                      f"kernel share {t['kernel_share']:.0%} of the wall time, "
                      f"{t['kernel_share_of_work']:.0%} of the work, median overhead "
-                     f"{t['median_overhead_s'] or 0:.2f} s (server: {t['server']}); 2021 "
+                     + ("n/a (--jobs)" if t["median_overhead_s"] is None else
+                        f"{t['median_overhead_s']:.2f} s") + f" (server: {t['server']}); 2021 "
                      f"competition totals (other hardware): alpha-beta-CROWN "
                      f"{t['abcrown_2021_total_s']:.0f} s, nnenum {t['nnenum_2021_total_s']:.0f} s.")
         if "peer_subset" in t:
