@@ -482,13 +482,14 @@ def test_jobs_cut_a_narrow_input_into_pieces(kit):
 
 def test_jobs_cut_pieces_where_input_splitting_cannot_take_the_graph(kit, monkeypatch):
     """Given the graph, a few-input claim on a graph input-split branch and bound cannot take
-    (here: bound propagation refused) still goes to pieces of the widest input."""
+    (here: bound propagation refused) still goes to pieces of the widest input, each proposing
+    the kernel's interval replay."""
     from rule_helpers import build_mlp
 
     from tl_dsl import verify
 
-    built = kit.save(build_mlp(1), "jobs_mlp3_nochain")
-    claim = robustness.robust(built.graph, [Fraction(1, 2)] * 3, Fraction(3, 4), 0, clamp=None)
+    built = kit.save(build_mlp(1), "jobs_mlp3_nochain")  # (small enough for interval replay)
+    claim = robustness.robust(built.graph, [Fraction(1, 2)] * 3, Fraction(1, 16), 0, clamp=None)
     monkeypatch.setattr(verify, "_chain", lambda *a: (None, "refused for this test"))
     d = verify.decide_region(built.path, claim, 60, jobs=2, graph=built.graph)
     assert (d.status, d.method) == ("unsat", "input parts in 2 processes"), d
