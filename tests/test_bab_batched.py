@@ -583,6 +583,20 @@ def test_jobs_grow_an_input_split_tree_in_workers(tmp_path):
 
 
 @needs_acas
+def test_jobs_answer_timeout_at_the_budget(tmp_path):
+    """ACAS Xu 1_1 prop_3 (about 9 s with two workers here) in 3 s: a timeout, not an answer
+    after the budget (the kernel's queue stops too), and no worker left."""
+    from tl_dsl import verify
+
+    gp, graph, claim = _acas(tmp_path, "1_1", 3)
+    t0 = time.perf_counter()
+    d = verify.decide_region(gp, claim, 3, 2, graph=graph)
+    assert d.status == "timeout" and d.theorem is None, d
+    assert time.perf_counter() - t0 < 13
+    _no_workers_left()
+
+
+@needs_acas
 def test_jobs_on_a_claim_proved_before_the_hand_off(tmp_path):
     """ACAS Xu 1_6 prop_3 is proved on the whole box: no workers, the root's own certificate."""
     from tl_dsl import verify

@@ -439,6 +439,9 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
     fail = None
     try:
         while (frontier or running or queue) and fail is None:
+            if time.perf_counter() > end:  # (the kernel's queue too: no answer after the budget)
+                fail = Decision("timeout")
+                break
             if frontier and len(running) < jobs:
                 hand_back.clear()
             while frontier and len(running) < jobs:
