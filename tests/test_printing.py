@@ -241,3 +241,17 @@ def test_round_trip_random_claims(small, data):
         assert again == claim, printed
         assert again.to_json() == claim.to_json()
     assert claim_to_latex(claim).startswith("\\forall x \\in ")
+
+
+def test_a_conjunction_prints_part_by_part(small):
+    """A VNN-LIB property over several input regions is a conjunction (kind `all`): printed
+    (for reading) part by part, and a theorem of it too (`tl audit` of such a bundle)."""
+    poly = dsl.polytope([[1, 0, 0]], [-100])
+    parts = tuple(dsl.unsat(small, dsl.box([a, 0], [a + 1, 1]), [poly]) for a in (0, 1))
+    whole = kernel_checker.Claim("all", small.sha256, dsl.box([0, 0], [2, 1]), "", parts=parts)
+    text = format_claim(whole, graph_name="G")
+    assert text.startswith("claim: all of 2 parts: forall x in box([0, 0], [1, 1]): never ")
+    assert "; forall x in box([1, 0], [2, 1]): never " in text and text.count("G(x)@y") == 2
+    thm = proof.check(whole, proof.by_rule(
+        "conjoin", premises=[proof.premise(p, proof.ibp()) for p in parts]), small)
+    assert format_theorem(thm).startswith("theorem (proved, by rule conjoin): claim: all of 2")

@@ -4,7 +4,9 @@ and LaTeX.
 `format_claim` writes one line in the text syntax followed by a comment naming the graph by the
 first 12 hex digits of its sha256. When every vector is short enough to be written inline (or is
 bound in `env`), parsing the printed text with the same `env` gives back an equal claim; longer
-vectors are abbreviated, e.g. ``[0, 1/2, 1/4, ... (784 values)]``, which is for reading only.
+vectors are abbreviated, e.g. ``[0, 1/2, 1/4, ... (784 values)]``, which is for reading only;
+so is a conjunction (kind ``all``: a VNN-LIB property over several input regions), printed part
+by part.
 
 Pass `env` (the mapping given to `tl_dsl.text.parse_claims`) to print the graph and any vectors
 by their names there, and to leave out ``@node`` when the claim is about the graph's first output;
@@ -204,6 +206,10 @@ def format_claim(claim: Claim, env: dict | None = None, *, graph_name: str | Non
     """One line of claim text (see the module docstring) and a comment naming the graph."""
     names = _Names(claim, env, graph_name)
     head = "claim" if claim.name is None else f"claim {_ident_or_string(claim.name)}"
+    if claim.kind == "all":  # (no text syntax for a conjunction: printed for reading)
+        parts = "; ".join(f"forall x in {_fmt_set(p.input_set, names, max_inline)}: "
+                          f"{_fmt_property(p, names, max_inline)}" for p in claim.parts)
+        return f"{head}: all of {len(claim.parts)} parts: {parts}  {_comment(claim, names)}"
     s = _fmt_set(claim.input_set, names, max_inline)
     if claim.kind == "counterexample":
         point = fmt_vector(claim.point, names, max_inline)
