@@ -121,16 +121,21 @@ def _step(graph: Graph, node: Node, values: dict, dom: Domain, certified: dict) 
     else:
         x = eval_node(node, args, graph)
         graph._cache[("step", node.id)] = (args, x)
+    # exact interval steps keep boxes nonempty: only clips and phases can empty one, so only
+    # they are tested (an untested interval counts as nonempty: never fewer proof obligations)
+    ok = True
     if node.id in certified:  # (leaves below one split share its bounds and often x)
         hit = graph._cache.get(("clip", node.id))
         if hit is None or hit[0] is not x or hit[1] is not certified[node.id]:
-            hit = graph._cache[("clip", node.id)] = (x, certified[node.id],
-                                                    _clip(x, *certified[node.id]))
-        x = hit[2]
+            c = _clip(x, *certified[node.id])
+            hit = graph._cache[("clip", node.id)] = (x, certified[node.id], c, all(
+                a <= b for a, b in zip(c.lo, c.hi, strict=True)))
+        x, ok = hit[2], hit[3]
     if node.id in dom.phases:
         x = _apply_phases(x, dom.phases[node.id])
+        ok = ok and all(x.lo[j] <= x.hi[j] for j in dom.phases[node.id])
     values[node.id] = x
-    return all(a <= b for a, b in zip(x.lo, x.hi, strict=True))
+    return ok
 
 
 def forward(graph: Graph, nodes: list[Node], dom: Domain, certified: dict) -> dict | None:

@@ -229,6 +229,30 @@ def test_relu_split_with_an_empty_child_holds_vacuously(net):
     rejected(claim, cert, g, rule="ibp", path="claim.unsafe[0]")
 
 
+def test_interval_replay_finds_a_domain_emptied_by_bounds_or_phases(net):
+    """Only certified bounds and phases can empty an interval (exact interval steps keep boxes
+    nonempty): the replay finds either, on any neuron, and nothing else."""
+    g = net.graph
+    claim = robustness.robust(g, X0, Fraction(3, 8), 0, clamp=None)
+    dom = root_domain(g, claim)
+    chain = crown.ancestors(g, "fc3", "crown")
+    values = crown.forward(g, chain, dom, {})
+    assert values is not None
+    iv = values["fc2"]
+    for j in (0, len(iv.lo) - 1):
+        lo, hi = list(iv.lo), list(iv.hi)
+        lo[j] = hi[j] + 1  # a bound above the interval: no point left
+        g._cache.clear()
+        assert crown.forward(g, chain, dom, {"fc2": (lo, hi, iv.den)}) is None
+        g._cache.clear()
+        assert crown.forward(g, chain, dom, {"fc2": (list(iv.lo), hi, iv.den)}) is not None
+    node, j, sign = _stable(net, claim)
+    for s, empty in ((sign, False), (-sign, True)):
+        g._cache.clear()
+        phased = crown.Domain(dom.box, {node: {j: s}})
+        assert (crown.forward(g, chain, phased, {}) is None) == empty
+
+
 def test_relu_split_repeated_on_the_same_neuron_skips_the_contradictory_child(net):
     g, claim = net.graph, net.bab_claim
     res = net.bab["relu"]
