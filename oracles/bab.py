@@ -409,7 +409,8 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
                       chain=None, kernel_cost: tuple = (1e-3, 1.2e-4), progress=None,
                       search_dtype=torch.float64, hand_off: int = 0,
                       sample: bool = True, roots: list | None = None,
-                      stop=None, soft_max: float = 0.01) -> BabResult:
+                      depths: list | None = None, stop=None,
+                      soft_max: float = 0.01) -> BabResult:
     """Input-split branch and bound over batches of boxes (few inputs; linear / relu chains).
 
     Per batch of `batch` domains: IBP, CROWN with IBP intermediate bounds and CROWN with CROWN
@@ -437,7 +438,8 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
     slopes) shrank the multi-row ACAS Xu trees: 1_1 prop_3 1,033 -> 945 domains, 1_1 prop_2
     597 -> 559, 1_9 prop_2 303 -> 259; 0.003, 0.02 and 0.05 did worse.
     For `tl verify --jobs`: `roots`, exact boxes (lo, hi) inside the claim's, start the search
-    from those domains (ids 0, 1, ...) instead of the claim's box; it stops ("partial") once
+    from those domains (ids 0, 1, ...; at `depths` in the whole tree, for max_depth) instead of
+    the claim's box; it stops ("partial") once
     `hand_off` (> 0) domains are open after a batch, or after a batch when `stop()` is true.
     Stopped, or with `roots` or `stop` given, the certificate is the forest so far:
     {"leaves": {id: leaf certificate}, "splits": {id: (split, child ids)}, "boxes": {id: (lo,
@@ -542,7 +544,7 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
     floats = [_outward_floats(a, b) for a, b in roots]
     lo = torch.as_tensor(np.stack([f[0] for f in floats]), dtype=dtype, device=dev)
     hi = torch.as_tensor(np.stack([f[1] for f in floats]), dtype=dtype, device=dev)
-    ids, depth = list(range(len(roots))), [0] * len(roots)
+    ids, depth = list(range(len(roots))), list(depths or [0] * len(roots))
     next_id = len(roots)
 
     def grown(status):

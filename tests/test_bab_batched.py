@@ -608,6 +608,49 @@ def test_jobs_on_a_claim_proved_before_the_hand_off(tmp_path):
 
 
 @needs_acas
+def test_jobs_count_depth_in_the_whole_tree(tmp_path):
+    """A worker's domains start at their depth in the whole tree: max_depth bounds the tree,
+    not each worker's part of it."""
+    from tl_dsl import verify
+
+    gp, graph, claim = _acas(tmp_path)
+    box = (tuple(claim.input_set.as_box().lo), tuple(claim.input_set.as_box().hi))
+    args = dict(chain=verify._chain(gp, claim)[0], sample=False, roots=[box], max_depth=400)
+    assert bab.prove_input_split(gp, claim, 60, depths=[400], **args).status == "unknown"
+    assert bab.prove_input_split(gp, claim, 60, depths=[0], **args).status == "proved"
+
+
+@needs_acas
+def test_jobs_answer_unknown_when_the_kernel_refuses_the_join(tmp_path, monkeypatch):
+    """The kernel's `cases` refusing the joined tree is an unknown with its reason, never a
+    traceback."""
+    from kernel_checker import inference
+    from kernel_checker.errors import refuse
+    from tl_dsl import verify
+
+    def no_cases(premises, conclusion):
+        raise refuse("cases", "premises", "the cases leave a gap (made up by this test)")
+
+    gp, graph, claim = _acas(tmp_path)
+    monkeypatch.setattr(inference, "cases", no_cases)
+    d = verify.decide_region(gp, claim, 120, 2, graph=graph)
+    assert d.status == "unknown" and d.theorem is None and d.certificate is None, d
+    assert "kernel refused the joined tree" in d.notes[0] and "made up" in d.notes[0]
+
+
+@needs_acas
+def test_jobs_run_in_one_process_where_the_producers_use_cuda(tmp_path, monkeypatch):
+    from tl_dsl import verify
+
+    gp, graph, claim = _acas(tmp_path)
+    monkeypatch.setattr(verify, "_cuda", lambda: True)
+    d = verify.decide_region(gp, claim, 120, 2, graph=graph)
+    assert (d.status, d.method) == ("unsat", "input-split"), d
+    assert "--jobs 2 not used" in d.notes[-1] and d.theorem is None
+    assert proof.check(claim, d.certificate, graph).claim == claim
+
+
+@needs_acas
 def test_jobs_check_a_deep_tree_as_one_split(tmp_path, monkeypatch):
     """Past JOIN_DEPTH the grown tree is checked again as one `split` (nested `cases` that deep
     would pass Python's recursion limit when re-checked)."""

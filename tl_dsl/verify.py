@@ -298,6 +298,12 @@ def _stop(pool) -> None:
         w.terminate()
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
                   progress=None, graph: kernel_checker.Graph | None = None) -> Decision:
     """produce() on the claim, or with jobs > 1 in `jobs` processes: few-input linear / relu
@@ -308,6 +314,11 @@ def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
     that has not answered 30 s past the budget counts as a timeout."""
     if jobs <= 1:
         return produce(graph_path, claim.to_json(), budget_s, progress=progress)
+    if _cuda():  # forked workers cannot use CUDA once this process has: one process, on it
+        d = produce(graph_path, claim.to_json(), budget_s, progress=progress)
+        d.notes.append(f"--jobs {jobs} not used: the producers run on CUDA, which forked "
+                       "workers cannot share; one process")
+        return d
     t0 = time.perf_counter()
     subclaims, split = _parts(claim, jobs)
     if split["kind"] == "input" and graph is not None:
@@ -389,8 +400,8 @@ def _worker_init(event) -> None:
     _HAND_BACK[0] = event
 
 
-def _grow(deadline: float, graph_path: str, claim_doc: dict, roots: list, slice_s: float,
-          seed: int) -> Decision:
+def _grow(deadline: float, graph_path: str, claim_doc: dict, roots: list, depths: list,
+          slice_s: float, seed: int) -> Decision:
     """In a worker: input-split branch and bound from the domains `roots` (exact boxes) for
     about slice_s seconds, or until the parent sets the hand-back event (a worker is idle); a
     Decision "sat", "timeout", "unknown", or "proved" / "partial" with the forest grown
@@ -407,7 +418,8 @@ def _grow(deadline: float, graph_path: str, claim_doc: dict, roots: list, slice_
     claim = kernel_checker.parse_claim(claim_doc)
     t0, c0, event = time.perf_counter(), time.process_time(), _HAND_BACK[0]
     res = prove_input_split(graph_path, claim, left, seed=seed, chain=_chain(graph_path, claim)[0],
-                            sample=False, roots=roots, stop=lambda: time.perf_counter() - t0 >
+                            sample=False, roots=roots, depths=depths,
+                            stop=lambda: time.perf_counter() - t0 >
                             slice_s or (event is not None and event.is_set()))
     if res.status in ("proved", "partial"):
         return Decision(res.status, res.certificate, producer_s=time.process_time() - c0,
@@ -423,11 +435,16 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
     shared out again), and the kernel derives each leaf's theorem here as it comes in, while
     the workers go on. The splits are then joined by the kernel's `cases`: the Decision's
     `theorem`, with the nested `cases` certificate of that very derivation (end: the
-    perf_counter time the budget runs out)."""
+    perf_counter time the budget runs out). A worker's timeout or unknown (a domain too thin
+    to cut, max_depth reached), a failed worker or a leaf the kernel refuses ends the run at
+    once (unlike the parts path, the other workers do not go on looking for a counterexample)."""
     tree = first.certificate
     leaves, splits, boxes = dict(tree["leaves"]), dict(tree["splits"]), dict(tree["boxes"])
     frontier, queue = list(tree["open"]), list(leaves)
     next_id = max(boxes) + 1
+    depth = {0: 0}  # of the split domains and the open ones
+    for nid, (_, kids) in sorted(splits.items()):  # (a parent's id is below its children's)
+        depth.update((k, depth[nid] + 1) for k in kids)
     theorems, kernel_s, producer_s = {}, 0.0, first.producer_s
     deadline = time.time() + end - time.perf_counter()
     doc = claim.to_json()
@@ -447,8 +464,8 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
             while frontier and len(running) < jobs:
                 take = -(-len(frontier) // (jobs - len(running)))
                 chunk, frontier = frontier[:take], frontier[take:]
-                running[pool.submit(_grow, deadline, graph_path, doc,
-                                    [boxes[g] for g in chunk], SLICE_S, 0)] = chunk
+                running[pool.submit(_grow, deadline, graph_path, doc, [boxes[g] for g in chunk],
+                                    [depth[g] for g in chunk], SLICE_S, 0)] = chunk
             if queue:  # a few leaves for the kernel, then back to the workers
                 tk = time.process_time()
                 for g in queue[:8]:
@@ -485,8 +502,9 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
                 for i, cert in got["leaves"].items():
                     leaves[ids[i]] = cert
                     queue.append(ids[i])
-                for i, (split, kids) in got["splits"].items():
+                for i, (split, kids) in sorted(got["splits"].items()):
                     splits[ids[i]] = (split, tuple(ids[k] for k in kids))
+                    depth.update((ids[k], depth[ids[i]] + 1) for k in kids)
                 for i, box in got["boxes"].items():
                     boxes[ids[i]] = box
                 frontier += [ids[i] for i in got["open"]]
@@ -503,18 +521,18 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
         out.status, out.notes = fail.status, fail.notes
         return out
     tk = time.process_time()
-    depth, level = 0, [0]
-    while level:
-        level = [k for nid in level if nid in splits for k in splits[nid][1]]
-        depth += bool(level)
-    if depth <= JOIN_DEPTH:
-        out.theorem, out.certificate = _join(claim, {"boxes": boxes, "splits": splits},
-                                             theorems, leaves)
-    else:  # nested `cases` this deep would pass Python's recursion limit when re-checked
-        from oracles.bab import _tree
+    try:
+        if max(depth.values()) <= JOIN_DEPTH:
+            out.theorem, out.certificate = _join(claim, {"boxes": boxes, "splits": splits},
+                                                 theorems, leaves)
+        else:  # nested `cases` this deep would pass Python's recursion limit when re-checked
+            from oracles.bab import _tree
 
-        out.certificate = _tree(leaves, splits)
-        out.theorem = proof.check(claim, out.certificate, graph)
+            out.certificate = _tree(leaves, splits)
+            out.theorem = proof.check(claim, out.certificate, graph)
+    except kernel_checker.KernelError as e:  # (a tree that does not cover the box)
+        out.status, out.theorem, out.certificate = "unknown", None, None
+        out.notes = [f"kernel refused the joined tree: {e}"]
     out.kernel_s += time.process_time() - tk
     return out
 
@@ -660,6 +678,9 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
                 if all(d.theorem is not None for d in decisions):  # derived piece by piece
                     theorem = decisions[0].theorem if len(claims) == 1 else \
                         inference.conjoin([d.theorem for d in decisions], final)
+                    if theorem.claim != final:
+                        raise kernel_checker.KernelError("verify", "claim", "the theorem "
+                                                         "derived is not the claim's")
                 else:
                     theorem = proof.check(final, cert, graph)
         except kernel_checker.KernelError as e:
