@@ -828,7 +828,7 @@ def _sides(value, path: str, n: int) -> list:
 
 
 def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
-    """The intermediate entries, validated: node id -> (position, indices, lo, hi, entry)."""
+    """The intermediate entries, validated: node id -> [(path, (indices, lo, hi, entry)), ...]."""
     if not isinstance(inter, list):
         raise refuse("crown", f"{path}.intermediate", "expected a list")
     out, last = {}, -1
@@ -836,10 +836,10 @@ def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
         p = f"{path}.intermediate[{i}]"
         _keys(entry, "crown", p, {"node", "indices", "lo", "hi", "alpha", "upper", "beta"})
         nid = entry.get("node")
-        if not isinstance(nid, str) or nid not in order or order[nid] <= last or (
+        if not isinstance(nid, str) or nid not in order or order[nid] < last or (
                 nid == claim.node):
             raise refuse("crown", f"{p}.node", f"expected an ancestor of {claim.node!r} listed "
-                         f"after the previous entry (graph order); found {nid!r}")
+                         f"no earlier than the previous entry (graph order); found {nid!r}")
         last = order[nid]
         n = numel(graph.by_id[nid].shape)
         idx = entry.get("indices", list(range(n)))
@@ -850,7 +850,7 @@ def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
         lo, hi = (_sides(entry.get(key), f"{p}.{key}", len(idx)) for key in ("lo", "hi"))
         if any(a is None and b is None for a, b in zip(lo, hi)):
             raise refuse("crown", f"{p}.lo", "a neuron claims neither bound (null lo and hi)")
-        out[nid] = (p, (idx, lo, hi, entry))
+        out.setdefault(nid, []).append((p, (idx, lo, hi, entry)))
     return out
 
 
@@ -881,7 +881,7 @@ def _replay(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) -> t
     entries = _entries(graph, claim, cert.get("intermediate", []), order, path)
     values = {graph.the_input("crown", "claim").id: dom.box}
     certified = dict(dom.bounds)
-    state = _route(graph, nodes, cert, [e[3] for _, e in entries.values()])
+    state = _route(graph, nodes, cert, [e[3] for row in entries.values() for _, e in row])
 
     def lower(k: int, rows, cert: dict, path: str, defer=None) -> list[fmpq] | None:
         if state is not None:
@@ -898,8 +898,7 @@ def _replay(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) -> t
             return None
         if state is not None and node.op == "linear":
             _paths(graph, node, values, state)
-        if node.id in entries:
-            p, entry = entries[node.id]
+        for p, entry in entries.get(node.id, ()):
             x = _clip(values[node.id], *_certify(nodes[:k + 1], entry, p,
                                                  lambda *a, k=k: lower(k, *a), values))
             values[node.id], certified[node.id] = x, (x.lo, x.hi, x.den)

@@ -1240,6 +1240,9 @@ class BatchBounds:
     vacuous: torch.Tensor  # [B] bool: some interval is empty (no point in the box)
     relax: dict = field(default_factory=dict)  # relu layer index -> batched _Relax
     betas: dict = field(default_factory=dict)  # pos -> [B, m, n] final multipliers used
+    # pos -> (lo, hi) [B, n] bool: the side's bound in `inter` is CROWN's with default slopes
+    # (tighter there than with the alpha slopes; `bounds(dual=True)`)
+    defaults: dict = field(default_factory=dict)
 
     def take(self, idx: torch.Tensor) -> BatchBounds:
         """The domains idx (for the CROWN fields the alpha optimisation starts from)."""
@@ -1250,7 +1253,8 @@ class BatchBounds:
             self.vacuous[idx],
             {k: _Relax(*(getattr(r, f)[idx] for f in ("lo", "hi", "active", "unstable",
                                                       "up_slope", "up_int", "default_alpha")))
-             for k, r in self.relax.items()})
+             for k, r in self.relax.items()}, {},
+            {pos: (a[idx], b[idx]) for pos, (a, b) in self.defaults.items()})
 
 
 def _apply_signs(lo, hi, sign):
@@ -1452,7 +1456,8 @@ class BatchChain:
     def bounds(self, lo, hi, c, plain: bool = True, crown_inter: bool = True, select=None,
                alpha_inter: dict | None = None, alpha_final: dict | None = None,
                diff: bool = False, phases: dict | None = None,
-               beta_final: dict | None = None, fixed: dict | None = None) -> BatchBounds:
+               beta_final: dict | None = None, fixed: dict | None = None,
+               hint: dict | None = None, dual: bool = False) -> BatchBounds:
         """IBP, CROWN with IBP intermediates (`plain`) and CROWN with CROWN intermediates of the
         rows c [m, n_out] over the boxes [lo, hi] ([B, n_in] each). alpha_inter {pos: {relu
         layer k: [B, n_k], shared by the node's rows, or [B, 2 n, n_k] per row: e_j for every
@@ -1467,7 +1472,11 @@ class BatchChain:
         constraints on node pos (beta-CROWN; entries where the phase is 0 have no effect).
         fixed {pos: (lo, hi) [1 or B, n]}: bounds certified on a larger domain (a split node's
         `intermediate` entries, which the kernel hands down to the node's subtree): the interval
-        replay is intersected with them and no CROWN bounds are computed there."""
+        replay is intersected with them and no CROWN bounds are computed there. hint {pos: (lo,
+        hi) [B, n]}: valid bounds intersected before CROWN's (for `diff`: fewer unstable
+        neurons to bound). dual (with shared alpha_inter, not diff): each intermediate bound
+        is the tighter of CROWN's with the alpha slopes and with the default ones (`defaults`
+        says which; the kernel takes them as two entries on the node)."""
         n = len(self.steps)
         batch = lo.shape[0]
         ctx = torch.enable_grad() if diff else torch.no_grad()
@@ -1478,7 +1487,7 @@ class BatchChain:
                 ibp = ylo @ c.clamp(min=0).T + yhi @ c.clamp(max=0).T
                 if plain:
                     plain_lower = self.backward(c, n - 1, p_relax, lo, hi)[0]
-            relax, inter = {}, []
+            relax, inter, defaults = {}, [], {}
             vac = torch.zeros(batch, dtype=torch.bool, device=lo.device)
             cur_lo, cur_hi = lo, hi
             for k in range(n):
@@ -1491,6 +1500,9 @@ class BatchChain:
                 if held:
                     cur_lo = torch.maximum(cur_lo, fixed[pos][0])
                     cur_hi = torch.minimum(cur_hi, fixed[pos][1])
+                if hint and pos in hint:
+                    cur_lo = torch.maximum(cur_lo, hint[pos][0])
+                    cur_hi = torch.minimum(cur_hi, hint[pos][1])
                 uns = (cur_lo < 0) & (cur_hi > 0)
                 if not crown_inter or pos not in self.inter_pos or held or not bool(uns.any()):
                     if sign is not None:
@@ -1511,6 +1523,13 @@ class BatchChain:
                     continue
                 lb_lo = round_down(low[:, :m], scale[:, :m])
                 lb_hi = round_up(-low[:, m:], scale[:, m:])
+                tab = alpha_inter.get(pos) if alpha_inter else None
+                if dual and tab and all(t.dim() == 2 for t in tab.values()):
+                    low, scale = self._inter_rows(k, uns, relax, lo, hi, None)
+                    d_lo = round_down(low[:, :m], scale[:, :m])
+                    d_hi = round_up(-low[:, m:], scale[:, m:])
+                    defaults[pos] = (d_lo > lb_lo, d_hi < lb_hi)
+                    lb_lo, lb_hi = torch.maximum(lb_lo, d_lo), torch.minimum(lb_hi, d_hi)
                 use = uns & ((lb_lo > cur_lo) | (lb_hi < cur_hi))
                 if select is not None:
                     use = use & select(pos, cur_lo, cur_hi, lb_lo, lb_hi)
@@ -1529,7 +1548,8 @@ class BatchChain:
                 inter.append((pos, use, lb_lo, lb_hi))
             lower, a_in, _ = self.backward(c, n - 1, relax, lo, hi, None, alpha_final,
                                            self.signed_betas(phases, beta_final))
-        return BatchBounds(ibp, plain_lower, lower, a_in, inter, vac, relax, beta_final or {})
+        return BatchBounds(ibp, plain_lower, lower, a_in, inter, vac, relax, beta_final or {},
+                           defaults)
 
     def width(self, pos: int) -> int:
         """The number of neurons of node `pos`."""
@@ -1547,7 +1567,7 @@ class BatchChain:
                  init_inter: dict | None = None, init_final: dict | None = None,
                  init_beta: dict | None = None, beta_lr: float = 0.05,
                  per_row_inter: bool = False, fixed: dict | None = None,
-                 search: BatchChain | None = None):
+                 search: BatchChain | None = None, dual: bool = False):
         """alpha-CROWN over a batch: lower slopes of the final rows (per row) and of every
         intermediate bound (one list per relu per intermediate node, shared by its rows; per-row
         lists cost the kernel much more for little gain) optimised by
@@ -1561,7 +1581,10 @@ class BatchChain:
         `fixed`: as in `bounds` (no intermediate slopes there). `search`: the same chain in
         another float type (float32) for the Adam steps, whose bounds only rank the steps'
         slopes; the start, the rounded slopes' replay and so every bound returned are this
-        chain's.
+        chain's. dual (shared intermediate slopes): the steps bound only the neurons `base`
+        left unstable (its bounds intersected first, `bounds(hint=...)`), and the replay takes
+        each intermediate bound from the default or the optimised slopes, whichever is tighter
+        (`bounds(dual=True)`).
         Returns (BatchBounds, alpha_inter, alpha_final)."""
         batch = lo.shape[0]
         m = c.shape[0]
@@ -1594,6 +1617,10 @@ class BatchChain:
         pb = {pos: v.clone().requires_grad_(True) for pos, v in (init_beta or {}).items()}
         params = [t for tab in pi.values() for t in tab.values()] + list(pf.values())
         best_m = margin(base.lower)
+        hint = None
+        if dual and not per_row_inter:  # the steps bound only the neurons `base` left unstable
+            hint = {p: (cast(base.relax[p].lo), cast(base.relax[p].hi)) for p in self.inter_pos
+                    if p in base.relax}
         best_i = {pos: {k: t.detach().clone() for k, t in tab.items()} for pos, tab in pi.items()}
         best_f = {k: t.detach().clone() for k, t in pf.items()}
         best_b = {pos: t.detach().clone() for pos, t in pb.items()}
@@ -1601,7 +1628,8 @@ class BatchChain:
         opt_b = _Adam(list(pb.values()), beta_lr, upper=None)
         for _ in range(iterations):
             r = sb.bounds(s_lo, s_hi, s_c, plain=False, alpha_inter=pi, alpha_final=pf,
-                          diff=True, phases=phases, beta_final=pb or None, fixed=s_fixed)
+                          diff=True, phases=phases, beta_final=pb or None, fixed=s_fixed,
+                          hint=hint)
             with torch.no_grad():
                 mg = margin(r.lower)
                 imp = mg > best_m
@@ -1629,5 +1657,6 @@ class BatchChain:
             rf = back({k: _round_alpha(t) for k, t in best_f.items()})
             rb = back({pos: _round_beta(t) for pos, t in best_b.items()})
             r = self.bounds(lo, hi, c, plain=False, alpha_inter=ri, alpha_final=rf,
-                            phases=phases, beta_final=rb or None, fixed=fixed)
+                            phases=phases, beta_final=rb or None, fixed=fixed,
+                            dual=hint is not None)
         return r, ri, rf

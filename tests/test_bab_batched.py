@@ -670,7 +670,8 @@ def _tampered_grow(*args):
     for cert in (d.certificate or {}).get("leaves", {}).values():
         if cert.get("intermediate"):
             e = cert["intermediate"][0]
-            e["hi"][0] = str(Fraction(e["hi"][0]) - 1)
+            k = next(k for k, v in enumerate(e["hi"]) if v is not None)
+            e["hi"][k] = str(Fraction(e["hi"][k]) - 1)
             break
     return d
 
@@ -738,3 +739,52 @@ def test_jobs_try_the_whole_claim_first(net):
     d = verify.decide_region(built.path, claim, 60, jobs=2)
     assert d.status == "unsat" and d.method in ("ibp", "crown", "alpha"), d
     assert proof.check(claim, d.certificate, built.graph)
+
+
+def _paths_to_leaves(cert, path="certificate") -> list:
+    """(field path, leaf) for every leaf of a split tree (iterative)."""
+    out, stack = [], [(cert, path)]
+    while stack:
+        node, p = stack.pop()
+        if node.get("rule") == "split":
+            stack.extend((child, f"{p}.children[{i}]") for i, child in
+                         enumerate(node["children"]))
+        else:
+            out.append((p, node))
+    return out
+
+
+def _sides(entry) -> set:
+    return {(j, side) for side in ("lo", "hi") for j, v in zip(entry["indices"], entry[side])
+            if v is not None}
+
+
+@needs_acas
+def test_input_split_alpha_leaves_send_default_and_alpha_bounds_as_two_entries(tmp_path):
+    """ACAS Xu 1_2 prop_1: an alpha leaf's intermediate bound on a neuron side is the tighter of
+    CROWN's with the default slopes and with the leaf's alpha slopes (`dual`), sent as an entry
+    without slopes, then one with them on the same node, no side claimed in both. The kernel
+    proves the tree; an upper bound lowered by 1 in an alpha entry is refused at that field."""
+    from tl_dsl import verify
+
+    gp, graph, claim = _acas(tmp_path)
+    res = bab.prove_input_split(gp, claim, 120, chain=verify._chain(gp, claim)[0])
+    assert res.status == "proved" and res.stats["leaf_alpha"] > 0, res.stats
+    assert proof.check(claim, res.certificate, graph).claim == claim
+    pairs = []
+    for path, leaf in _paths_to_leaves(res.certificate):
+        inter = leaf.get("intermediate", [])
+        pairs += [(path, leaf, i) for i in range(1, len(inter))
+                  if inter[i]["node"] == inter[i - 1]["node"]]
+    assert pairs
+    for _, leaf, i in pairs:
+        first, second = leaf["intermediate"][i - 1:i + 1]
+        assert "alpha" not in first and "alpha" in second
+        assert not _sides(first) & _sides(second)
+    path, leaf, i = pairs[0]
+    entry = leaf["intermediate"][i]
+    k = next(k for k, v in enumerate(entry["hi"]) if v is not None)
+    entry["hi"][k] = str(Fraction(entry["hi"][k]) - 1)
+    with pytest.raises(KernelError) as info:
+        proof.check(claim, res.certificate, graph)
+    assert info.value.path == f"{path}.intermediate[{i}].hi[{k}]", info.value

@@ -359,6 +359,41 @@ def test_two_intermediate_entries_in_chain_order(net):
              path="certificate.intermediate[1].node", contains="'relu1'")
 
 
+def test_two_entries_on_one_node_each_proved_with_its_own_slopes(net):
+    """A node's entries in a row (what the input-split producer sends for an alpha leaf: the
+    bounds CROWN's default slopes gave, then those its alpha slopes gave): each is proved with
+    its own slopes on the same earlier bounds and both cut the interval; a bound is refused at
+    its own entry's field when that entry's slopes do not give it, even where the other's do."""
+    g = net.graph
+    box = ball_box(X0, Fraction(3, 8))
+    halves = {"alpha": {"relu1": ["1/2"] * 8}}
+    lo_d, hi_d = entry_bounds(g, box, "fc2")
+    lo_a, hi_a = entry_bounds(g, box, "fc2", None, halves)
+    # here the default slopes give the better lower bounds, slopes 1/2 the better upper
+    # bounds of neurons 3 and 6
+    assert all(d > a for d, a in zip(lo_d, lo_a)) and hi_a[3] < hi_d[3] and hi_a[6] < hi_d[6]
+    first = {"node": "fc2", "indices": [0, 1, 2, 3], "lo": [enc(v) for v in lo_d[:4]],
+             "hi": [enc(v) for v in hi_d[:4]]}
+    second = {"node": "fc2", "indices": [3, 6], "lo": [None, None],
+              "hi": [enc(hi_a[3]), enc(hi_a[6])], **halves}
+    claim = claims.bounds(g, box, [-100, -100], [100, 100], node="fc3")
+    cert = {"rule": "crown", "intermediate": [first, second]}
+    accepted(claim, cert, g)
+    dom = domain(g, box)
+    certified = crown._replay(g, claim, cert, dom, "certificate")[0]
+    lo, hi, den = certified["fc2"]
+    assert (Fraction(lo[0], den), Fraction(hi[3], den), Fraction(hi[6], den)) == (
+        lo_d[0], hi_a[3], hi_a[6])
+    bad = copy.deepcopy(second)
+    bad["hi"][0] = enc(hi_a[3] - ULP)
+    rejected(claim, {"rule": "crown", "intermediate": [first, bad]}, g, rule="crown",
+             path="certificate.intermediate[1].hi[0]", contains="is below the kernel's bound")
+    bad = {**copy.deepcopy(second), "indices": [0, 6], "lo": [enc(lo_d[0]), None],
+           "hi": [enc(hi_a[0]), enc(hi_a[6])]}
+    rejected(claim, {"rule": "crown", "intermediate": [first, bad]}, g, rule="crown",
+             path="certificate.intermediate[1].lo[0]", contains="is above the kernel's bound")
+
+
 def test_per_row_alphas_in_an_intermediate_entry(net):
     g = net.graph
     box = ball_box(X0, Fraction(3, 8))
@@ -501,8 +536,8 @@ def test_malformed_upper_lines_rejected(net, entry, path, fragment):
 
 
 @pytest.mark.parametrize("nodes,bad", [
-    (["nope"], 0), (["fc3"], 0), (["x"], 0), (["fc2", "fc1"], 1), (["fc2", "fc2"], 1),
-    (["fc1", "relu1", "fc1"], 2),
+    (["nope"], 0), (["fc3"], 0), (["x"], 0), (["fc2", "fc1"], 1),
+    (["fc1", "relu1", "fc1"], 2), (["fc2", "relu1", "fc2"], 1),
 ])
 def test_intermediate_entry_not_on_the_chain_or_out_of_order_rejected(net, nodes, bad):
     g = net.graph
@@ -517,7 +552,7 @@ def test_intermediate_entry_not_on_the_chain_or_out_of_order_rejected(net, nodes
     claim = claims.bounds(g, box, [-50, -50], [50, 50], node="fc3")
     rejected(claim, {"rule": "crown", "intermediate": entries}, g, rule="crown",
              path=f"certificate.intermediate[{bad}].node",
-             contains=("expected an ancestor of 'fc3' listed after", repr(nodes[bad])))
+             contains=("expected an ancestor of 'fc3' listed no earlier than", repr(nodes[bad])))
 
 
 def test_intermediate_entry_after_the_claim_node_rejected(net):
