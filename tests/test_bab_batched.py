@@ -8,6 +8,7 @@ rejected."""
 
 import copy
 import dataclasses
+import os
 import pathlib
 import time
 from fractions import Fraction
@@ -788,3 +789,23 @@ def test_input_split_alpha_leaves_send_default_and_alpha_bounds_as_two_entries(t
     with pytest.raises(KernelError) as info:
         proof.check(claim, res.certificate, graph)
     assert info.value.path == f"{path}.intermediate[{i}].hi[{k}]", info.value
+
+
+def _niceness(_):
+    return os.nice(0)
+
+
+def test_jobs_workers_run_below_the_kernel_priority():
+    """Workers lower their priority by WORKER_NICE, so that the kernel in the command's process
+    keeps up with the leaves they send."""
+    import concurrent.futures
+    import multiprocessing
+
+    from tl_dsl import verify
+
+    ctx = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, initializer=verify._worker_init,
+                                                initargs=(ctx.Event(),)) as pool:
+        child = pool.submit(_niceness, 0).result()
+    assert verify.WORKER_NICE > 0
+    assert child == min(19, os.nice(0) + verify.WORKER_NICE)
