@@ -645,9 +645,10 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
             if not bool(keep.any()):
                 continue
             open_, olo, ohi, coef = open_[keep], olo[keep], ohi[keep], coef[keep]
-            hint = {p: (torch.maximum(a[keep], r.relax[p].lo[open_]),
-                        torch.minimum(b[keep], r.relax[p].hi[open_]))
-                    for p, (a, b) in ((p, (ra.relax[p].lo, ra.relax[p].hi)) for p in ra.relax)}
+            # the lookahead's hint: the domains' bounds, alpha-CROWN's and CROWN's
+            hint = {p: (torch.maximum(x.lo[keep], r.relax[p].lo[open_]),
+                        torch.minimum(x.hi[keep], r.relax[p].hi[open_]))
+                    for p, x in ra.relax.items()}
         else:
             hint = {p: (x.lo[open_], x.hi[open_]) for p, x in r.relax.items()}
         nd = len(open_)

@@ -1473,8 +1473,9 @@ class BatchChain:
         fixed {pos: (lo, hi) [1 or B, n]}: bounds certified on a larger domain (a split node's
         `intermediate` entries, which the kernel hands down to the node's subtree): the interval
         replay is intersected with them and no CROWN bounds are computed there. hint {pos: (lo,
-        hi) [B, n]}: valid bounds intersected before CROWN's (for `diff`: fewer unstable
-        neurons to bound). dual (with shared alpha_inter, not diff): each intermediate bound
+        hi) [B, n]}: valid bounds intersected before CROWN's, so fewer neurons are unstable (they
+        are not certified: bounds computed with a hint rank choices and never go into a
+        certificate). dual (with shared alpha_inter, not diff): each intermediate bound
         is the tighter of CROWN's with the alpha slopes and with the default ones (`defaults`
         says which; the kernel takes them as two entries on the node)."""
         n = len(self.steps)
