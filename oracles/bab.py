@@ -363,12 +363,17 @@ def _open_rows_coef(spec, lower: torch.Tensor, a_in: torch.Tensor):
 
 
 def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
-               alpha_final: dict | None = None, row: int | None = None) -> tuple[dict, int]:
+               alpha_final: dict | None = None, row: int | None = None,
+               last: tuple | None = None) -> tuple[dict, int]:
     """The `crown` certificate of domain i of a BatchBounds: intermediate entries for the
     neurons CROWN tightened, with the entry's shared lower slopes (alpha_inter) and per-row
     final slopes (alpha_final) when given (else CROWN's defaults: no `alpha`); with `row`, the
     final slopes of that row alone, shared by every row (enough when that row decides the
-    claim; smaller for the kernel). Also returns the number of intermediate neurons."""
+    claim; smaller for the kernel). `last` (pos, coef): pos is the input of the last relu,
+    whose output only the claim node reads, and coef [n] the deciding row's coefficients on
+    that output (or None); there an active neuron's upper bound enters nothing, nor, with
+    `row`, an unstable neuron's bounds where coef > 0 (its lower line alpha z is given): left
+    unclaimed. Also returns the number of intermediate neurons."""
     entries, count = [], 0
     for pos, use, lb_lo, lb_hi in r.inter:
         idx = torch.nonzero(use[i]).reshape(-1)
@@ -378,6 +383,14 @@ def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
         # spares the kernel a row
         live = lb_hi[i][idx] > 0
         tab = (alpha_inter or {}).get(pos)
+        drop_lo = drop_hi = torch.zeros_like(live)
+        if last is not None and pos == last[0] and not bool(r.vacuous[i]) and all(
+                t.dim() == 2 for t in (tab or {}).values()):
+            lo_f, hi_f = r.relax[pos].lo[i][idx], r.relax[pos].hi[i][idx]
+            drop_hi = lo_f >= 0
+            if last[1] is not None and alpha_final and row is not None:
+                drop_lo = (lo_f < 0) & (hi_f > 0) & (last[1][idx] > 0)
+                drop_hi = drop_hi | drop_lo
         los, his = encode_dyadic(lb_lo[i][idx], BOUND_BITS), encode_dyadic(lb_hi[i][idx],
                                                                            BOUND_BITS)
         if tab and pos in r.defaults:  # two entries: sides from default slopes, then alpha's
@@ -386,6 +399,7 @@ def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
         else:
             parts = [(live, torch.ones_like(live), tab)]
         for lo_on, hi_on, tb in parts:
+            lo_on, hi_on = lo_on & ~drop_lo, hi_on & ~drop_hi
             keep = lo_on | hi_on
             if not bool(keep.any()):
                 continue
@@ -577,8 +591,18 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
 
     single = (spec.kind == "unsat" and len(spec.groups) == 1) or len(spec.thr) == 1
 
+    # the last relu's input, when only the claim node (a linear) reads its output, and each
+    # spec row's coefficients on that output (exact signs: kept only where clearly positive)
+    last = max(bc.inter_pos, default=None)
+    if last is not None and last + 2 == len(bc.steps) and (bc.steps[last + 1] or ("",))[0] == "lin":
+        lam = c @ bc.steps[last + 1][1]
+        lam = torch.where(lam > 1e-9 * lam.abs().amax(dim=1, keepdim=True), lam, 0)
+    else:
+        last = None
+
     def leaf(nid, r, i, ai=None, af=None, kind="leaf_inter", row=None):
-        certs[nid], cnt = _leaf_cert(chain, r, i, ai, af, row)
+        certs[nid], cnt = _leaf_cert(chain, r, i, ai, af, row, None if last is None else (
+            last, None if row is None else lam[row]))
         stats[kind] += 1
         stats["inter_neurons"] += cnt
         stats["leaves"] += 1

@@ -760,18 +760,26 @@ def _sides(entry) -> set:
             if v is not None}
 
 
+@pytest.fixture(scope="module")
+def acas_tree(tmp_path_factory):
+    """ACAS Xu 1_2 prop_1 proved by input splitting: (graph path, graph, claim, result)."""
+    from tl_dsl import verify
+
+    gp, graph, claim = _acas(tmp_path_factory.mktemp("acas"))
+    res = bab.prove_input_split(gp, claim, 120, chain=verify._chain(gp, claim)[0])
+    assert res.status == "proved" and res.stats["leaf_alpha"] > 0, res.stats
+    assert proof.check(claim, res.certificate, graph).claim == claim
+    return gp, graph, claim, res
+
+
 @needs_acas
-def test_input_split_alpha_leaves_send_default_and_alpha_bounds_as_two_entries(tmp_path):
+def test_input_split_alpha_leaves_send_default_and_alpha_bounds_as_two_entries(acas_tree):
     """ACAS Xu 1_2 prop_1: an alpha leaf's intermediate bound on a neuron side is the tighter of
     CROWN's with the default slopes and with the leaf's alpha slopes (`dual`), sent as an entry
     without slopes, then one with them on the same node, no side claimed in both. The kernel
     proves the tree; an upper bound lowered by 1 in an alpha entry is refused at that field."""
-    from tl_dsl import verify
-
-    gp, graph, claim = _acas(tmp_path)
-    res = bab.prove_input_split(gp, claim, 120, chain=verify._chain(gp, claim)[0])
-    assert res.status == "proved" and res.stats["leaf_alpha"] > 0, res.stats
-    assert proof.check(claim, res.certificate, graph).claim == claim
+    _, graph, claim, res = acas_tree
+    res = dataclasses.replace(res, certificate=copy.deepcopy(res.certificate))
     pairs = []
     for path, leaf in _paths_to_leaves(res.certificate):
         inter = leaf.get("intermediate", [])
@@ -809,3 +817,30 @@ def test_jobs_workers_run_below_the_kernel_priority():
         child = pool.submit(_niceness, 0).result()
     assert verify.WORKER_NICE > 0
     assert child == min(19, os.nice(0) + verify.WORKER_NICE)
+
+
+@needs_acas
+def test_input_split_leaves_leave_unclaimed_what_only_the_claim_node_would_read(acas_tree,
+                                                                                 monkeypatch):
+    """On the last relu's input (its output read by the claim node alone) an active neuron's
+    upper bound is left unclaimed, and in alpha leaves deciding by one row so are both bounds of
+    an unstable neuron on which that row's coefficient is positive. The same search with every
+    bound claimed grows the same tree; leaf by leaf the claimed sides are a subset of its, fewer
+    in some, all on the last relu's input, and the kernel proves the tree (`acas_tree`)."""
+    gp, _, claim, res = acas_tree
+    full_cert = bab._leaf_cert
+    monkeypatch.setattr(bab, "_leaf_cert", lambda chain, r, i, ai=None, af=None, row=None,
+                        last=None: full_cert(chain, r, i, ai, af, row))
+    full = bab.prove_input_split(gp, claim, 120)
+    assert full.status == "proved" and _splits(full.certificate) == _splits(res.certificate)
+
+    def claimed(leaf):
+        return {(e["node"], j, side) for e in leaf.get("intermediate", [])
+                for side in ("lo", "hi") for j, v in zip(e["indices"], e[side]) if v is not None}
+
+    fewer = set()
+    for (_, a), (_, b) in zip(_paths_to_leaves(res.certificate),
+                              _paths_to_leaves(full.certificate), strict=True):
+        assert claimed(a) <= claimed(b)
+        fewer |= {node for node, _, _ in claimed(b) - claimed(a)}
+    assert fewer == {"Operation_6_MatMul"}  # ACAS Xu: six hidden layers, the last relu's input
