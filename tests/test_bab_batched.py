@@ -844,3 +844,49 @@ def test_input_split_leaves_leave_unclaimed_what_only_the_claim_node_would_read(
         assert claimed(a) <= claimed(b)
         fewer |= {node for node, _, _ in claimed(b) - claimed(a)}
     assert fewer == {"Operation_6_MatMul"}  # ACAS Xu: six hidden layers, the last relu's input
+
+
+@needs_acas
+def test_dual_replay_takes_the_tighter_of_default_and_alpha_slopes_and_hints_cut(acas_tree):
+    """optimise(dual=True) returns the dual replay of its slopes bit for bit; on the first
+    intermediate node (the same earlier bounds for both) each bound is the tighter of the
+    alpha-slope and the default-slope CROWN bound, `defaults` marking where the default one was
+    strictly tighter (both happen here); and bounds(hint=...) intersects before CROWN: every
+    interval inside the hint, no more unstable neurons than without it. (ACAS Xu 1_2's
+    network on three boxes a fifth of prop_1's wide, which alpha-CROWN does not prove.)"""
+    from tl_dsl import verify
+
+    gp, _, claim, _ = acas_tree
+    chain = verify._chain(gp, claim)[0]
+    spec = bt.spec_of(claim, chain.n_out)
+    bc = bt.BatchChain(chain)
+    lo0, hi0 = (chain.tensor([float(v) for v in t])[None] for t in bt.claim_box(claim))
+    lo = torch.cat([lo0 + (hi0 - lo0) * f for f in (0.2, 0.4, 0.6)])
+    hi = lo + (hi0 - lo0) * 0.2
+    c, thr = chain.tensor(spec.c), chain.tensor(spec.thr)
+
+    def margins(lower):
+        return (lower - thr).amin(dim=1)
+
+    def objective(lower):
+        return (lower - thr).clamp(max=0).sum(dim=1)
+
+    r, ai, af = bc.optimise(lo, hi, c, objective, margins, iterations=4, dual=True)
+    again = bc.bounds(lo, hi, c, plain=False, alpha_inter=ai, alpha_final=af, dual=True)
+    assert torch.equal(r.lower, again.lower) and r.defaults
+    alpha_only = bc.bounds(lo, hi, c, plain=False, alpha_inter=ai, alpha_final=af)
+    default = bc.bounds(lo, hi, c, plain=False)
+    pos, use, lb_lo, lb_hi = r.inter[0]
+    (_, _, a_lo, a_hi), (_, _, d_lo, d_hi) = alpha_only.inter[0], default.inter[0]
+    assert torch.equal(lb_lo[use], torch.maximum(a_lo, d_lo)[use])
+    assert torch.equal(lb_hi[use], torch.minimum(a_hi, d_hi)[use])
+    lo_d, hi_d = r.defaults[pos]
+    assert torch.equal(lo_d[use], (d_lo > a_lo)[use])
+    assert torch.equal(hi_d[use], (d_hi < a_hi)[use])
+    assert bool((lo_d | hi_d)[use].any()) and bool((~lo_d & ~hi_d)[use].any())
+    # a hint: the default pass's own intervals, narrowed to their middle half
+    hint = {p: ((3 * x.lo + x.hi) / 4, (x.lo + 3 * x.hi) / 4) for p, x in default.relax.items()}
+    hinted = bc.bounds(lo, hi, c, plain=False, hint=hint)
+    for p, x in hinted.relax.items():
+        assert bool((x.lo >= hint[p][0]).all()) and bool((x.hi <= hint[p][1]).all())
+        assert int(x.unstable.sum()) <= int(default.relax[p].unstable.sum())
