@@ -102,6 +102,20 @@ def test_batched_relu_bab_never_proves_a_false_claim(net):
             assert int(torch.argmax(y)) != label
 
 
+def _rows(chain, spec) -> tuple:
+    """(spec rows as a tensor, margin(lower), objective(lower)) for BatchChain.optimise: every
+    row's gap, the worst one as the margin, the sum of the shortfalls as the objective."""
+    c, thr = chain.tensor(spec.c), chain.tensor(spec.thr)
+
+    def margins(lower):
+        return (lower - thr).amin(dim=1)
+
+    def objective(lower):
+        return (lower - thr).clamp(max=0).sum(dim=1)
+
+    return c, margins, objective
+
+
 def test_float32_search_returns_the_float64_replay_of_its_slopes(net):
     """optimise(search=float32 chain): the steps rank slopes in float32, but what comes back is
     this chain's float64 bounds of the rounded slopes, bit for bit, and the kernel takes the
@@ -113,14 +127,7 @@ def test_float32_search_returns_the_float64_replay_of_its_slopes(net):
     assert sc.chain.dtype == torch.float32
     lo, hi = (chain.tensor([float(v) for v in t])[None] for t in bt.claim_box(claim))
     lo, hi = lo.repeat(3, 1), hi.repeat(3, 1)
-    c, thr = chain.tensor(spec.c), chain.tensor(spec.thr)
-
-    def margins(lower):
-        return (lower - thr).amin(dim=1)
-
-    def objective(lower):
-        return (lower - thr).clamp(max=0).sum(dim=1)
-
+    c, margins, objective = _rows(chain, spec)
     r, ai, af = bc.optimise(lo, hi, c, objective, margins, iterations=4, search=sc)
     for t in [r.lower, *af.values(), *(v for tab in ai.values() for v in tab.values())]:
         assert t.dtype == torch.float64
@@ -863,14 +870,7 @@ def test_dual_replay_takes_the_tighter_of_default_and_alpha_slopes_and_hints_cut
     lo0, hi0 = (chain.tensor([float(v) for v in t])[None] for t in bt.claim_box(claim))
     lo = torch.cat([lo0 + (hi0 - lo0) * f for f in (0.2, 0.4, 0.6)])
     hi = lo + (hi0 - lo0) * 0.2
-    c, thr = chain.tensor(spec.c), chain.tensor(spec.thr)
-
-    def margins(lower):
-        return (lower - thr).amin(dim=1)
-
-    def objective(lower):
-        return (lower - thr).clamp(max=0).sum(dim=1)
-
+    c, margins, objective = _rows(chain, spec)
     r, ai, af = bc.optimise(lo, hi, c, objective, margins, iterations=4, dual=True)
     again = bc.bounds(lo, hi, c, plain=False, alpha_inter=ai, alpha_final=af, dual=True)
     assert torch.equal(r.lower, again.lower) and r.defaults
