@@ -1498,12 +1498,10 @@ class BatchChain:
                 pos = k + 1
                 sign = phases.get(pos) if phases else None
                 held = bool(fixed) and pos in fixed
-                if held:
-                    cur_lo = torch.maximum(cur_lo, fixed[pos][0])
-                    cur_hi = torch.minimum(cur_hi, fixed[pos][1])
-                if hint and pos in hint:
-                    cur_lo = torch.maximum(cur_lo, hint[pos][0])
-                    cur_hi = torch.minimum(cur_hi, hint[pos][1])
+                for known in (fixed if held else None, hint):  # bounds known valid here
+                    if known and pos in known:
+                        cur_lo = torch.maximum(cur_lo, known[pos][0])
+                        cur_hi = torch.minimum(cur_hi, known[pos][1])
                 uns = (cur_lo < 0) & (cur_hi > 0)
                 if not crown_inter or pos not in self.inter_pos or held or not bool(uns.any()):
                     if sign is not None:
