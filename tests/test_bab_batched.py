@@ -605,6 +605,56 @@ def test_jobs_answer_timeout_at_the_budget(tmp_path):
 
 
 @needs_acas
+def test_single_process_kernel_check_stops_at_the_budget(tmp_path, monkeypatch):
+    """Without --jobs the kernel checks the whole certificate after the search: when that check
+    would run past --timeout (here a kernel slowed by a 60 s pause), the answer is `timeout` at
+    the budget, with no bundle; the same instance is unsat in time without the pause."""
+    import io
+
+    from tl_dsl import verify
+
+    onnx, prop = str(ACAS / "ACASXU_run2a_1_2_batch_2000.onnx"), str(ACAS / "prop_1.vnnlib")
+    check = proof.check
+    monkeypatch.setattr(verify.proof, "check", lambda *a: (time.sleep(60), check(*a))[1])
+    out, bundle = io.StringIO(), tmp_path / "b.json"
+    t0 = time.perf_counter()
+    res = verify.verify(onnx, prop, 8, str(bundle), out=out, err=io.StringIO())
+    assert res["result"] == "timeout" and out.getvalue().startswith("timeout\n"), out.getvalue()
+    assert "did not end within the 8 s budget" in out.getvalue()
+    assert time.perf_counter() - t0 < 10 and not bundle.exists()
+    monkeypatch.setattr(verify.proof, "check", check)
+    assert verify.verify(onnx, prop, 60, str(bundle), out=io.StringIO(),
+                         err=io.StringIO())["result"] == "unsat" and bundle.exists()
+
+
+def test_the_kernel_deadline_is_the_main_threads_alone():
+    """`_until` rings in the main thread at the deadline and not after leaving; elsewhere (no
+    signals there) it sets no limit."""
+    import threading
+
+    from tl_dsl import verify
+
+    with pytest.raises(verify._DeadlineError), verify._until(0.2):
+        time.sleep(5)
+    with verify._until(0.2):
+        pass
+    time.sleep(0.4)  # the timer was cancelled: nothing rings here
+    with pytest.raises(verify._DeadlineError), verify._until(0):
+        pass
+    done = []
+
+    def other():
+        with verify._until(0.1):
+            time.sleep(0.3)
+        done.append(True)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert done == [True]
+
+
+@needs_acas
 def test_jobs_on_a_claim_proved_before_the_hand_off(tmp_path):
     """ACAS Xu 1_6 prop_3 is proved on the whole box: no workers, the root's own certificate."""
     from tl_dsl import verify

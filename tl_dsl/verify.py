@@ -5,12 +5,15 @@ counterexample exactly. Producers (attacks, IBP/CROWN/alpha-CROWN, branch and bo
 propose."""
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import decimal
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -617,6 +620,33 @@ def write_cex(path: str, x: tuple, y: list) -> bool:
     return all(e for _, e in xs + ys)
 
 
+class _DeadlineError(Exception):
+    """The budget ran out during the kernel's check (`_until`)."""
+
+
+@contextlib.contextmanager
+def _until(seconds: float):
+    """Raise _DeadlineError in this thread after `seconds` (a real-time timer; in the main thread
+    only, elsewhere no limit): the kernel's check of a whole certificate must not answer after
+    --timeout when the producer's estimate of its time was short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if seconds <= 0:
+        raise _DeadlineError
+
+    def ring(signum, frame):
+        raise _DeadlineError
+
+    before = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
 def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | None = None,
            cex: str | None = None, jobs: int = 1, out=sys.stdout, err=sys.stderr) -> dict:
     """Run the whole job; print the result word first, then a summary; return the figures."""
@@ -689,10 +719,15 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
                         raise kernel_checker.KernelError("verify", "claim", "the theorem "
                                                          "derived is not the claim's")
                 else:
-                    theorem = proof.check(final, cert, graph)
+                    with _until(timeout_s - (time.perf_counter() - t0)):
+                        theorem = proof.check(final, cert, graph)
         except kernel_checker.KernelError as e:
             result = "unknown"
             decisions[-1].notes.append(f"kernel refused the certificate: {e}")
+        except _DeadlineError:
+            result = "timeout"
+            decisions[-1].notes.append(f"the kernel's check of the certificate ({leaves} leaves) "
+                                       f"did not end within the {timeout_s:g} s budget")
         kernel_s += time.perf_counter() - tk
     producer_s = sum(d.producer_s for d in decisions)
     if theorem is not None and bundle:  # files first: a reader that stops early loses nothing
