@@ -431,7 +431,7 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
                       fracs: tuple = (0.5,), alpha_iters: int = 6,
                       alpha_lr: float = 0.5, max_domains: int = 2_000_000, attack: bool = True,
                       seed: int = 0, tol: float = DECIDE_TOL, max_depth: int = 400,
-                      chain=None, kernel_cost: tuple = (1e-3, 0.8e-4), progress=None,
+                      chain=None, kernel_cost: tuple = (1e-3, 0.6e-4), progress=None,
                       search_dtype=torch.float64, hand_off: int = 0,
                       sample: bool = True, roots: list | None = None,
                       depths: list | None = None, stop=None,
@@ -450,11 +450,13 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
     the vertices minimising the open rows' linear bounds, pushed by a few ascent steps, are
     tried as counterexamples. The time budget covers the kernel's check too: it stops
     ("timeout") once the time spent plus an estimate of the kernel's time for the leaves so far
-    (kernel_cost: seconds per leaf, per intermediate neuron; the kernel took 59-85 us per
-    intermediate neuron on ACAS Xu leaves on this 2-core machine at b05505d, 80-115 us before
-    1921d07; an estimate too high gives up on instances the budget would have held, one too low
-    only answers a lost cause late) passes it. `progress(stats)`,
-    if given, is called once per batch (for a live display). The alpha-CROWN steps and the
+    (kernel_cost: seconds per leaf, per intermediate neuron; the kernel took 47-69 us per
+    intermediate neuron besides 1 ms per leaf on this 2-core machine at b61458b (1_1 prop_3,
+    2_9 prop_1, 4_9 prop_1 of ACAS Xu), 59-85 us counted without the per-leaf part at
+    b05505d; an estimate too high gives up on instances the budget would have held, and since
+    `tl verify` stops the kernel's check at the budget, one too low costs nothing but the time
+    until then) passes it. `progress(stats)`, if given, is called once per batch (for a live
+    display). The alpha-CROWN steps and the
     lookahead's bounds, which only rank choices, run in `search_dtype` (`_search_chain`); every
     bound that decides a domain or enters a certificate is `dtype`'s. float32 made the producer
     about 1.5 times faster on the slowest ACAS Xu instances (1_1 prop_3: 12.0 s to 7.5 s, the
