@@ -563,8 +563,8 @@ def _acas(tmp_path, net: str = "1_2", prop: int = 1):
 
 @needs_acas
 def test_jobs_grow_an_input_split_tree_in_workers(tmp_path):
-    """A few-input chain with --jobs 2: the workers grow the tree, the kernel derives each leaf
-    here as it comes and joins the splits by `cases`; the certificate is that derivation and
+    """A few-input chain with --jobs 2: the workers grow the tree, two kernel processes derive
+    each leaf as it comes, the kernel joins the splits by `cases` here; the certificate is that derivation and
     re-derives the same theorem."""
     from tl_dsl import verify
 
@@ -739,7 +739,7 @@ _GROW: list = []
 
 @needs_acas
 def test_jobs_refuse_a_tampered_leaf_from_a_worker(tmp_path, monkeypatch):
-    """Each leaf a worker sends is checked by the kernel here: one bound tightened past the
+    """Each leaf a worker sends is checked by a kernel process: one bound tightened past the
     kernel's makes the answer unknown, with the kernel's refusal, never unsat."""
     from tl_dsl import verify
 

@@ -23,6 +23,7 @@ from flint import fmpq
 
 import kernel_checker
 from kernel_checker import inference
+from kernel_checker import pool as kernel_pool
 from kernel_checker.claims import Box, Claim
 from stdlib.vnnlib import VnnlibError, read_vnnlib
 from tl_dsl import claims as dsl_claims
@@ -399,10 +400,18 @@ def _join(claim: Claim, tree: dict, theorems: dict, certs: dict) -> tuple:
 _HAND_BACK: list = [None]  # in a --jobs worker: the pool's event asking for open domains back
 
 
-# workers run at this niceness, so that the kernel in the command's process keeps up with them
-# instead of finishing the leaves alone at the end (ACAS Xu, 72 instances of props 1-4 on nets
-# 1_x and 2_x, --parallel 1 --jobs 2: 14 slowest 43.8 s at 0, 40.8 s at 5, 41.4 s at 10)
+# workers run at this niceness, so that the kernel keeps up with them instead of finishing the
+# leaves alone at the end (ACAS Xu, 72 instances of props 1-4 on nets 1_x and 2_x, --parallel 1
+# --jobs 2: 14 slowest 43.8 s at 0, 40.8 s at 5, 41.4 s at 10, with one kernel process)
 WORKER_NICE = 5
+
+
+# the workers' alpha-CROWN steps and lookahead in float32 (`prove_input_split`'s search_dtype;
+# what decides a domain or enters a certificate stays float64): with the kernel in its own
+# processes the producers' time is the wall time. The 72 instances above with --jobs 2, one
+# sitting: 14 slowest 41.9 s in float64, 35.6 s in float32 (the producers' CPU time 81.9 -> 68.5
+# s, the kernel's 29.8 -> 29.6 s); without --jobs float64 stays (see prove_input_split)
+GROW_SEARCH_DTYPE = "float32"
 
 
 def _worker_init(event) -> None:
@@ -428,7 +437,7 @@ def _grow(deadline: float, graph_path: str, claim_doc: dict, roots: list, depths
     claim = kernel_checker.parse_claim(claim_doc)
     t0, c0, event = time.perf_counter(), time.process_time(), _HAND_BACK[0]
     res = prove_input_split(graph_path, claim, left, seed=seed, chain=_chain(graph_path, claim)[0],
-                            sample=False, roots=roots, depths=depths,
+                            sample=False, search_dtype=getattr(torch, GROW_SEARCH_DTYPE), roots=roots, depths=depths,
                             stop=lambda: time.perf_counter() - t0 >
                             slice_s or (event is not None and event.is_set()))
     if res.status in ("proved", "partial"):
@@ -442,8 +451,8 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
     """--jobs on a few-input linear / relu chain: `first` holds the input-split forest grown
     here until jobs * HAND_OFF_PER_JOB domains were open. The open domains are shared out
     among the workers (`_grow`, SLICE_S seconds a turn; what is still open comes back and is
-    shared out again), and the kernel derives each leaf's theorem here as it comes in, while
-    the workers go on. The splits are then joined by the kernel's `cases`: the Decision's
+    shared out again), and `jobs` kernel processes (`kernel_checker.pool`, forked before the
+    workers) derive each leaf's theorem as it comes in, while the workers go on. The splits are then joined by the kernel's `cases`: the Decision's
     `theorem`, with the nested `cases` certificate of that very derivation (end: the
     perf_counter time the budget runs out). A worker's timeout or unknown (a domain too thin
     to cut, max_depth reached), a failed worker or a leaf the kernel refuses ends the run at
@@ -459,13 +468,14 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
     deadline = time.time() + end - time.perf_counter()
     doc = claim.to_json()
     hand_back = multiprocessing.get_context("fork").Event()
+    kernels = kernel_pool.Pool(kernel_checker.Context([graph]), jobs)  # before the workers
     pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=jobs, mp_context=multiprocessing.get_context("fork"),
         initializer=_worker_init, initargs=(hand_back,))
     running: dict = {}  # future -> the global ids of its roots
     fail = None
     try:
-        while (frontier or running or queue) and fail is None:
+        while (frontier or running or queue or kernels.pending()) and fail is None:
             if time.perf_counter() > end:  # (the kernel's queue too: no answer after the budget)
                 fail = Decision("timeout")
                 break
@@ -476,23 +486,25 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
                 chunk, frontier = frontier[:take], frontier[take:]
                 running[pool.submit(_grow, deadline, graph_path, doc, [boxes[g] for g in chunk],
                                     [depth[g] for g in chunk], SLICE_S, 0)] = chunk
-            if queue:  # a few leaves for the kernel, then back to the workers
-                tk = time.process_time()
-                for g in queue[:8]:
-                    try:
-                        theorems[g] = proof.check(_on_box(claim, boxes[g]), leaves[g], graph)
-                    except kernel_checker.KernelError as e:
-                        fail = Decision("unknown", notes=[f"kernel refused a leaf: {e}"])
-                        break
-                queue = queue[8:]
-                kernel_s += time.process_time() - tk
-                done = [f for f in running if f.done()]
-            else:
+            tk = time.process_time()
+            for g in queue:  # the leaves go to the kernel processes, which derive them while
+                kernels.submit(g, _on_box(claim, boxes[g]), leaves[g])  # the workers go on
+            queue, done = [], set()
+            kernel_s += time.process_time() - tk
+            if running:  # (polled while the kernel processes have work, else waited for)
                 done, _ = concurrent.futures.wait(
-                    running, timeout=max(0.0, end - time.perf_counter()) + 30,
+                    running, timeout=0.01 if kernels.pending() else
+                    max(0.0, end - time.perf_counter()) + 30,
                     return_when=concurrent.futures.FIRST_COMPLETED)
-                if not done:
+                if not done and not kernels.pending():
                     fail = Decision("timeout", notes=["a --jobs worker did not answer in time"])
+            tk = time.process_time()
+            for g, thm in kernels.results(0 if running else 1):
+                if isinstance(thm, kernel_checker.KernelError):
+                    fail = fail or Decision("unknown", notes=[f"kernel refused a leaf: {thm}"])
+                else:
+                    theorems[g] = thm
+            kernel_s += time.process_time() - tk
             for f in done:
                 roots = running.pop(f)
                 try:
@@ -525,6 +537,8 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
                           "domains": len(boxes), "leaves": len(leaves)})
     finally:
         _stop(pool)
+        kernels.close()
+    kernel_s += kernels.cpu_ns / 1e9
     out = Decision("unsat", producer_s=producer_s, leaves=len(leaves), kernel_s=kernel_s,
                    method=f"input-split in {jobs} processes")
     if fail is not None:

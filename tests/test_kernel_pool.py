@@ -1,0 +1,150 @@
+"""`kernel_checker.pool`: derivations in forked kernel processes (`tl verify --jobs`). What one
+process derives, the pool derives (the same claim, rule, assumptions and level); what one
+process refuses, the pool refuses with the same rule, path and message, and the other leaves
+still come back; a child that crashes or dies is a refusal, never a theorem or a hang; closing
+the pool leaves no process behind."""
+
+import copy
+import multiprocessing
+import time
+from fractions import Fraction
+
+import pytest
+from test_bab_batched import _acas, needs_acas
+
+from kernel_checker import Context, KernelError, pool
+from kernel_checker.theorem import Level
+from tl_dsl import proof
+
+pytestmark = needs_acas
+
+
+@pytest.fixture(scope="module")
+def leaves(tmp_path_factory):
+    """(graph, [(claim on a leaf's box, its certificate), ...]): ACAS Xu 1_2 prop_1's
+    input-split leaves as the `--jobs` workers make them (most with intermediate entries)."""
+    from oracles.bab import prove_input_split
+    from tl_dsl import verify
+
+    gp, graph, claim = _acas(tmp_path_factory.mktemp("pool"))
+    box = claim.input_set.as_box()
+    res = prove_input_split(gp, claim, 60, sample=False, roots=[(box.lo, box.hi)], depths=[0])
+    assert res.status == "proved", res
+    forest = res.certificate
+    out = [(verify._on_box(claim, forest["boxes"][i]), cert)
+           for i, cert in forest["leaves"].items()]
+    assert len(out) > 10 and sum(bool(c.get("intermediate")) for _, c in out) > 5
+    return graph, out
+
+
+def _all(kp, n, timeout=60) -> dict:
+    got, end = {}, time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < end:
+        got.update(kp.results(1))
+    assert len(got) == n and kp.pending() == 0
+    return got
+
+
+def _none_left():
+    end = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not multiprocessing.active_children()
+
+
+def test_the_pool_derives_what_one_process_derives(leaves):
+    graph, items = leaves
+    with pool.Pool(Context([graph]), 2) as kp:
+        for i, (claim, cert) in enumerate(items):
+            kp.submit(i, claim, cert)
+        got = _all(kp, len(items))
+        assert kp.cpu_ns > 0
+    _none_left()
+    for i, (claim, cert) in enumerate(items):
+        one = proof.check(claim, cert, graph)
+        thm = got[i]
+        assert (thm.claim, thm.rule, thm.assumptions, thm.level) == (
+            one.claim, one.rule, one.assumptions, one.level) == (
+                claim, cert["rule"], frozenset(), Level.PROVED)
+
+
+def test_the_pool_refuses_what_one_process_refuses(leaves):
+    """One claimed upper bound of one leaf lowered by 1 (below the kernel's bound): the same
+    refusal as in one process; every other leaf is still derived."""
+    graph, items = leaves
+    bad = next(i for i, (_, c) in enumerate(items) if c.get("intermediate"))
+    cert = copy.deepcopy(items[bad][1])
+    e = cert["intermediate"][0]
+    k = next(k for k, v in enumerate(e["hi"]) if v is not None)
+    e["hi"][k] = str(Fraction(e["hi"][k]) - 1)
+    with pytest.raises(KernelError) as one:
+        proof.check(items[bad][0], cert, graph)
+    with pool.Pool(Context([graph]), 2) as kp:
+        for i, (claim, c) in enumerate(items):
+            kp.submit(i, claim, cert if i == bad else c)
+        got = _all(kp, len(items))
+    refusal = got.pop(bad)
+    assert isinstance(refusal, KernelError)
+    assert (refusal.rule, refusal.path, refusal.message) == (
+        one.value.rule, one.value.path, one.value.message)
+    assert "below the kernel's bound" in refusal.message
+    assert not any(isinstance(t, KernelError) for t in got.values())
+
+
+def test_the_pool_keeps_assumptions_and_levels(leaves):
+    graph, items = leaves
+    claim = items[0][0]
+    cert = proof.assume("user.hypothesis", reason="stated by the test")
+    with pool.Pool(Context([graph]), 1) as kp:
+        kp.submit("a", claim, cert)
+        thm = _all(kp, 1)["a"]
+    one = proof.check(claim, cert, graph)
+    assert (thm.claim, thm.rule, thm.assumptions, thm.level) == (
+        one.claim, one.rule, one.assumptions, one.level)
+    assert thm.level == Level.SHAPE_CHECKED and [a.name for a in thm.assumptions] == [
+        "user.hypothesis"]
+
+
+def _slow(*args):
+    time.sleep(60)
+
+
+def _crash(*args):
+    raise RuntimeError("boom")
+
+
+def test_a_crash_in_a_kernel_process_is_a_refusal(leaves, monkeypatch):
+    graph, items = leaves
+    monkeypatch.setattr(pool, "derive", _crash)  # (before the fork: the children run it)
+    with pool.Pool(Context([graph]), 1) as kp:
+        kp.submit(0, *items[0])
+        thm = _all(kp, 1)[0]
+    assert isinstance(thm, KernelError) and thm.rule == "pool" and "boom" in thm.message
+
+
+def test_a_kernel_process_that_dies_is_a_refusal_and_close_kills_busy_ones(leaves, monkeypatch):
+    graph, items = leaves
+    monkeypatch.setattr(pool, "derive", _slow)
+    kp = pool.Pool(Context([graph]), 2)
+    kp.submit(0, *items[0])
+    kp.submit(1, *items[1])
+    kp.procs[0].kill()
+    with pytest.raises(KernelError, match="ended without answering"):
+        kp.results(10)
+    t0 = time.monotonic()
+    kp.close()  # the other child is still in its 60 s
+    assert time.monotonic() - t0 < 5
+    _none_left()
+
+
+def test_the_pool_shares_the_work_out(leaves, monkeypatch):
+    """No child gets more than IN_FLIGHT pairs ahead of its replies; the rest wait in the
+    parent, so both children have work while any is left."""
+    graph, items = leaves
+    monkeypatch.setattr(pool, "derive", _slow)
+    with pool.Pool(Context([graph]), 2) as kp:
+        for i, (claim, cert) in enumerate(items[:7]):
+            kp.submit(i, claim, cert)
+        assert kp.load == [pool.IN_FLIGHT, pool.IN_FLIGHT] and len(kp.waiting) == 3
+        assert kp.pending() == 7 and kp.results(0) == []
+    _none_left()
