@@ -564,8 +564,8 @@ def _acas(tmp_path, net: str = "1_2", prop: int = 1):
 @needs_acas
 def test_jobs_grow_an_input_split_tree_in_workers(tmp_path):
     """A few-input chain with --jobs 2: the workers grow the tree, two kernel processes derive
-    each leaf as it comes, the kernel joins the splits by `cases` here; the certificate is that derivation and
-    re-derives the same theorem."""
+    each leaf as it comes, the kernel joins the splits by `cases` here; the certificate is that
+    derivation and re-derives the same theorem."""
     from tl_dsl import verify
 
     gp, graph, claim = _acas(tmp_path)

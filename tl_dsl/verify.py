@@ -437,7 +437,8 @@ def _grow(deadline: float, graph_path: str, claim_doc: dict, roots: list, depths
     claim = kernel_checker.parse_claim(claim_doc)
     t0, c0, event = time.perf_counter(), time.process_time(), _HAND_BACK[0]
     res = prove_input_split(graph_path, claim, left, seed=seed, chain=_chain(graph_path, claim)[0],
-                            sample=False, search_dtype=getattr(torch, GROW_SEARCH_DTYPE), roots=roots, depths=depths,
+                            sample=False, search_dtype=getattr(torch, GROW_SEARCH_DTYPE),
+                            roots=roots, depths=depths,
                             stop=lambda: time.perf_counter() - t0 >
                             slice_s or (event is not None and event.is_set()))
     if res.status in ("proved", "partial"):
@@ -452,9 +453,9 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
     here until jobs * HAND_OFF_PER_JOB domains were open. The open domains are shared out
     among the workers (`_grow`, SLICE_S seconds a turn; what is still open comes back and is
     shared out again), and `jobs` kernel processes (`kernel_checker.pool`, forked before the
-    workers) derive each leaf's theorem as it comes in, while the workers go on. The splits are then joined by the kernel's `cases`: the Decision's
-    `theorem`, with the nested `cases` certificate of that very derivation (end: the
-    perf_counter time the budget runs out). A worker's timeout or unknown (a domain too thin
+    workers) derive each leaf's theorem as it comes in, while the workers go on. The splits
+    are then joined by the kernel's `cases`: the Decision's `theorem`, with the nested `cases`
+    certificate of that very derivation (end: the perf_counter time the budget runs out). A worker's timeout or unknown (a domain too thin
     to cut, max_depth reached), a failed worker or a leaf the kernel refuses ends the run at
     once (unlike the parts path, the other workers do not go on looking for a counterexample)."""
     tree = first.certificate
