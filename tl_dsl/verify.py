@@ -455,9 +455,10 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
     shared out again), and `jobs` kernel processes (`kernel_checker.pool`, forked before the
     workers) derive each leaf's theorem as it comes in, while the workers go on. The splits
     are then joined by the kernel's `cases`: the Decision's `theorem`, with the nested `cases`
-    certificate of that very derivation (end: the perf_counter time the budget runs out). A worker's timeout or unknown (a domain too thin
-    to cut, max_depth reached), a failed worker or a leaf the kernel refuses ends the run at
-    once (unlike the parts path, the other workers do not go on looking for a counterexample)."""
+    certificate of that very derivation (end: the perf_counter time the budget runs out). A
+    worker's timeout or unknown (a domain too thin to cut, max_depth reached), a failed worker
+    or a leaf the kernel refuses ends the run at once (unlike the parts path, the other workers
+    do not go on looking for a counterexample)."""
     tree = first.certificate
     leaves, splits, boxes = dict(tree["leaves"]), dict(tree["splits"]), dict(tree["boxes"])
     frontier, queue = list(tree["open"]), list(leaves)
