@@ -6,6 +6,7 @@ the kernel's process; only this module's loop runs in it) and the pipes between 
 children, whose replies the parent unpickles. The children's CPU time is counted in `cpu_ns`.
 """
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import time
@@ -71,7 +72,7 @@ class Pool:
         for conn in multiprocessing.connection.wait(busy, timeout) if busy else []:
             try:
                 key, got, err, ns = conn.recv()
-            except EOFError:
+            except (EOFError, OSError):  # (a killed child's pipe may also be reset)
                 raise refuse("pool", "", "a kernel process ended without answering") from None
             self.load[self.conns.index(conn)] -= 1
             self.cpu_ns += ns
@@ -84,8 +85,9 @@ class Pool:
     def close(self) -> None:
         """Children with work left are killed (the budget ran out, or a refusal ended the run)."""
         for conn, proc, n in zip(self.conns, self.procs, self.load):
-            if n == 0:
-                conn.send(None)
+            if n == 0 and proc.is_alive():
+                with contextlib.suppress(OSError):  # (it may die in between)
+                    conn.send(None)
                 proc.join(1)
             if proc.is_alive():
                 proc.kill()

@@ -435,7 +435,8 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
                       search_dtype=torch.float64, hand_off: int = 0,
                       sample: bool = True, roots: list | None = None,
                       depths: list | None = None, stop=None,
-                      soft_max: float = 0.01, dual: bool = True) -> BabResult:
+                      soft_max: float = 0.01, dual: bool = True,
+                      alpha_intermediate: bool = True) -> BabResult:
     """Input-split branch and bound over batches of boxes (few inputs; linear / relu chains).
 
     Per batch of `batch` domains: IBP, CROWN with IBP intermediate bounds and CROWN with CROWN
@@ -445,8 +446,9 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
     whose |coefficient| * width on the open rows is at least `lookahead` times the largest, and
     the cut points at `fracs` of the width, the cut maximising the volume-weighted sum of the
     two parts' (clamped) CROWN margins. Before cutting, alpha-CROWN (`alpha_iters` steps;
-    slopes shared per intermediate node, per row for the final rows) is tried on the domain: a
-    success is one leaf instead of a subtree. Domain centres and
+    slopes shared per intermediate node, per row for the final rows; with
+    alpha_intermediate=False the final rows' slopes alone, each step one backward pass) is tried
+    on the domain: a success is one leaf instead of a subtree. Domain centres and
     the vertices minimising the open rows' linear bounds, pushed by a few ascent steps, are
     tried as counterexamples. The time budget covers the kernel's check too: it stops
     ("timeout") once the time spent plus an estimate of the kernel's time for the leaves so far
@@ -659,7 +661,8 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
             stats["alpha_domains"] += len(sel)
             ra, ri, rf = bc.optimise(olo[sel], ohi[sel], c, objective, margins,
                                      iterations=alpha_iters, lr=alpha_lr,
-                                     base=r.take(open_[sel]), search=sc, dual=dual)
+                                     base=r.take(open_[sel]), search=sc, dual=dual,
+                                     intermediate=alpha_intermediate)
             good = (margins(ra.lower) > 0) | ra.vacuous
             # one polytope (or one row): the best row's final slopes, shared, decide it
             rows = (ra.lower - thr_t).argmax(dim=1) if single else None

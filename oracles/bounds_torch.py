@@ -1566,7 +1566,8 @@ class BatchChain:
                  init_inter: dict | None = None, init_final: dict | None = None,
                  init_beta: dict | None = None, beta_lr: float = 0.05,
                  per_row_inter: bool = False, fixed: dict | None = None,
-                 search: BatchChain | None = None, dual: bool = False):
+                 search: BatchChain | None = None, dual: bool = False,
+                 intermediate: bool = True):
         """alpha-CROWN over a batch: lower slopes of the final rows (per row) and of every
         intermediate bound (one list per relu per intermediate node, shared by its rows; per-row
         lists cost the kernel much more for little gain) optimised by
@@ -1583,7 +1584,9 @@ class BatchChain:
         chain's. dual (shared intermediate slopes): the steps bound only the neurons `base`
         left unstable (its bounds intersected first, `bounds(hint=...)`), and the replay takes
         each intermediate bound from the default or the optimised slopes, whichever is tighter
-        (`bounds(dual=True)`).
+        (`bounds(dual=True)`). intermediate=False: only the final rows' slopes move; the steps
+        keep `base`'s intermediate bounds, and the result's are CROWN's default-slope ones
+        (alpha_inter comes back empty), so a step costs one backward pass.
         Returns (BatchBounds, alpha_inter, alpha_final)."""
         batch = lo.shape[0]
         m = c.shape[0]
@@ -1596,7 +1599,11 @@ class BatchChain:
         init_inter, init_final, init_beta = cast(init_inter), cast(init_final), cast(init_beta)
         relus = sorted(base.relax)
         pi, pf = {}, {}
-        for pos in (p for p in self.inter_pos if p not in (fixed or {})):
+        if not intermediate:  # the steps take base's intermediate bounds as given
+            s_fixed = {**(s_fixed or {}), **{p: (cast(base.relax[p].lo), cast(base.relax[p].hi))
+                                              for p in self.inter_pos if p in base.relax}}
+            dual = False
+        for pos in (p for p in self.inter_pos if intermediate and p not in (fixed or {})):
             tab = {}
             for k in relus:
                 if k < pos:

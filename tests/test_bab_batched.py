@@ -138,6 +138,32 @@ def test_float32_search_returns_the_float64_replay_of_its_slopes(net):
     assert proof.check(claim, cert, built.graph).rule == "crown"
 
 
+def test_final_slopes_only_keep_crowns_intermediate_bounds(net):
+    """optimise(intermediate=False): no intermediate slopes come back, the intermediate bounds
+    are CROWN's default-slope ones bit for bit, the final bounds are the replay of the returned
+    final slopes, the margin is no worse than CROWN's, and the kernel takes the leaf."""
+    built, chain, x0, label = net
+    claim = robustness.robust(built.graph, x0, 0.05, label)
+    spec = bt.spec_of(claim, chain.n_out)
+    bc = bt.BatchChain(chain)
+    lo, hi = (chain.tensor([float(v) for v in t])[None] for t in bt.claim_box(claim))
+    lo, hi = lo.repeat(3, 1), hi.repeat(3, 1)
+    c, margins, objective = _rows(chain, spec)
+    default = bc.bounds(lo, hi, c, plain=False)
+    r, ai, af = bc.optimise(lo, hi, c, objective, margins, iterations=4, intermediate=False)
+    assert ai == {} and af
+    assert len(r.inter) == len(default.inter) > 0
+    for (p1, u1, l1, h1), (p2, u2, l2, h2) in zip(r.inter, default.inter, strict=True):
+        assert p1 == p2 and torch.equal(u1, u2) and torch.equal(l1, l2) and torch.equal(h1, h2)
+    again = bc.bounds(lo, hi, c, plain=False, alpha_final=af)
+    assert torch.equal(r.lower, again.lower)
+    assert bool((margins(r.lower) >= margins(default.lower)).all())
+    assert bool((margins(r.lower) > 0).all())
+    cert, _ = bab._leaf_cert(chain, r, 0, ai, af)
+    assert "alpha" in cert and not any("alpha" in e for e in cert.get("intermediate", []))
+    assert proof.check(claim, cert, built.graph).rule == "crown"
+
+
 def test_float32_and_float64_searches_both_prove_with_kernel_checked_trees(net):
     built, chain, x0, label = net
     claim = robustness.robust(built.graph, x0, 0.22, label)

@@ -412,6 +412,9 @@ WORKER_NICE = 5
 # sitting: 14 slowest 41.9 s in float64, 35.6 s in float32 (the producers' CPU time 81.9 -> 68.5
 # s, the kernel's 29.8 -> 29.6 s); without --jobs float64 stays (see prove_input_split)
 GROW_SEARCH_DTYPE = "float32"
+# and their alpha-CROWN moves the final rows' slopes only (`optimise(intermediate=False)`; the
+# leaves claim CROWN's default-slope intermediate bounds): more leaves, each cheaper to make
+GROW_ALPHA_INTERMEDIATE = False
 
 
 def _worker_init(event) -> None:
@@ -438,6 +441,7 @@ def _grow(deadline: float, graph_path: str, claim_doc: dict, roots: list, depths
     t0, c0, event = time.perf_counter(), time.process_time(), _HAND_BACK[0]
     res = prove_input_split(graph_path, claim, left, seed=seed, chain=_chain(graph_path, claim)[0],
                             sample=False, search_dtype=getattr(torch, GROW_SEARCH_DTYPE),
+                            alpha_intermediate=GROW_ALPHA_INTERMEDIATE,
                             roots=roots, depths=depths,
                             stop=lambda: time.perf_counter() - t0 >
                             slice_s or (event is not None and event.is_set()))
