@@ -778,6 +778,25 @@ def test_jobs_refuse_a_tampered_leaf_from_a_worker(tmp_path, monkeypatch):
     _no_workers_left()
 
 
+def _dies(*args):
+    os._exit(3)
+
+
+@needs_acas
+def test_jobs_answer_unknown_when_a_kernel_process_dies(tmp_path, monkeypatch):
+    """A kernel process that dies mid-leaf (here at once, with exit status 3) is no answer:
+    unknown, naming it, never unsat, and no process is left."""
+    from kernel_checker import pool
+    from tl_dsl import verify
+
+    gp, graph, claim = _acas(tmp_path)
+    monkeypatch.setattr(pool, "derive", _dies)  # (before the pool forks: its children run it)
+    d = verify.decide_region(gp, claim, 120, 2, graph=graph)
+    assert d.status == "unknown" and d.theorem is None, d
+    assert "a kernel process ended without answering" in d.notes[0], d
+    _no_workers_left()
+
+
 @needs_acas
 def test_jobs_grown_answer_unknown_when_a_worker_fails(tmp_path, monkeypatch):
     from tl_dsl import verify

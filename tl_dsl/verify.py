@@ -505,7 +505,11 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
                 if not done and not kernels.pending():
                     fail = Decision("timeout", notes=["a --jobs worker did not answer in time"])
             tk = time.process_time()
-            for g, thm in kernels.results(0 if running else 1):
+            try:
+                got = kernels.results(0 if running else 1)
+            except kernel_checker.KernelError as e:  # a kernel process that died: no answer
+                got, fail = [], fail or Decision("unknown", notes=[f"{e}"])
+            for g, thm in got:
                 if isinstance(thm, kernel_checker.KernelError):
                     fail = fail or Decision("unknown", notes=[f"kernel refused a leaf: {thm}"])
                 else:
