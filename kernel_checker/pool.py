@@ -1,9 +1,9 @@
-"""Derivations in forked copies of this process (`tl verify --jobs`): `Pool(ctx, jobs)` forks
-`jobs` processes, each of which derives the (claim, certificate) pairs it is sent with `derive`
-and sends back only the refusal, or the theorem's rule, assumptions and level, from which the
-parent makes the same theorem. What this adds to the trusted base: fork (a child is a copy of
-the kernel's process; only this module's loop runs in it) and the pipes between parent and
-children, whose replies the parent unpickles. The children's CPU time is counted in `cpu_ns`.
+"""Derivations in forked copies of this process (`tl verify --jobs`): each of `jobs` children
+derives the (claim, certificate) pairs it is sent with `derive` and replies with the refusal or
+the theorem's rule, assumptions and level; the parent makes that theorem (without premises) for
+the claim document it sent that child. Trusted beyond the rules: fork (only `_serve` runs in a
+child) and the pipes, whose replies the parent unpickles. A pair goes only to an idle child, so a
+send never waits on a busy one; a child exits when its parent dies (its pipe end closes).
 """
 
 import contextlib
@@ -16,22 +16,28 @@ from kernel_checker.errors import KernelError, refuse
 from kernel_checker.rules import Context, derive
 from kernel_checker.theorem import Theorem, _derive
 
-IN_FLIGHT = 2  # pairs sent to a child before its replies: the rest wait here, so no child idles
-# while another has a backlog
+MAX_MESSAGE = 2000  # characters of a refusal sent back (a certificate may quote a huge value)
 
 
-def _serve(conn, ctx: Context) -> None:
-    while (job := conn.recv()) is not None:
-        key, claim_doc, cert = job
+def _serve(conn, ctx: Context, parent_ends: list) -> None:
+    for end in parent_ends:  # this process's copies: the parent's death must close the pipe
+        end.close()
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if job is None:
+            return
         t0, got, err = time.process_time_ns(), None, None
         try:
-            thm = derive(ctx, parse_claim(claim_doc, "claim"), cert)
+            thm = derive(ctx, parse_claim(job[0], "claim"), job[1])
             got = (thm.rule, thm.assumptions, thm.level)
         except KernelError as e:
-            err = (e.rule, e.path, e.message)
+            err = (e.rule, e.path, e.message[:MAX_MESSAGE])
         except Exception as e:  # noqa: BLE001 (a crash refuses too: the parent must not wait)
-            err = ("pool", "", f"the kernel process failed: {e!r}")
-        conn.send((key, got, err, time.process_time_ns() - t0))
+            err = ("pool", "", f"the kernel process failed: {e!r}"[:MAX_MESSAGE])
+        conn.send((got, err, time.process_time_ns() - t0))
 
 
 class Pool:
@@ -39,53 +45,56 @@ class Pool:
 
     def __init__(self, ctx: Context, jobs: int):
         fork = multiprocessing.get_context("fork")
-        self.conns, self.load, self.waiting, self.claims, self.cpu_ns = [], [], [], {}, 0
-        self.procs = []
+        self.conns, self.procs, self.busy, self.waiting, self.cpu_ns = [], [], [], [], 0
         for _ in range(jobs):
             mine, theirs = fork.Pipe()
-            proc = fork.Process(target=_serve, args=(theirs, ctx), daemon=True)
+            proc = fork.Process(target=_serve, args=(theirs, ctx, [*self.conns, mine]),
+                                daemon=True)
             proc.start()
             theirs.close()
             self.conns.append(mine)
-            self.load.append(0)
             self.procs.append(proc)
+            self.busy.append(None)  # (key, claim document) of the pair a child derives
 
     def submit(self, key, claim: Claim, cert: dict) -> None:
         """Queue `cert` for `claim`; its theorem (or refusal) comes from `results` under `key`."""
-        self.claims[key] = claim.to_json()  # the theorem is made for what the child parsed
-        self.waiting.append((key, self.claims[key], cert))
+        self.waiting.append((key, claim.to_json(), cert))
         self._feed()
 
     def _feed(self) -> None:
-        while self.waiting and min(self.load) < IN_FLIGHT:
-            i = self.load.index(min(self.load))
-            self.conns[i].send(self.waiting.pop(0))
-            self.load[i] += 1
+        while self.waiting and None in self.busy:
+            i = self.busy.index(None)
+            key, doc, cert = self.waiting.pop(0)
+            self.busy[i] = (key, doc)  # the theorem is made for this document, which it parsed
+            try:
+                self.conns[i].send((doc, cert))
+            except OSError:  # (a child that died)
+                raise refuse("pool", "", "a kernel process ended without answering") from None
 
     def pending(self) -> int:
-        return len(self.waiting) + sum(self.load)
+        return len(self.waiting) + sum(b is not None for b in self.busy)
 
     def results(self, timeout: float = 0) -> list[tuple[object, Theorem | KernelError]]:
         """What came back within `timeout` seconds: (key, theorem or refusal) pairs."""
-        busy = [c for c, n in zip(self.conns, self.load) if n]
+        busy = [c for c, b in zip(self.conns, self.busy) if b is not None]
         out = []
         for conn in multiprocessing.connection.wait(busy, timeout) if busy else []:
             try:
-                key, got, err, ns = conn.recv()
+                got, err, ns = conn.recv()
             except (EOFError, OSError):  # (a killed child's pipe may also be reset)
                 raise refuse("pool", "", "a kernel process ended without answering") from None
-            self.load[self.conns.index(conn)] -= 1
+            i = self.conns.index(conn)
+            (key, doc), self.busy[i] = self.busy[i], None
             self.cpu_ns += ns
-            claim = parse_claim(self.claims.pop(key), "claim")
             out.append((key, KernelError(*err) if err else _derive(
-                claim, got[0], got[1], level=got[2])))
+                parse_claim(doc, "claim"), got[0], got[1], level=got[2])))
         self._feed()
         return out
 
     def close(self) -> None:
         """Children with work left are killed (the budget ran out, or a refusal ended the run)."""
-        for conn, proc, n in zip(self.conns, self.procs, self.load):
-            if n == 0 and proc.is_alive():
+        for conn, proc, job in zip(self.conns, self.procs, self.busy):
+            if job is None and proc.is_alive():
                 with contextlib.suppress(OSError):  # (it may die in between)
                     conn.send(None)
                 proc.join(1)

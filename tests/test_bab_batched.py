@@ -906,8 +906,8 @@ def _niceness(_):
 
 
 def test_jobs_workers_run_below_the_kernel_priority():
-    """Workers lower their priority by WORKER_NICE, so that the kernel in the command's process
-    keeps up with the leaves they send."""
+    """Workers lower their priority by WORKER_NICE, so that the kernel processes keep up with
+    the leaves they send."""
     import concurrent.futures
     import multiprocessing
 
@@ -915,7 +915,7 @@ def test_jobs_workers_run_below_the_kernel_priority():
 
     ctx = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, initializer=verify._worker_init,
-                                                initargs=(ctx.Event(),)) as pool:
+                                                initargs=(ctx.Event(), [])) as pool:
         child = pool.submit(_niceness, 0).result()
     assert verify.WORKER_NICE > 0
     assert child == min(19, os.nice(0) + verify.WORKER_NICE)

@@ -33,9 +33,9 @@ FORBIDDEN = {"numpy", "torch", "tl_dsl", "oracles", "gpu", "stdlib", "math", "cm
 # 5,054 leaves, went from 22 s to 15 s), and 3,405 until relu-split leaves were concluded eight
 # at a time, their last products stacked (`_flush`, about 40 lines; that bundle took 15.4-16.6 s
 # before and 12.5-14.0 s after), and 3,440 until `tl verify --jobs` derived leaves in forked kernel
-# processes (`pool.py`, 85 lines; with float32 search in the workers, the 14 slowest of ACAS Xu
+# processes (`pool.py`, 95 lines; with float32 search in the workers, the 14 slowest of ACAS Xu
 # props 1-4 on nets 1_x and 2_x with --jobs 2 went from 47.1 s to 35.6 s).
-MAX_KERNEL_LINES = 3530
+MAX_KERNEL_LINES = 3540
 
 
 def _tree(name: str) -> ast.Module:

@@ -137,14 +137,92 @@ def test_a_kernel_process_that_dies_is_a_refusal_and_close_kills_busy_ones(leave
     _none_left()
 
 
-def test_the_pool_shares_the_work_out(leaves, monkeypatch):
-    """No child gets more than IN_FLIGHT pairs ahead of its replies; the rest wait in the
-    parent, so both children have work while any is left."""
+def test_the_pool_sends_a_pair_only_to_an_idle_child(leaves, monkeypatch):
+    """One pair per child at a time (a send never waits on a busy child); the rest wait in the
+    parent."""
     graph, items = leaves
     monkeypatch.setattr(pool, "derive", _slow)
     with pool.Pool(Context([graph]), 2) as kp:
         for i, (claim, cert) in enumerate(items[:7]):
             kp.submit(i, claim, cert)
-        assert kp.load == [pool.IN_FLIGHT, pool.IN_FLIGHT] and len(kp.waiting) == 3
+        assert [b[0] for b in kp.busy] == [0, 1] and [w[0] for w in kp.waiting] == [2, 3, 4, 5, 6]
         assert kp.pending() == 7 and kp.results(0) == []
     _none_left()
+
+
+def test_a_key_used_twice_gets_each_claims_own_theorem(leaves):
+    """The parent pairs a reply with what it sent to that child, not with the key: two pairs
+    under one key come back as two theorems, each for its own claim (or its own refusal)."""
+    graph, items = leaves
+    (c1, t1), (c2, t2) = items[:2]
+    with pool.Pool(Context([graph]), 2) as kp:
+        kp.submit("k", c1, t1)
+        kp.submit("k", c2, {"rule": "bogus"})
+        kp.submit("k", c2, t2)
+        got = []
+        end = time.monotonic() + 60
+        while len(got) < 3 and time.monotonic() < end:
+            got += kp.results(1)
+    assert [k for k, _ in got] == ["k"] * 3
+    thms = [t for _, t in got if not isinstance(t, KernelError)]
+    refusals = [t for _, t in got if isinstance(t, KernelError)]
+    assert sorted(str(t.claim.input_set) for t in thms) == sorted(
+        str(c.input_set) for c in (c1, c2))
+    assert len(refusals) == 1 and refusals[0].rule == "derive"
+
+
+def test_a_send_to_a_dead_kernel_process_is_a_refusal(leaves):
+    graph, items = leaves
+    kp = pool.Pool(Context([graph]), 1)
+    kp.procs[0].kill()
+    kp.procs[0].join()
+    with pytest.raises(KernelError, match="ended without answering"):
+        kp.submit(0, *items[0])
+    kp.close()
+    _none_left()
+
+
+def test_a_long_refusal_is_cut_and_the_child_goes_on(leaves):
+    """A certificate quoting a huge value gets a refusal of at most MAX_MESSAGE characters (so a
+    reply never fills the pipe), and the same child derives the next pair."""
+    graph, items = leaves
+    with pool.Pool(Context([graph]), 1) as kp:
+        kp.submit(0, items[0][0], {"rule": "x" * 1_000_000})
+        kp.submit(1, *items[0])
+        got = _all(kp, 2)
+    assert isinstance(got[0], KernelError) and len(got[0].message) <= pool.MAX_MESSAGE
+    assert got[1].rule == items[0][1]["rule"]
+
+
+def _pool_then_wait(ctx, out):
+    kp = pool.Pool(ctx, 2)
+    out.send([p.pid for p in kp.procs])
+    time.sleep(60)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_kernel_processes_end_when_their_parent_dies(leaves):
+    """A parent killed outright (no close) closes its ends of the pipes: its kernel processes
+    see the end and exit instead of waiting forever."""
+    import os
+    import signal
+
+    graph, _ = leaves
+    fork = multiprocessing.get_context("fork")
+    mine, theirs = fork.Pipe()
+    parent = fork.Process(target=_pool_then_wait, args=(Context([graph]), theirs))
+    parent.start()
+    pids = mine.recv()
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.join()
+    end = time.monotonic() + 10
+    while not all(_gone(p) for p in pids) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert all(_gone(p) for p in pids), pids

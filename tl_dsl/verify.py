@@ -419,7 +419,9 @@ GROW_SEARCH_DTYPE = "float32"
 GROW_ALPHA_INTERMEDIATE = False
 
 
-def _worker_init(event) -> None:
+def _worker_init(event, kernel_ends: list) -> None:
+    for end in kernel_ends:  # the command's ends of the kernel processes' pipes: only it
+        end.close()  # holds them, so that they close when it dies
     _HAND_BACK[0] = event
     os.nice(WORKER_NICE)
 
@@ -477,12 +479,13 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
     doc = claim.to_json()
     hand_back = multiprocessing.get_context("fork").Event()
     kernels = kernel_pool.Pool(kernel_checker.Context([graph]), jobs)  # before the workers
-    pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=jobs, mp_context=multiprocessing.get_context("fork"),
-        initializer=_worker_init, initargs=(hand_back,))
+    pool = None
     running: dict = {}  # future -> the global ids of its roots
     fail = None
     try:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=jobs, mp_context=multiprocessing.get_context("fork"),
+            initializer=_worker_init, initargs=(hand_back, kernels.conns))
         while (frontier or running or queue or kernels.pending()) and fail is None:
             if time.perf_counter() > end:  # (the kernel's queue too: no answer after the budget)
                 fail = Decision("timeout")
@@ -494,29 +497,30 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
                 chunk, frontier = frontier[:take], frontier[take:]
                 running[pool.submit(_grow, deadline, graph_path, doc, [boxes[g] for g in chunk],
                                     [depth[g] for g in chunk], SLICE_S, 0)] = chunk
-            tk = time.process_time()
-            for g in queue:  # the leaves go to the kernel processes, which derive them while
-                kernels.submit(g, _on_box(claim, boxes[g]), leaves[g])  # the workers go on
-            queue, done = [], set()
-            kernel_s += time.process_time() - tk
-            if running:  # (polled while the kernel processes have work, else waited for)
-                done, _ = concurrent.futures.wait(
-                    running, timeout=0.01 if kernels.pending() else
-                    max(0.0, end - time.perf_counter()) + 30,
-                    return_when=concurrent.futures.FIRST_COMPLETED)
-                if not done and not kernels.pending():
-                    fail = Decision("timeout", notes=["a --jobs worker did not answer in time"])
-            tk = time.process_time()
-            try:
-                got = kernels.results(0 if running else 1)
+            tk, derived, done = time.process_time(), [], set()
+            try:  # the leaves go to the kernel processes, which derive them while the workers
+                for g in queue:  # go on; a reply wakes this loop to send the next leaf at once
+                    kernels.submit(g, _on_box(claim, boxes[g]), leaves[g])
+                queue = []
+                if kernels.pending():
+                    derived = kernels.results(0.05)
             except kernel_checker.KernelError as e:  # a kernel process that died: no answer
-                got, fail = [], fail or Decision("unknown", notes=[f"{e}"])
-            for g, thm in got:
+                fail = fail or Decision("unknown", notes=[f"{e}"])
+                break
+            kernel_s += time.process_time() - tk
+            if running and kernels.pending():
+                done = {f for f in running if f.done()}
+            elif running:
+                done, _ = concurrent.futures.wait(
+                    running, timeout=max(0.0, end - time.perf_counter()) + 30,
+                    return_when=concurrent.futures.FIRST_COMPLETED)
+                if not done:
+                    fail = Decision("timeout", notes=["a --jobs worker did not answer in time"])
+            for g, thm in derived:
                 if isinstance(thm, kernel_checker.KernelError):
                     fail = fail or Decision("unknown", notes=[f"kernel refused a leaf: {thm}"])
                 else:
                     theorems[g] = thm
-            kernel_s += time.process_time() - tk
             for f in done:
                 roots = running.pop(f)
                 try:
@@ -532,7 +536,7 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
                     continue
                 got = r.certificate  # its ids: roots 0..k-1, then new ones
                 ids = {i: roots[i] if i < len(roots) else next_id + i for i in got["boxes"]}
-                next_id += len(got["boxes"])
+                next_id += max(got["boxes"], default=0) + 1
                 for i, cert in got["leaves"].items():
                     leaves[ids[i]] = cert
                     queue.append(ids[i])
@@ -548,7 +552,8 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
                 progress({"strategy": f"input-split in {jobs} processes",
                           "domains": len(boxes), "leaves": len(leaves)})
     finally:
-        _stop(pool)
+        if pool is not None:
+            _stop(pool)
         kernels.close()
     kernel_s += kernels.cpu_ns / 1e9
     out = Decision("unsat", producer_s=producer_s, leaves=len(leaves), kernel_s=kernel_s,
