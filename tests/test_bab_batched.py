@@ -595,8 +595,12 @@ def test_jobs_grow_an_input_split_tree_in_workers(tmp_path):
     from tl_dsl import verify
 
     gp, graph, claim = _acas(tmp_path)
-    d = verify.decide_region(gp, claim, 120, 2, graph=graph)
+    seen: list = []
+    d = verify.decide_region(gp, claim, 120, 2, graph=graph, progress=seen.append)
     assert (d.status, d.method) == ("unsat", "input-split in 2 processes"), d
+    grown = [s for s in seen if "derived" in s]  # the live line counts the kernel's leaves too
+    assert grown and all(s["derived"] <= s["leaves"] for s in grown)
+    assert [s["derived"] for s in grown] == sorted(s["derived"] for s in grown)
     assert d.theorem.claim == claim and d.theorem.rule == "cases"
     assert d.leaves > 2 and d.kernel_s > 0 and d.certificate["rule"] == "cases"
     again = proof.check(claim, d.certificate, graph)

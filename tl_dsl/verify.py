@@ -550,7 +550,8 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
                 hand_back.set()  # a worker is idle: the others hand back their open domains
             if progress is not None:
                 progress({"strategy": f"input-split in {jobs} processes",
-                          "domains": len(boxes), "leaves": len(leaves)})
+                          "domains": len(boxes), "leaves": len(leaves),
+                          "derived": len(theorems)})
     finally:
         if pool is not None:
             _stop(pool)
@@ -707,8 +708,10 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
             where = f"region {k + 1}/{len(claims)}, " if len(claims) > 1 else ""
 
             def show(stats, where=where):
+                derived = (f" ({stats['derived']} derived by the kernel)" if "derived" in stats
+                           else "")
                 status.update(f"{where}branch and bound ({stats.get('strategy', '')}): "
-                              f"{stats['domains']} domains, {stats['leaves']} leaves, "
+                              f"{stats['domains']} domains, {stats['leaves']} leaves{derived}, "
                               f"{time.perf_counter() - t0:.0f} s of {timeout_s:g} s")
             d = decide_region(graph_path, claim, left, jobs, show, graph)
             decisions.append(d)
