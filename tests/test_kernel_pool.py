@@ -105,6 +105,26 @@ def test_the_pool_keeps_assumptions_and_levels(leaves):
         "user.hypothesis"]
 
 
+def test_derivations_with_premises_keep_their_rule_and_level(leaves):
+    """A `weaken` over an `assume` premise (its level from the premise) and a `cases` over a
+    leaf: the pool's theorems have the rule, assumptions and level of one process's."""
+    graph, items = leaves
+    claim, cert = items[0]
+    certs = [proof.by_rule("weaken", premise=proof.premise(claim, proof.assume(
+                 "user.hypothesis", reason="stated by the test"))),
+             proof.by_rule("cases", premises=[proof.premise(claim, cert)])]
+    with pool.Pool(Context([graph]), 2) as kp:
+        for i, c in enumerate(certs):
+            kp.submit(i, claim, c)
+        got = _all(kp, 2)
+    for i, c in enumerate(certs):
+        one = proof.check(claim, c, graph)
+        assert (got[i].claim, got[i].rule, got[i].assumptions, got[i].level) == (
+            one.claim, one.rule, one.assumptions, one.level)
+    assert (got[0].rule, got[0].level) == ("weaken", Level.SHAPE_CHECKED)
+    assert (got[1].rule, got[1].level) == ("cases", Level.PROVED)
+
+
 def _slow(*args):
     time.sleep(60)
 
