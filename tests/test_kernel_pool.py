@@ -10,7 +10,7 @@ import time
 from fractions import Fraction
 
 import pytest
-from test_bab_batched import _acas, needs_acas
+from test_bab_batched import _acas, _no_workers_left, needs_acas
 
 from kernel_checker import Context, KernelError, pool
 from kernel_checker.theorem import Level
@@ -45,13 +45,6 @@ def _all(kp, n, timeout=60) -> dict:
     return got
 
 
-def _none_left():
-    end = time.monotonic() + 10
-    while multiprocessing.active_children() and time.monotonic() < end:
-        time.sleep(0.05)
-    assert not multiprocessing.active_children()
-
-
 def test_the_pool_derives_what_one_process_derives(leaves):
     graph, items = leaves
     with pool.Pool(Context([graph]), 2) as kp:
@@ -59,7 +52,7 @@ def test_the_pool_derives_what_one_process_derives(leaves):
             kp.submit(i, claim, cert)
         got = _all(kp, len(items))
         assert kp.cpu_ns > 0
-    _none_left()
+    _no_workers_left()
     for i, (claim, cert) in enumerate(items):
         one = proof.check(claim, cert, graph)
         thm = got[i]
@@ -154,7 +147,7 @@ def test_a_kernel_process_that_dies_is_a_refusal_and_close_kills_busy_ones(leave
     t0 = time.monotonic()
     kp.close()  # the other child is still in its 60 s
     assert time.monotonic() - t0 < 5
-    _none_left()
+    _no_workers_left()
 
 
 def test_the_pool_sends_a_pair_only_to_an_idle_child(leaves, monkeypatch):
@@ -167,7 +160,7 @@ def test_the_pool_sends_a_pair_only_to_an_idle_child(leaves, monkeypatch):
             kp.submit(i, claim, cert)
         assert [b[0] for b in kp.busy] == [0, 1] and [w[0] for w in kp.waiting] == [2, 3, 4, 5, 6]
         assert kp.pending() == 7 and kp.results(0) == []
-    _none_left()
+    _no_workers_left()
 
 
 def test_a_key_used_twice_gets_each_claims_own_theorem(leaves):
@@ -199,7 +192,7 @@ def test_a_send_to_a_dead_kernel_process_is_a_refusal(leaves):
     with pytest.raises(KernelError, match="ended without answering"):
         kp.submit(0, *items[0])
     kp.close()
-    _none_left()
+    _no_workers_left()
 
 
 def test_a_long_refusal_is_cut_and_the_child_goes_on(leaves):
