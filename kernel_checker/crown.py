@@ -48,6 +48,7 @@ CROWN_OPS = (*AFFINE_OPS, "batchnorm", "add", "flatten", "reshape", "relu", "max
 UPPER_LINE_BITS = 16
 COEF_BITS = 56  # coefficients are rounded to this many bits after each nonlinearity
 _ZERO, _ONE = fmpq(0), fmpq(1)
+_ZERO_Z, _ONE_Z = fmpz(0), fmpz(1)
 
 
 @dataclass
@@ -263,18 +264,24 @@ def _plus(const: list, ints, factor: fmpq) -> list:
 
 def _values(const: list, rows: int) -> list[fmpq]:
     """Each row's constant: sum of ints[r] * factor over the terms (ints None: 1 for every
-    row), over the terms' common denominator."""
-    den = 1
+    row), over the terms' common denominator (fmpz arithmetic throughout: converting to
+    Python integers costs more than the sums)."""
+    den = _ONE_Z
     for _, f in const:
-        den = lcm(den, int(f.q))
-    every, sums = 0, fmpz_mat(rows, 1)
+        q = f.q
+        if q != 1 and den % q:
+            den = den * q // den.gcd(q)
+    every, sums = _ZERO_Z, None
     for ints, f in const:
-        m = int(f.p) * (den // int(f.q))
+        m = f.p * (den // f.q)
         if ints is None:
             every += m
         else:
-            sums += (ints if isinstance(ints, fmpz_mat) else fmpz_mat(rows, 1, ints)) * m
-    return [fmpq(every + int(v), den) for v in sums.entries()]
+            col = (ints if isinstance(ints, fmpz_mat) else fmpz_mat(rows, 1, ints)) * m
+            sums = col if sums is None else sums + col
+    if sums is None:
+        return [fmpq(every, den)] * rows
+    return [fmpq(every + v, den) for v in sums.entries()]
 
 
 def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, sc: fmpq,
@@ -434,9 +441,13 @@ def _sum(m1: fmpz_mat, s1: fmpq, b1: int, m2: fmpz_mat, s2: fmpq, b2: int) -> tu
     if s1 == s2:
         return m1 + m2, s1, max(b1, b2) + 1
     ratio = s1 / s2  # usually one scale is a multiple of the other (dyadic weights and slopes)
-    common = s2 if ratio.q == 1 else s1 if ratio.p == 1 else fmpq(
-        fmpz(s1.p).gcd(s2.p), lcm(int(s1.q), int(s2.q)))
-    f1, f2 = int(s1 / common), int(s2 / common)
+    if ratio.q == 1:
+        common, f1, f2 = s2, ratio.p, _ONE_Z
+    elif ratio.p == 1:
+        common, f1, f2 = s1, _ONE_Z, ratio.q
+    else:
+        common = fmpq(s1.p.gcd(s2.p), lcm(int(s1.q), int(s2.q)))
+        f1, f2 = (s1 / common).p, (s2 / common).p  # (integers: common divides both)
     return ((m1 if f1 == 1 else m1 * f1) + (m2 if f2 == 1 else m2 * f2), common,
             max(b1 + f1.bit_length(), b2 + f2.bit_length()) + 1)
 
@@ -697,13 +708,22 @@ def _paths(graph: Graph, node: Node, values: dict, state: dict) -> None:
         return
     z = values[prev]
     n = len(z.lo)
-    wd = w * _diag([1 if v >= 0 else 0 for v in z.lo])
+    act = bytes(1 if v >= 0 else 0 for v in z.lo)  # W D: W with inactive, unstable columns 0
+    memo = graph._cache.setdefault("wd", {})  # (leaves often share a relu's active neurons)
+    wd = memo.get((node.id, act))
+    if wd is None:
+        if len(memo) >= MAX_WD:
+            memo.clear()
+        wd = memo[(node.id, act)] = w * _diag(act)
     blocks = {key: (wd * m, sc / w_den, 0) for key, (m, sc, _) in paths[prev].items()}
     blocks["1"] = _sum(*blocks["1"], *bias)
     unstable[prev] = [j for j in range(n) if z.lo[j] < 0 < z.hi[j]]
     if unstable[prev]:
         blocks[prev] = (w * _pick(n, unstable[prev]), fmpq(1, w_den), 0)
     paths[node.id] = blocks
+
+
+MAX_WD = 4096  # W D products kept for later leaves
 
 
 def _pick(n: int, cols: list) -> fmpz_mat:

@@ -19,6 +19,7 @@ MAX_INTEGER_DIGITS = 4000  # below CPython's int/str conversion limit (4300 digi
 
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
 _FRACTION_RE = re.compile(r"([+-]?[0-9]+)/([0-9]+)\Z")
+_SIMPLE_RE = re.compile(r"([+-]?[0-9]{1,60})(?:/([0-9]{1,60}))?\Z")  # short ones: a fast path
 _DECIMAL_RE = re.compile(r"([+-]?)([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?\Z")
 _BITS_RE = re.compile(r"(f32|f64|f16|bf16):([0-9a-fA-F]+)\Z")
 _BITS_WIDTH = {"f16": 4, "bf16": 4, "f32": 8, "f64": 16}
@@ -165,10 +166,10 @@ def decode_vector(value: object, path: str, rule: str = "decode", length: int | 
         if type(v) is str and len(v) < 64:  # fast paths for what producers send; same grammar
             q = _SHORT.get(v)
             if q is None:
-                m = _FRACTION_RE.match(v)
-                if _INT_RE.match(v):
-                    q = fmpq(int(v))
-                elif m and m.group(2) != "0" * len(m.group(2)):
+                m = _SIMPLE_RE.match(v)  # integers and p/q: one match (the same grammar)
+                if m and m.group(2) is None:
+                    q = fmpq(int(m.group(1)))
+                elif m and m.group(2).strip("0"):
                     q = fmpq(int(m.group(1)), int(m.group(2)))
                 else:
                     q = decode_rational(v, f"{path}[{i}]", rule)

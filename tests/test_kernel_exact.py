@@ -265,6 +265,23 @@ def test_vectors_and_lengths():
     refused(decode_vector, "1", "v", path="v", contains="expected a list")
 
 
+@settings(max_examples=200, deadline=None)
+@given(p=st.integers(-10**70, 10**70), q=st.integers(1, 10**70), signed=st.booleans(),
+       zeros=st.integers(0, 3))
+def test_vector_texts_decode_as_the_rational_they_spell(p, q, signed, zeros):
+    """decode_vector's fast path (integers and p/q, the texts producers send) and its general
+    one agree: each text is the exact rational decode_rational reads, whatever its length,
+    padding or sign; a zero denominator, however written, is refused at its index."""
+    num = ("+" if signed and p >= 0 else "") + str(p)
+    texts = [num, f"{num}/{'0' * zeros}{q}", f"{p}/{q}", "7"]
+    want = [decode_rational(t, "v") for t in texts]
+    assert want[:3] == [fmpq(p), fmpq(p, q), fmpq(p, q)]
+    assert decode_vector(texts, "v") == want
+    assert decode_vector(texts, "v") == want  # again, from the texts already decoded
+    refused(decode_vector, ["1", f"{num}/{'0' * (zeros + 1)}"], "v", path="v[1]",
+            contains="nonzero denominator")
+
+
 def test_common_denominator_and_encoding():
     nums, den = common_denominator([q(1, 2), q(-1, 3), q(5)])
     assert (nums, den) == ([3, -2, 30], 6)
