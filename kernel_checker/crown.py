@@ -712,8 +712,11 @@ def _paths(graph: Graph, node: Node, values: dict, state: dict) -> None:
     memo = graph._cache.setdefault("wd", {})  # (leaves often share a relu's active neurons)
     wd = memo.get((node.id, act))
     if wd is None:
-        if len(memo) >= MAX_WD:
+        size = memo.get("entries", 0) + w.nrows() * n
+        if size > MAX_WD_ENTRIES:
             memo.clear()
+            size = w.nrows() * n
+        memo["entries"] = size
         wd = memo[(node.id, act)] = w * _diag(act)
     blocks = {key: (wd * m, sc / w_den, 0) for key, (m, sc, _) in paths[prev].items()}
     blocks["1"] = _sum(*blocks["1"], *bias)
@@ -723,7 +726,7 @@ def _paths(graph: Graph, node: Node, values: dict, state: dict) -> None:
     paths[node.id] = blocks
 
 
-MAX_WD = 4096  # W D products kept for later leaves
+MAX_WD_ENTRIES = 1 << 21  # W D products kept for later leaves: their entries, all told
 
 
 def _pick(n: int, cols: list) -> fmpz_mat:

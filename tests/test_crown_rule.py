@@ -934,6 +934,32 @@ def test_routes_taken(kit, net):
     assert crown._chain(narrow, crown.ancestors(narrow, "fc3", "crown")) is not None
 
 
+def test_affine_block_route_keeps_w_d_products_within_their_bound(kit, monkeypatch):
+    """Leaves with the same active neurons share W D products (`_paths`): the bounds over many
+    boxes of one graph, each box twice, are those computed with nothing kept, products are
+    reused, and what is kept stays under MAX_WD_ENTRIES (set small here, so it is cleared on the
+    way)."""
+    rng = np.random.default_rng(7)
+    graph = random_net(kit, rng, 3, [6, 6, 6], 2)
+    out = graph.outputs[0]
+    assert crown._chain(graph, crown.ancestors(graph, out, "crown")) is not None
+    boxes = [random_box(rng, 3) for _ in range(10)] * 2
+    monkeypatch.setattr(crown, "MAX_WD_ENTRIES", 100)  # two 6 x 6 products
+    kept, reused = [], 0
+    for box in boxes:
+        before = dict(graph._cache.get("wd", {}))
+        kept.append(kernel_lows(graph, box, out, unit_rows(2)))
+        memo = graph._cache["wd"]
+        sizes = [m.nrows() * m.ncols() for k, m in memo.items() if k != "entries"]
+        assert sum(sizes) == memo["entries"] <= 100
+        reused += any(k in before and memo[k] is before[k] for k in memo if k != "entries")
+    fresh = []
+    for box in boxes:
+        graph._cache.clear()
+        fresh.append(kernel_lows(graph, box, out, unit_rows(2)))
+    assert kept == fresh and reused > 0
+
+
 def test_affine_block_route_refuses_bad_upper_lines_it_has_seen_defaults_for(net):
     """The route keeps each relu's default lines for the leaf; lines given later for that relu
     are still checked (and refused when malformed or below relu)."""
