@@ -9,6 +9,7 @@ binary64. NaN and Inf are refused everywhere; so are booleans posing as integers
 
 import json
 import re
+import struct
 
 from flint import fmpq, fmpz
 
@@ -42,32 +43,53 @@ def load_json(text: str | bytes, rule: str, path: str = "") -> object:
                      f"expected a JSON document, found: {err}") from None
 
 
-def float_bits_to_dyadic(kind: str, bits: int, rule: str, path: str) -> tuple[int, int]:
-    """IEEE binary16/bfloat16/binary32/binary64 bits to (m, e) with value m * 2^e exactly."""
-    mants, exps = float_bits_to_dyadics(kind, [bits], rule, path, index=False)
-    return mants[0], exps[0]
+_LANES = {"f16": (16, 5, 10), "bf16": (16, 8, 7), "f32": (32, 8, 23), "f64": (64, 11, 52)}
 
 
-def float_bits_to_dyadics(kind: str, bits: list, rule: str, path: str, index: bool = True
-                          ) -> tuple[list[int], list[int]]:
-    """Many values' bits of one kind to (mantissas, exponents), value i being m[i] * 2^e[i]
-    exactly; NaN or Inf is refused at path[i] (at path when not `index`)."""
-    ebits, fbits = {"f16": (5, 10), "bf16": (8, 7), "f32": (8, 23), "f64": (11, 52)}[kind]
-    emask, fmask, sign_at, hidden = (1 << ebits) - 1, (1 << fbits) - 1, ebits + fbits, 1 << fbits
-    fields = [(b >> fbits) & emask for b in bits]
-    if emask in fields:
-        i = fields.index(emask)
-        found = "NaN" if bits[i] & fmask else "Inf"
-        raise refuse(rule, f"{path}[{i}]" if index else path, f"expected a finite {kind} value, "
-                     f"found {found} (bits {bits[i]:x})")
-    mags = [(b & fmask) | hidden if e else b & fmask for b, e in zip(bits, fields)]
-    shift = (1 << (ebits - 1)) - 1 + fbits  # bias + fraction bits; a subnormal's field counts 1
-    return ([-m if b >> sign_at else m for m, b in zip(mags, bits)],
-            [(e or 1) - shift for e in fields])
+def float_lanes(data: bytes, n: int, kind: str, rule: str, path: str, index: bool = True
+                ) -> tuple[list[int], int]:
+    """n little-endian IEEE values of one kind to integer numerators over one power-of-two
+    denominator, exactly; NaN or Inf is refused at path[i] (at path when not `index`). The bit
+    fields of all n values are taken at once from the bytes read as one integer, value i in
+    bits [w i, w (i + 1)): masks and shifts of that integer act on every w-bit lane together,
+    and sums stay in their lane."""
+    w, ebits, fbits = _LANES[kind]
+    emask, code = (1 << ebits) - 1, {16: "H", 32: "I", 64: "Q"}[w]
+
+    def every(v: int) -> int:  # v in each lane
+        return int.from_bytes(v.to_bytes(w // 8, "little") * n, "little")
+
+    def lanes(x: int) -> tuple:
+        return struct.unpack(f"<{n}{code}", x.to_bytes(len(data), "little"))
+
+    x, one = int.from_bytes(data, "little"), every(1)
+    frac, field = x & every((1 << fbits) - 1), (x >> fbits) & every(emask)
+    bad = ((field + one) >> ebits) & one  # field all ones: NaN or Inf
+    if bad:
+        i = lanes(bad).index(1)
+        bits, found = lanes(x)[i], "NaN" if lanes(frac)[i] else "Inf"
+        raise refuse(rule, f"{path}[{i}]" if index else path, f"expected a finite {kind} "
+                     f"value, found {found} (bits {bits:x})")
+    normal = ((field + every(emask)) >> ebits) & one  # field >= 1: the hidden bit is set
+    mag = frac | (normal << fbits)
+    # value i = (-1)^sign mag 2^(max(field, 1) - bias - fbits); a zero's field is raised to
+    # emask so that the smallest field is a nonzero value's
+    zero = (((mag + every((2 << fbits) - 1)) >> (fbits + 1)) & one) ^ one
+    mags, fields, signs = lanes(mag), lanes(field | (normal ^ one) | zero * emask), lanes(
+        (x >> (w - 1)) & one)
+    low = min(fields)
+    if low == emask:  # every value is zero
+        return [0] * n, 1
+    nums = [-(m << (f - low)) if s else m << (f - low) for m, f, s in zip(mags, fields, signs)]
+    e = low - (1 << (ebits - 1)) + 1 - fbits
+    return ([v << e for v in nums], 1) if e >= 0 else (nums, 1 << -e)
 
 
-def _dyadic_to_fmpq(m: int, e: int) -> fmpq:
-    return fmpq(m << e) if e >= 0 else fmpq(m, 1 << -e)
+def float_bits_to_dyadic(kind: str, bits: int, rule: str, path: str) -> fmpq:
+    """IEEE binary16/bfloat16/binary32/binary64 bits (below 2^width) to their value exactly."""
+    nums, den = float_lanes(bits.to_bytes(_LANES[kind][0] // 8, "little"), 1, kind, rule, path,
+                            index=False)
+    return fmpq(nums[0], den)
 
 
 def decode_rational(value: object, path: str, rule: str = "decode") -> fmpq:
@@ -105,8 +127,7 @@ def decode_rational(value: object, path: str, rule: str = "decode") -> fmpq:
         if len(digits) != _BITS_WIDTH[kind]:
             raise refuse(rule, path, f"expected {_BITS_WIDTH[kind]} hex digits after {kind}:, "
                          f"found {len(digits)} in {text!r}")
-        mant, exp = float_bits_to_dyadic(kind, int(digits, 16), rule, path)
-        return _dyadic_to_fmpq(mant, exp)
+        return float_bits_to_dyadic(kind, int(digits, 16), rule, path)
     m = _DECIMAL_RE.match(text)
     if m and (m.group(2) or m.group(3)):
         sign, whole, frac, exp = m.group(1), m.group(2) or "", m.group(3) or "", m.group(4)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from flint import fmpq, fmpz
 
 from kernel_checker.errors import refuse
-from kernel_checker.exact import decode_rational, float_bits_to_dyadics
+from kernel_checker.exact import decode_rational, float_lanes
 
 # dtype -> (struct code, bytes per element, float kind or None for integers)
 DTYPES = {
@@ -84,22 +84,10 @@ def decode_raw(data: bytes, dtype: str, shape: tuple[int, ...], rule: str, path:
     if len(data) != n * width:
         raise refuse(rule, path, f"expected {n * width} bytes for {dtype} {list(shape)}, "
                      f"found {len(data)}")
-    raw = struct.unpack(f"<{n}{code}", data)
     if kind is None:
-        return Tensor(tuple(shape), list(raw), 1)
-    if kind == "bf16":
-        kind_bits = "f32"
-        raw = [b << 16 for b in raw]  # bfloat16 is the top half of a binary32
-    else:
-        kind_bits = kind
-    mants, exps = float_bits_to_dyadics(kind_bits, raw, rule, path)
-    emin = min((e for m, e in zip(mants, exps) if m), default=None)
-    if emin is None:
-        return Tensor(tuple(shape), [0] * n, 1)
-    nums = [m << (e - emin) if m else 0 for m, e in zip(mants, exps)]
-    if emin >= 0:
-        return Tensor(tuple(shape), [v << emin for v in nums], 1)
-    return Tensor(tuple(shape), nums, 1 << -emin)
+        return Tensor(tuple(shape), list(struct.unpack(f"<{n}{code}", data)), 1)
+    nums, den = float_lanes(data, n, kind, rule, path)
+    return Tensor(tuple(shape), nums, den)
 
 
 def sha256_hex(data: bytes) -> str:

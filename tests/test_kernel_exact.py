@@ -343,8 +343,8 @@ def test_raw_all_zero_and_subnormal_tensors():
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from([("F16", np.float16, np.uint16), ("F32", np.float32, np.uint32),
                         ("F64", np.float64, np.uint64)]),
-       st.lists(st.integers(min_value=0, max_value=2**64 - 1), min_size=1, max_size=12),
-       st.integers(min_value=0, max_value=11))
+       st.lists(st.integers(min_value=0, max_value=2**64 - 1), min_size=1, max_size=300),
+       st.integers(min_value=0, max_value=300))
 def test_raw_float_tensors_decode_every_bit_pattern_exactly(kind, words, bad):
     """decode_raw takes a whole tensor's bits at once: any finite bit patterns (subnormals,
     -0.0, the largest exponents) decode to the values numpy reads; one NaN or Inf anywhere is
@@ -362,6 +362,27 @@ def test_raw_float_tensors_decode_every_bit_pattern_exactly(kind, words, bad):
         arr = np.insert(vals, i, special).astype(np_dtype)
         refused(decode_raw, arr.tobytes(), dtype, (len(arr),), "r", "t", rule="r",
                 path=f"t[{i}]", contains="NaN" if np.isnan(special) else "Inf")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=2**16 - 1), min_size=1, max_size=700),
+       st.integers(min_value=0, max_value=700))
+def test_raw_bfloat16_tensors_are_the_top_halves_of_binary32(words, bad):
+    """A bfloat16 is the top half of a binary32: each value decodes to what numpy reads from its
+    bits shifted up 16 (subnormals and -0.0 included, hundreds of values a tensor); NaN or Inf
+    is refused at its index."""
+    wide = np.array([w << 16 for w in words], dtype=np.uint32).view(np.float32)
+    keep = [w for w, v in zip(words, wide) if np.isfinite(v)]
+    if keep:
+        got = decode_raw(struct.pack(f"<{len(keep)}H", *keep), "BF16", (len(keep),), "r",
+                         "t").values()
+        assert got == [q(*Fraction(float(v)).as_integer_ratio()) for v in
+                       np.array([w << 16 for w in keep], dtype=np.uint32).view(np.float32)]
+    i = bad % (len(keep) + 1)
+    for special, name in ((0x7FC0, "NaN"), (0xFF80, "Inf")):
+        arr = [*keep[:i], special, *keep[i:]]
+        refused(decode_raw, struct.pack(f"<{len(arr)}H", *arr), "BF16", (len(arr),), "r", "t",
+                rule="r", path=f"t[{i}]", contains=name)
 
 
 def test_values_inline_tensor():
