@@ -156,13 +156,15 @@ def affine_columns(w: fmpz_mat, w_abs: fmpz_mat, w_den: int, rows: int, k: int, 
             2 * den * w_den)
 
 
-def _weight_matrix(graph: Graph, name: str, rows: int, cols: int):
+def _weight_matrix(graph: Graph, name: str, rows: int, cols: int, absolute: bool = True):
+    """(W, |W| or None when not `absolute` and not made before: points need no |W|, W's den)."""
     key = ("matrix", name, rows, cols)
-    if key not in graph._cache:
-        t = graph.param(name)
-        graph._cache[key] = (fmpz_mat(rows, cols, t.nums),
-                             fmpz_mat(rows, cols, [abs(v) for v in t.nums]), t.den)
-    return graph._cache[key]
+    hit = graph._cache.setdefault(key, [None, None, graph.param(name).den])
+    if hit[0] is None:
+        hit[0] = fmpz_mat(rows, cols, graph.param(name).nums)
+    if absolute and hit[1] is None:
+        hit[1] = fmpz_mat(rows, cols, [abs(v) for v in graph.param(name).nums])
+    return tuple(hit)
 
 
 def _transpose_2d(vals: list, rows: int, cols: int) -> list:
@@ -181,7 +183,7 @@ def linear(x: Interval, node: Node, graph: Graph) -> Interval:
     wt = graph.param(node.attrs["weight"])
     m, k = wt.shape
     n = numel(x.shape[:-1])
-    w, w_abs, w_den = _weight_matrix(graph, node.attrs["weight"], m, k)
+    w, w_abs, w_den = _weight_matrix(graph, node.attrs["weight"], m, k, not x.is_point)
     last = graph._cache.get(("linear", node.id)) if n == 1 and not x.is_point else None
     if last is not None and last[0].den == x.den and last[0].shape == x.shape:
         y = _linear_update(*last, x, wt, w_den)

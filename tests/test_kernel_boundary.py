@@ -37,8 +37,10 @@ FORBIDDEN = {"numpy", "torch", "tl_dsl", "oracles", "gpu", "stdlib", "math", "cm
 # props 1-4 on nets 1_x and 2_x with --jobs 2 went from 47.1 s to 35.6 s), and 3,540 until number
 # texts were read with one match, constants summed in FLINT integers and W D products kept for
 # later leaves (about 15 lines; deriving ACAS Xu 1_1 prop_3's bundle, 463 leaves, took 13.9%
-# fewer instructions under callgrind, 29.8 G -> 25.6 G).
-MAX_KERNEL_LINES = 3560
+# fewer instructions under callgrind, 29.8 G -> 25.6 G), and 3,560 until float tensors were decoded
+# by bit fields of the whole tensor at once and a point's evaluation stopped building |W| (about 5
+# lines; the kernel's time on MNIST-FC's instances of one leaf or none fell by about a third).
+MAX_KERNEL_LINES = 3570
 
 
 def _tree(name: str) -> ast.Module:
