@@ -158,12 +158,12 @@ def affine_columns(w: fmpz_mat, w_abs: fmpz_mat, w_den: int, rows: int, k: int, 
 
 def _weight_matrix(graph: Graph, name: str, rows: int, cols: int, absolute: bool = True):
     """(W, |W| or None when not `absolute` and not made before: points need no |W|, W's den)."""
-    key = ("matrix", name, rows, cols)
-    hit = graph._cache.setdefault(key, [None, None, graph.param(name).den])
-    if hit[0] is None:
-        hit[0] = fmpz_mat(rows, cols, graph.param(name).nums)
+    key, t = ("matrix", name, rows, cols), graph.param(name)
+    if key not in graph._cache:
+        graph._cache[key] = [fmpz_mat(rows, cols, t.nums), None, t.den]
+    hit = graph._cache[key]
     if absolute and hit[1] is None:
-        hit[1] = fmpz_mat(rows, cols, [abs(v) for v in graph.param(name).nums])
+        hit[1] = fmpz_mat(rows, cols, [abs(v) for v in t.nums])
     return tuple(hit)
 
 
@@ -293,7 +293,7 @@ def conv2d(x: Interval, node: Node, graph: Graph) -> Interval:
         graph._cache[geo] = _window_indices((c, h, wd), (c, oh, ow), (kh, kw), a["stride"],
                                             a["padding"], a["dilation"])
     wins = graph._cache[geo]
-    w_all, w_abs_all, w_den = _weight_matrix(graph, a["weight"], o, kk)
+    w_all, w_abs_all, w_den = _weight_matrix(graph, a["weight"], o, kk, not x.is_point)
     lo_out, hi_out = [], []
     den = None
     for gi in range(g):
@@ -302,7 +302,7 @@ def conv2d(x: Interval, node: Node, graph: Graph) -> Interval:
         else:
             rows = [int(v) for v in w_all.entries()[gi * og * kk:(gi + 1) * og * kk]]
             w = fmpz_mat(og, kk, rows)
-            w_abs = fmpz_mat(og, kk, [abs(v) for v in rows])
+            w_abs = None if x.is_point else fmpz_mat(og, kk, [abs(v) for v in rows])
         cols_lo, cols_hi = [], []
         for ci in range(gi * cg, (gi + 1) * cg):
             base = ci * n
