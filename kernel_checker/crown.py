@@ -347,7 +347,7 @@ def _slopes(relu_id: str, z: Interval, unstable: list, rows: int, cert: dict, ru
 def _intercepts(rows: int, k: int, cols: list, t_nums: list) -> tuple[fmpz_mat, fmpz_mat]:
     """(min(a, 0), per row sum of min(v, 0) t: negative v take the intercepts t), `cols` being
     the entries of a (rows x k)."""
-    neg = fmpz_mat(rows, k, [v if v < 0 else 0 for v in cols])
+    neg = fmpz_mat(rows, k, [v if v < _ZERO_Z else _ZERO_Z for v in cols])
     return neg, neg * fmpz_mat(len(t_nums), 1, t_nums)
 
 
@@ -522,7 +522,7 @@ def _mins(mat: fmpz_mat, box: Interval) -> fmpz_mat:
     if _BOX[0] is not box:  # relu-split leaves share their box
         _BOX[:] = box, fmpz_mat(n_in, 1, box.lo), fmpz_mat(n_in, 1, [
             b - a for a, b in zip(box.lo, box.hi, strict=True)])
-    neg = fmpz_mat(mat.nrows(), n_in, [v if v < 0 else 0 for v in mat.entries()])
+    neg = fmpz_mat(mat.nrows(), n_in, [v if v < _ZERO_Z else _ZERO_Z for v in mat.entries()])
     return mat * _BOX[1] + neg * _BOX[2]
 
 

@@ -22,6 +22,7 @@ from oracles.bounds_torch import (
     BOUND_BITS,
     DECIDE_TOL,
     BatchChain,
+    _relax,
     bounds_for_claim,
     caster,
     claim_box,
@@ -369,11 +370,12 @@ def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
     neurons CROWN tightened, with the entry's shared lower slopes (alpha_inter) and per-row
     final slopes (alpha_final) when given (else CROWN's defaults: no `alpha`); with `row`, the
     final slopes of that row alone, shared by every row (enough when that row decides the
-    claim; smaller for the kernel). `last` (pos, coef): pos is the input of the last relu,
-    whose output only the claim node reads, and coef [n] the deciding row's coefficients on
-    that output (or None); there an active neuron's upper bound enters nothing, nor, with
-    `row`, an unstable neuron's bounds where coef > 0 (its lower line alpha z is given): left
-    unclaimed. Also returns the number of intermediate neurons."""
+    claim; smaller for the kernel). `last` (pos, coef, drop): pos is the input of the last
+    relu, whose output only the claim node reads, and coef [n] the deciding row's coefficients
+    on that output (or None); there an active neuron's upper bound enters nothing, nor, with
+    `row`, an unstable neuron's bounds where coef > 0 (its lower line alpha z is given), nor
+    the neurons drop [n] (`_prune_last`; or None): left unclaimed. Also returns the number
+    of intermediate neurons claimed."""
     entries, count = [], 0
     for pos, use, lb_lo, lb_hi in r.inter:
         idx = torch.nonzero(use[i]).reshape(-1)
@@ -391,6 +393,8 @@ def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
             if last[1] is not None and alpha_final and row is not None:
                 drop_lo = (lo_f < 0) & (hi_f > 0) & (last[1][idx] > 0)
                 drop_hi = drop_hi | drop_lo
+            if len(last) > 2 and last[2] is not None:  # pruned (`_prune_last`)
+                drop_lo, drop_hi = drop_lo | last[2][idx], drop_hi | last[2][idx]
         los, his = encode_dyadic(lb_lo[i][idx], BOUND_BITS), encode_dyadic(lb_hi[i][idx],
                                                                            BOUND_BITS)
         if tab and pos in r.defaults:  # two entries: sides from default slopes, then alpha's
@@ -398,9 +402,11 @@ def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
             parts = [(live & lo_d, hi_d, None), (live & ~lo_d, ~hi_d, tab)]
         else:
             parts = [(live, torch.ones_like(live), tab)]
+        kept = torch.zeros_like(live)
         for lo_on, hi_on, tb in parts:
             lo_on, hi_on = lo_on & ~drop_lo, hi_on & ~drop_hi
             keep = lo_on | hi_on
+            kept |= keep
             if not bool(keep.any()):
                 continue
             sub = torch.nonzero(keep).reshape(-1).tolist()
@@ -413,7 +419,7 @@ def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
                               else [encode_dyadic(row, ALPHA_BITS) for row in t[i][rows]]
                               for k, t in tb.items()}
             entries.append(e)
-        count += len(idx)
+        count += int(kept.sum())
     cert = {"rule": "crown"}
     if entries:
         cert["intermediate"] = entries
@@ -426,6 +432,65 @@ def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
     return cert, count
 
 
+PRUNE_TOL = 1e-6  # a pruned leaf's bound must clear the claim by this relative slack
+
+
+def _prune_last(bc: BatchChain, r, idx: torch.Tensor, box: tuple, c: torch.Tensor, last: int,
+                ok, alphas: dict | None = None, rows: torch.Tensor | None = None,
+                coef: torch.Tensor | None = None) -> torch.Tensor:
+    """For the proved domains idx of bounds r over the boxes box (lo, hi [B, n_in]): which
+    neurons at the last relu's input (`last`; only the claim node reads its output) may go
+    unclaimed, their bounds then the interval replay's, as the kernel's are, with every row's
+    bound still proving (`ok(lower)`: [P] bool). The claimed neurons are tried cheapest first
+    (|row coefficient| times how much CROWN narrowed them), the longest prefix that still
+    proves kept, by bisection over batched backward passes of the claim rows alone: the other
+    bounds do not move, as the last relu feeds no other bound. alphas {relu: [B, m, n]}: the
+    final slopes (rows [B]: the row whose slopes every row shares, as the certificate gives
+    them; coef [P, n]: that row's coefficients on the last relu's output, whose unstable
+    neurons with coef > 0 `_leaf_cert` leaves unclaimed in any case). Returns drop [P, n]
+    bool."""
+    rel = r.relax[last]
+    l6, u6 = rel.lo[idx], rel.hi[idx]
+    use = next((u[idx] for p, u, _, _ in r.inter if p == last), None)
+    prev = max((k for k in range(last) if bc.steps[k] is not None and bc.steps[k][0] == "relu"),
+               default=None)
+    if use is None or prev is None:
+        return torch.zeros_like(l6, dtype=torch.bool)
+    cur = r.relax[prev].lo[idx], r.relax[prev].hi[idx]
+    for k in range(prev, last):
+        cur = bc._ibp_step(k, *cur)
+    il, iu = torch.minimum(cur[0], l6), torch.maximum(cur[1], u6)
+    if coef is not None:  # (as `_leaf_cert` drops them; the kernel's other rows see that)
+        gone = (l6 < 0) & (u6 > 0) & (coef > 0)
+        l6, u6, use = torch.where(gone, il, l6), torch.where(gone, iu, u6), use & ~gone
+    lam = (c @ bc.steps[last + 1][1]).abs().amax(dim=0)
+    cost = torch.where(use, lam * ((iu - u6) + (l6 - il)), torch.inf)
+    order = torch.argsort(cost, dim=1)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    relax = {k: v for k, v in r.relax.items()}
+    al = None
+    if alphas:
+        al = {k: (t[idx, rows[idx]] if rows is not None else t[idx]) for k, t in alphas.items()}
+    for k in relax:
+        if k != last:
+            x = relax[k]
+            relax[k] = type(x)(*(getattr(x, f)[idx] for f in (
+                "lo", "hi", "active", "unstable", "up_slope", "up_int", "default_alpha")))
+    box_lo, box_hi = box[0][idx], box[1][idx]
+    lo_n = torch.zeros(len(idx), dtype=torch.long, device=use.device)
+    hi_n = use.sum(dim=1)
+    while bool((lo_n < hi_n).any()):
+        mid = (lo_n + hi_n + 1) // 2
+        drop = rank < mid[:, None]
+        relax[last] = _relax(torch.where(drop, il, l6), torch.where(drop, iu, u6))
+        lower = bc.backward(c, len(bc.steps) - 1, relax, box_lo, box_hi, None, al)[0]
+        good = ok(lower)
+        lo_n = torch.where(good, mid, lo_n)
+        hi_n = torch.where(good, hi_n, mid - 1)
+    return (rank < lo_n[:, None]) & use
+
+
 def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device=None,
                       dtype=torch.float64, batch: int = 256, lookahead: float = 0.1,
                       fracs: tuple = (0.5,), alpha_iters: int = 6,
@@ -436,13 +501,14 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
                       sample: bool = True, roots: list | None = None,
                       depths: list | None = None, stop=None,
                       soft_max: float = 0.01, dual: bool = True,
-                      alpha_intermediate: bool = True) -> BabResult:
+                      alpha_intermediate: bool = True, prune: bool = True) -> BabResult:
     """Input-split branch and bound over batches of boxes (few inputs; linear / relu chains).
 
     Per batch of `batch` domains: IBP, CROWN with IBP intermediate bounds and CROWN with CROWN
     intermediate bounds, all batched. A proved domain becomes the cheapest leaf for the kernel:
     `ibp`, `crown` without intermediate entries, or `crown` with entries only for the neurons
-    CROWN tightened (default slopes: no `alpha`). An open domain is cut: among the dimensions
+    CROWN tightened (default slopes: no `alpha`), less those at the last relu's input that
+    the leaf proves without (`prune`, `_prune_last`). An open domain is cut: among the dimensions
     whose |coefficient| * width on the open rows is at least `lookahead` times the largest, and
     the cut points at `fracs` of the width, the cut maximising the volume-weighted sum of the
     two parts' (clamped) CROWN margins. Before cutting, alpha-CROWN (`alpha_iters` steps;
@@ -604,9 +670,18 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
     else:
         last = None
 
-    def leaf(nid, r, i, ai=None, af=None, kind="leaf_inter", row=None):
+    def prunable(r, idx, box, alphas=None, rows=None) -> dict:
+        """{domain index: neurons at `last` to leave unclaimed} (`_prune_last`)."""
+        if last is None or not prune or not len(idx):
+            return {}
+        drop = _prune_last(bc, r, idx, box, c, last, lambda lower: spec_margins(
+            spec, lower, max(tol, PRUNE_TOL)) > 0, alphas, rows,
+            None if rows is None else lam[rows[idx]])
+        return dict(zip(idx.tolist(), drop))
+
+    def leaf(nid, r, i, ai=None, af=None, kind="leaf_inter", row=None, drop=None):
         certs[nid], cnt = _leaf_cert(chain, r, i, ai, af, row, None if last is None else (
-            last, None if row is None else lam[row]))
+            last, None if row is None else lam[row], drop))
         stats[kind] += 1
         stats["inter_neurons"] += cnt
         stats["leaves"] += 1
@@ -631,6 +706,8 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         proved = (mg > 0) | r.vacuous
         ibp_ok = (margins(r.ibp) > 0) & ~r.vacuous
         plain_ok = (margins(r.plain) > 0) & ~r.vacuous
+        pruned = prunable(r, torch.nonzero(proved & ~ibp_ok & ~plain_ok & ~r.vacuous
+                                           ).reshape(-1), (blo, bhi))
         for i in torch.nonzero(proved).reshape(-1).tolist():
             if bool(ibp_ok[i]):
                 certs[bids[i]] = {"rule": "ibp"}
@@ -641,7 +718,7 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
                 stats["leaf_crown"] += 1
                 stats["leaves"] += 1
             else:
-                leaf(bids[i], r, i)
+                leaf(bids[i], r, i, drop=pruned.get(i))
             stats["vacuous"] += int(bool(r.vacuous[i]))
         open_ = torch.nonzero(~proved).reshape(-1)
         if not len(open_):
@@ -666,9 +743,12 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
             good = (margins(ra.lower) > 0) | ra.vacuous
             # one polytope (or one row): the best row's final slopes, shared, decide it
             rows = (ra.lower - thr_t).argmax(dim=1) if single else None
+            pruned = prunable(ra, torch.nonzero(good & ~ra.vacuous).reshape(-1),
+                              (olo[sel], ohi[sel]), rf, rows)
             for j in torch.nonzero(good).reshape(-1).tolist():
                 leaf(bids[int(open_[sel[j]])], ra, j, ri, rf, "leaf_alpha",
-                     None if rows is None or bool(ra.vacuous[j]) else int(rows[j]))
+                     None if rows is None or bool(ra.vacuous[j]) else int(rows[j]),
+                     pruned.get(j))
             keep = torch.ones(len(open_), dtype=torch.bool, device=dev)
             keep[sel[good]] = False
             if not bool(keep.any()):

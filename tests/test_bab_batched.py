@@ -952,6 +952,49 @@ def test_input_split_leaves_leave_unclaimed_what_only_the_claim_node_would_read(
     assert fewer == {"Operation_6_MatMul"}  # ACAS Xu: six hidden layers, the last relu's input
 
 
+def _claimed_at(leaf, node: str) -> set:
+    return {(j, side) for e in leaf.get("intermediate", []) if e["node"] == node
+            for side in ("lo", "hi") for j, v in zip(e["indices"], e[side]) if v is not None}
+
+
+@needs_acas
+def test_input_split_leaves_prune_last_relu_bounds_they_prove_without(acas_tree):
+    """ACAS Xu 1_2 prop_1: a proved leaf also leaves unclaimed the neurons of the last relu's
+    input whose CROWN bounds it proves without (`_prune_last`: their bounds are then the
+    interval replay's, as the kernel's are). Without pruning the same search grows the same
+    tree; leaf by leaf the pruned claims are a subset, the missing ones all on the last relu's
+    input and most of those there; the kernel proves the pruned tree (`acas_tree`). Dropping a
+    pruned leaf's remaining claims there as well is refused by the kernel (the leaves are
+    concluded in batches: the refusal names the claim's polytope)."""
+    gp, graph, claim, res = acas_tree
+    full = bab.prove_input_split(gp, claim, 120, prune=False)
+    assert full.status == "proved" and _splits(full.certificate) == _splits(res.certificate)
+    node = "Operation_6_MatMul"  # six hidden layers: the last relu's input
+    n_full = n_pruned = 0
+    for (_, a), (_, b) in zip(_paths_to_leaves(res.certificate),
+                              _paths_to_leaves(full.certificate), strict=True):
+        for other in {e["node"] for e in b.get("intermediate", [])} - {node}:
+            assert _claimed_at(a, other) == _claimed_at(b, other)
+        assert _claimed_at(a, node) <= _claimed_at(b, node)
+        n_full, n_pruned = n_full + len(_claimed_at(b, node)), n_pruned + len(_claimed_at(a,
+                                                                                        node))
+    assert n_pruned < n_full / 2, (n_pruned, n_full)
+    tried = refused = 0
+    for path, leaf in _paths_to_leaves(res.certificate):
+        if not _claimed_at(leaf, node) or tried == 3:
+            continue
+        tried += 1
+        cert = copy.deepcopy(res.certificate)
+        bare = dict(_paths_to_leaves(cert))[path]
+        bare["intermediate"] = [e for e in bare["intermediate"] if e["node"] != node]
+        try:
+            proof.check(claim, cert, graph)
+        except KernelError as err:
+            assert "is not excluded" in str(err), err
+            refused += 1
+    assert refused, tried
+
+
 @needs_acas
 def test_dual_replay_takes_the_tighter_of_default_and_alpha_slopes_and_hints_cut(acas_tree):
     """optimise(dual=True) returns the dual replay of its slopes bit for bit; on the first
