@@ -203,6 +203,7 @@ def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
     # |lam W| <= max|lam| * max column sum of |W|
     top = max((fmpz_mat(1, n_out, [1] * n_out) * w_abs).entries(), default=0)
     graph._cache[key] = (w, w_den, b, bias.den if bias else 1, int(top).bit_length())
+    graph._cache[("abs", node.id)] = w_abs
     return graph._cache[key]
 
 
@@ -722,7 +723,9 @@ def _paths(graph: Graph, node: Node, values: dict, state: dict) -> None:
     blocks["1"] = _sum(*blocks["1"], *bias)
     unstable[prev] = [j for j in range(n) if z.lo[j] < 0 < z.hi[j]]
     if unstable[prev]:
-        blocks[prev] = (w * _pick(n, unstable[prev]), fmpq(1, w_den), 0)
+        pick = _pick(n, unstable[prev])
+        blocks[prev] = (w * pick, fmpq(1, w_den), 0)
+        state["memo"][("abs", node.id)] = graph._cache[("abs", node.id)] * pick  # over w_den
     paths[node.id] = blocks
 
 
@@ -761,25 +764,32 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
                        rule: str, path: str) -> list[fmpq]:
     """backward_lower_bounds on a chain (`_chain`), with the same relaxations, from the affine
     blocks of `_paths`: a row's coefficients on each relu's unstable outputs are relaxed
-    (deepest first) and replaced by the blocks of that relu's input."""
+    (deepest first) and replaced by the blocks of that relu's input. Unit rows come with |R|
+    (`_certify`): on the first relu, v = R W[:, U] and 2 min(v, 0) = v - |R| |W|[:, U]."""
+    rows, absrows = rows if isinstance(rows, tuple) else (rows, None)
     mat, s0, _ = _start(rows, state["paths"][nid]["x"][0].nrows())
     r = mat.nrows()
     acc = {key: (mat * m, s0 * sc, 0) for key, (m, sc, _) in state["paths"][nid].items()}
     const: list = []
     order = list(state["paths"])
-    for p in reversed(order[:order.index(nid)]):
+    for i, p in enumerate(reversed(order[:order.index(nid)])):
         z, uns = values[p], state["unstable"][p]
         s, t_nums, t_den, _, lows, shared = _slopes(state["relu"][p], z, uns, r, cert, rule,
                                                     path, state["memo"])
         if p not in acc:  # no unstable neuron (what cert gives for its relu is checked above)
             continue
         a, sa, _ = acc.pop(p)
-        k, cols = len(uns), a.entries()
-        if not shared:
-            sh = COEF_BITS - int(fmpz(max(max(cols), -min(cols))).bit_length())
-            if sh > 0:  # enough bits that rounding to integers costs ~2^-COEF_BITS
-                a, cols, sa = a * (1 << sh), [v << sh for v in cols], sa / (1 << sh)
-        neg, extra = _intercepts(r, k, cols, t_nums)
+        k = len(uns)
+        if not i and absrows is not None and shared:  # a = R W[:, U]; doubled, as neg is
+            neg, a, sa = a - absrows * state["memo"][("abs", nid)], a * 2, sa / 2
+            extra = neg * fmpz_mat(k, 1, t_nums)
+        else:
+            cols = a.entries()
+            if not shared:
+                sh = COEF_BITS - int(fmpz(max(max(cols), -min(cols))).bit_length())
+                if sh > 0:  # enough bits that rounding to integers costs ~2^-COEF_BITS
+                    a, cols, sa = a * (1 << sh), [v << sh for v in cols], sa / (1 << sh)
+            neg, extra = _intercepts(r, k, cols, t_nums)
         const = _plus(const, extra, sa / t_den)
         if shared:  # slopes per neuron: v slope = v alpha + min(v, 0) (s - alpha) exactly
             alpha, rise, den = _diags(state["memo"], p, lows[0], s)
@@ -824,10 +834,10 @@ def _certify(nodes: list[Node], entry: tuple, path: str, lower, values: dict) ->
     idx, lo, hi, cert = entry
     sides = [(k, 1, "lo", lo, "lower", "above") for k in range(len(idx)) if lo[k] is not None]
     sides += [(k, -1, "hi", hi, "upper", "below") for k in range(len(idx)) if hi[k] is not None]
-    rows = fmpz_mat(len(sides), numel(nodes[-1].shape))
+    rows, absrows = (fmpz_mat(len(sides), numel(nodes[-1].shape)) for _ in range(2))
     for r, side in enumerate(sides):
-        rows[r, idx[side[0]]] = side[1]
-    lows = lower(rows, cert, path)
+        rows[r, idx[side[0]]], absrows[r, idx[side[0]]] = side[1], 1
+    lows = lower((rows, absrows), cert, path)
     for low, (k, sign, key, given, name, where) in zip(lows, sides):
         if low < sign * given[k]:
             raise refuse("crown", f"{path}.{key}[{k}]", f"claimed {name} bound {given[k]} of "
@@ -910,8 +920,8 @@ def _replay(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) -> t
         if state is not None:
             return chain_lower_bounds(state, nodes[k].id, values, dom.box, rows, cert, "crown",
                                       path)
-        return backward_lower_bounds(graph, nodes[:k + 1], values, dom, rows, cert, "crown",
-                                     path, defer)
+        return backward_lower_bounds(graph, nodes[:k + 1], values, dom, rows[0] if isinstance(
+            rows, tuple) else rows, cert, "crown", path, defer)
 
     for k, node in enumerate(nodes):  # one forward pass; each entry is proved where it sits
         # (a linear claim node's own interval is not needed: its bounds come from the rows;

@@ -16,6 +16,7 @@ from itertools import product
 import numpy as np
 import pytest
 import torch
+from flint import fmpz_mat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rule_helpers import build_mlp, enc, fr, q, randn, rejected  # noqa: E402
@@ -917,6 +918,43 @@ def test_affine_block_route_matches_the_backward_route(kit, seed, depth):
         for y in outputs if ph is None else ():  # and below every sampled output
             for low, row in zip(fast, rows, strict=True):
                 assert low <= sum(Fraction(c) * v for c, v in zip(row, y)), (seed, low)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), depth=st.integers(1, 4))
+def test_unit_rows_with_their_absolute_values_give_the_same_bounds(kit, seed, depth):
+    """A claimed entry's rows are +-e_j (`_certify` sends them with |R|): on the first relu the
+    block route takes 2 min(v, 0) as R W - |R| |W| instead of entry by entry, exactly: the same
+    bounds as the rows alone, shared and per-row slopes, and below every sampled value."""
+    rng = np.random.default_rng(seed)
+    n_in = int(rng.integers(1, 4))
+    hidden = [int(rng.integers(n_in, 7)) for _ in range(depth)]
+    n_out = int(rng.integers(1, 4))
+    graph = random_net(kit, rng, n_in, hidden, n_out)
+    box = random_box(rng, n_in)
+    nodes = crown.ancestors(graph, graph.outputs[0], "crown")
+    dom = domain(graph, box)
+    values = crown.forward(graph, nodes, dom, {})
+    signs = [int(v) for v in rng.choice([-1, 1], 2 * n_out)]
+    idx = [j % n_out for j in range(2 * n_out)]
+    rows, absrows = fmpz_mat(2 * n_out, n_out), fmpz_mat(2 * n_out, n_out)
+    for r, (j, sg) in enumerate(zip(idx, signs)):
+        rows[r, j], absrows[r, j] = sg, 1
+    points = sample_points(rng, box, 8)
+    outputs = [[fr(v) for v in kit.point(graph, x)[graph.outputs[0]]] for x in points]
+    for cert in ({}, random_valid_cert(rng, graph, box)):
+        bounds = []
+        for arg in ((rows, absrows), rows):
+            state = crown._route(graph, nodes, cert, [])
+            for node in nodes:
+                if node.op == "linear":
+                    crown._paths(graph, node, values, state)
+            bounds.append(crown.chain_lower_bounds(state, nodes[-1].id, values, dom.box, arg,
+                                                   cert, "crown", "c"))
+        assert bounds[0] == bounds[1], seed
+        for y in outputs:
+            for low, j, sg in zip(bounds[0], idx, signs):
+                assert fr(low) <= sg * y[j], (seed, low)
 
 
 def test_routes_taken(kit, net):
