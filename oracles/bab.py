@@ -449,14 +449,15 @@ def _prune_last(bc: BatchChain, r, idx: torch.Tensor, box: tuple, c: torch.Tenso
     them; coef [P, n]: that row's coefficients on the last relu's output, whose unstable
     neurons with coef > 0 `_leaf_cert` leaves unclaimed in any case). Returns drop [P, n]
     bool."""
-    rel = r.relax[last]
-    l6, u6 = rel.lo[idx], rel.hi[idx]
-    use = next((u[idx] for p, u, _, _ in r.inter if p == last), None)
+    sub = r.take(idx)
+    relax = dict(sub.relax)
+    l6, u6 = relax[last].lo, relax[last].hi
+    use = next((u for p, u, _, _ in sub.inter if p == last), None)
     prev = max((k for k in range(last) if bc.steps[k] is not None and bc.steps[k][0] == "relu"),
                default=None)
     if use is None or prev is None:
         return torch.zeros_like(l6, dtype=torch.bool)
-    cur = r.relax[prev].lo[idx], r.relax[prev].hi[idx]
+    cur = relax[prev].lo, relax[prev].hi
     for k in range(prev, last):
         cur = bc._ibp_step(k, *cur)
     il, iu = torch.minimum(cur[0], l6), torch.maximum(cur[1], u6)
@@ -468,15 +469,9 @@ def _prune_last(bc: BatchChain, r, idx: torch.Tensor, box: tuple, c: torch.Tenso
     order = torch.argsort(cost, dim=1)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    relax = {k: v for k, v in r.relax.items()}
     al = None
     if alphas:
         al = {k: (t[idx, rows[idx]] if rows is not None else t[idx]) for k, t in alphas.items()}
-    for k in relax:
-        if k != last:
-            x = relax[k]
-            relax[k] = type(x)(*(getattr(x, f)[idx] for f in (
-                "lo", "hi", "active", "unstable", "up_slope", "up_int", "default_alpha")))
     box_lo, box_hi = box[0][idx], box[1][idx]
     lo_n = torch.zeros(len(idx), dtype=torch.long, device=use.device)
     hi_n = use.sum(dim=1)
