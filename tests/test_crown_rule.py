@@ -888,6 +888,17 @@ def both_routes(graph, box, rows, cert, phases=None):
                                                         "crown", "c")])
 
 
+def random_chain(kit, seed: int, depth: int) -> tuple:
+    """(rng, graph, box, n_out): a random linear/relu chain of `depth` hidden layers no
+    narrower than its input (the affine-block route's shape) and a box on its input."""
+    rng = np.random.default_rng(seed)
+    n_in = int(rng.integers(1, 4))
+    hidden = [int(rng.integers(n_in, 7)) for _ in range(depth)]
+    n_out = int(rng.integers(1, 4))
+    graph = random_net(kit, rng, n_in, hidden, n_out)
+    return rng, graph, random_box(rng, n_in), n_out
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), depth=st.integers(1, 4))
 def test_affine_block_route_matches_the_backward_route(kit, seed, depth):
@@ -896,12 +907,7 @@ def test_affine_block_route_matches_the_backward_route(kit, seed, depth):
     slopes shared by the rows and rounds like the backward route with per-row ones): with shared
     and per-row slopes, given upper lines and relu phases; and the block route's bounds are below
     every sampled output."""
-    rng = np.random.default_rng(seed)
-    n_in = int(rng.integers(1, 4))
-    hidden = [int(rng.integers(n_in, 7)) for _ in range(depth)]
-    n_out = int(rng.integers(1, 4))
-    graph = random_net(kit, rng, n_in, hidden, n_out)
-    box = random_box(rng, n_in)
+    rng, graph, box, n_out = random_chain(kit, seed, depth)
     rows = unit_rows(n_out) + [[int(v) for v in rng.integers(-3, 4, n_out)]]
     per_row = random_valid_cert(rng, graph, box)
     per_row["alpha"] = {k: [[enc(Fraction(int(rng.integers(0, 9)), 8)) for _ in v]
@@ -925,13 +931,9 @@ def test_affine_block_route_matches_the_backward_route(kit, seed, depth):
 def test_unit_rows_with_their_absolute_values_give_the_same_bounds(kit, seed, depth):
     """A claimed entry's rows are +-e_j (`_certify` sends them with |R|): on the first relu the
     block route takes 2 min(v, 0) as R W - |R| |W| instead of entry by entry, exactly: the same
-    bounds as the rows alone, shared and per-row slopes, and below every sampled value."""
-    rng = np.random.default_rng(seed)
-    n_in = int(rng.integers(1, 4))
-    hidden = [int(rng.integers(n_in, 7)) for _ in range(depth)]
-    n_out = int(rng.integers(1, 4))
-    graph = random_net(kit, rng, n_in, hidden, n_out)
-    box = random_box(rng, n_in)
+    bounds as the rows alone, with default and with given slopes and upper lines, and below
+    every sampled value."""
+    rng, graph, box, n_out = random_chain(kit, seed, depth)
     nodes = crown.ancestors(graph, graph.outputs[0], "crown")
     dom = domain(graph, box)
     values = crown.forward(graph, nodes, dom, {})
