@@ -437,7 +437,8 @@ PRUNE_TOL = 1e-6  # a pruned leaf's bound must clear the claim by this relative 
 
 def _prune_last(bc: BatchChain, r, idx: torch.Tensor, box: tuple, c: torch.Tensor, last: int,
                 ok, alphas: dict | None = None, rows: torch.Tensor | None = None,
-                coef: torch.Tensor | None = None) -> torch.Tensor:
+                coef: torch.Tensor | None = None, best: torch.Tensor | None = None
+                ) -> torch.Tensor:
     """For the proved domains idx of bounds r over the boxes box (lo, hi [B, n_in]): which
     neurons at the last relu's input (`last`; only the claim node reads its output) may go
     unclaimed, their bounds then the interval replay's, as the kernel's are, with every row's
@@ -447,8 +448,9 @@ def _prune_last(bc: BatchChain, r, idx: torch.Tensor, box: tuple, c: torch.Tenso
     bounds do not move, as the last relu feeds no other bound. alphas {relu: [B, m, n]}: the
     final slopes (rows [B]: the row whose slopes every row shares, as the certificate gives
     them; coef [P, n]: that row's coefficients on the last relu's output, whose unstable
-    neurons with coef > 0 `_leaf_cert` leaves unclaimed in any case). Returns drop [P, n]
-    bool."""
+    neurons with coef > 0 `_leaf_cert` leaves unclaimed in any case; best [B]: the row that
+    decides each domain, whose coefficients rank the neurons, else every row's largest).
+    Returns drop [P, n] bool."""
     sub = r.take(idx)
     relax = dict(sub.relax)
     l6, u6 = relax[last].lo, relax[last].hi
@@ -464,7 +466,8 @@ def _prune_last(bc: BatchChain, r, idx: torch.Tensor, box: tuple, c: torch.Tenso
     if coef is not None:  # (as `_leaf_cert` drops them; the kernel's other rows see that)
         gone = (l6 < 0) & (u6 > 0) & (coef > 0)
         l6, u6, use = torch.where(gone, il, l6), torch.where(gone, iu, u6), use & ~gone
-    lam = (c @ bc.steps[last + 1][1]).abs().amax(dim=0)
+    lam = (c @ bc.steps[last + 1][1]).abs()
+    lam = lam[best[idx]] if best is not None else lam.amax(dim=0)
     cost = torch.where(use, lam * ((iu - u6) + (l6 - il)), torch.inf)
     order = torch.argsort(cost, dim=1)
     rank = torch.empty_like(order)
@@ -669,9 +672,10 @@ def prove_input_split(graph_path: str, claim, timeout_s: float = 60.0, *, device
         """{domain index: neurons at `last` to leave unclaimed} (`_prune_last`)."""
         if last is None or not prune or not len(idx):
             return {}
+        best = rows if rows is not None or not single else (r.lower - thr_t).argmax(dim=1)
         drop = _prune_last(bc, r, idx, box, c, last, lambda lower: spec_margins(
             spec, lower, max(tol, PRUNE_TOL)) > 0, alphas, rows,
-            None if rows is None else lam[rows[idx]])
+            None if rows is None else lam[rows[idx]], best)
         return dict(zip(idx.tolist(), drop))
 
     def leaf(nid, r, i, ai=None, af=None, kind="leaf_inter", row=None, drop=None):
