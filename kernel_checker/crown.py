@@ -208,17 +208,16 @@ def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
 
 
 def _upper_lines(rule, path, relu_id, lo, hi, den, unstable, cert_upper) -> tuple:
-    """Upper lines s z + t >= relu(z) on [l, u] for the unstable neurons, in order: (slopes,
-    intercept numerators, their denominator); given and checked at both endpoints (relu is
-    convex, so the endpoints suffice), or computed with outward rounding."""
+    """Upper lines s z + t >= relu(z) on [l, u] for the unstable neurons, in order: (slope
+    numerators and their denominator, intercept numerators and theirs); given and checked at
+    both endpoints (relu is convex, so the endpoints suffice), or computed rounding outward."""
     if cert_upper is not None and not isinstance(cert_upper, dict):
         raise refuse(rule, f"{path}.upper", "expected an object keyed by relu node id")
     if cert_upper is None or relu_id not in cert_upper:
         # s = u / (u - l) rounded up (the line only rises on [l, u]), t = -s l rounded up
         scale = 1 << UPPER_LINE_BITS
         s_nums = [-((-hi[j] * scale) // (hi[j] - lo[j])) for j in unstable]
-        return ([fmpq(v, scale) for v in s_nums],
-                [-((v * lo[j]) // den) for v, j in zip(s_nums, unstable)], scale)
+        return s_nums, scale, [-((v * lo[j]) // den) for v, j in zip(s_nums, unstable)], scale
     entry = cert_upper[relu_id]
     if not isinstance(entry, dict) or set(entry) != {"slope", "intercept"}:
         raise refuse(rule, f"{path}.upper.{relu_id}", "expected {slope, intercept}")
@@ -230,31 +229,42 @@ def _upper_lines(rule, path, relu_id, lo, hi, den, unstable, cert_upper) -> tupl
         if s * lj + t < 0 or s * uj + t < uj:
             raise refuse(rule, f"{path}.upper.{relu_id}.slope[{j}]", f"the line {s}*z + {t} "
                          f"dips below relu on [{approx_text(lj)}, {approx_text(uj)}]")
-    return [slopes[j] for j in unstable], *common_denominator([ts[j] for j in unstable])
+    return (*common_denominator([slopes[j] for j in unstable]),
+            *common_denominator([ts[j] for j in unstable]))
 
 
-def _alphas(rule, path, cert_alpha, relu_id, n, rows, lo, hi, den):
-    """Per-row lower slopes for one relu: a list of n or a list of `rows` lists of n."""
+def _alphas(rule, path, cert_alpha, relu_id, n, rows, lo, hi, den) -> tuple[list, int]:
+    """Per-row lower slopes for one relu as integers over one denominator: (`rows` lists of n,
+    the very same list for every row when shared; den). A relu's slopes are a list (shared)
+    or a list of per-row lists, of rationals or, in {"den": d, "values": ...}, integers over d."""
     if cert_alpha is not None and not isinstance(cert_alpha, dict):
         raise refuse(rule, f"{path}.alpha", "expected an object keyed by relu node id")
     if cert_alpha is None or relu_id not in cert_alpha:
-        default = [_ZERO if -lo[j] >= hi[j] else _ONE for j in range(n)]
-        return [default] * rows
-    value = cert_alpha[relu_id]
-    p = f"{path}.alpha.{relu_id}"
+        return [[0 if -lo[j] >= hi[j] else 1 for j in range(n)]] * rows, 1
+    value, p, d = cert_alpha[relu_id], f"{path}.alpha.{relu_id}", None
+    if isinstance(value, dict):
+        if set(value) != {"den", "values"}:
+            raise refuse(rule, p, f"expected {{den, values}}, found keys {sorted(value)}")
+        d, value, p = _den(value["den"], f"{p}.den", rule), value["values"], f"{p}.values"
     per_row = isinstance(value, list) and bool(value) and isinstance(value[0], list)
-    if per_row:
-        if len(value) != rows:
-            raise refuse(rule, p, f"expected {rows} per-row lists, found {len(value)}")
-        table = [decode_vector(v, f"{p}[{r}]", rule, n) for r, v in enumerate(value)]
-    else:
-        table = [decode_vector(value, p, rule, n)] * rows
-    for r, vec in enumerate(table[:rows if per_row else 1]):
-        if any(not 0 <= a <= 1 for a in {id(a): a for a in vec}.values()):  # decoded once
-            j = next(j for j, a in enumerate(vec) if not 0 <= a <= 1)
-            where = f"{p}[{r}][{j}]" if per_row else f"{p}[{j}]"
-            raise refuse(rule, where, f"expected a slope in [0, 1], found {vec[j]}")
-    return table
+    if per_row and len(value) != rows:
+        raise refuse(rule, p, f"expected {rows} per-row lists, found {len(value)}")
+    table = list(value) if per_row else [value]
+    for r, vec in enumerate(table):
+        where = f"{p}[{r}]" if per_row else p
+        if d is None:
+            table[r] = vec = decode_vector(vec, where, rule, n)
+        elif not isinstance(vec, list) or len(vec) != n:
+            raise refuse(rule, where, f"expected {n} integers, found {vec!r:.60}")
+        bad = next((j for j, v in enumerate(vec) if not (0 <= v <= 1 if d is None else
+                                                         type(v) is int and 0 <= v <= d)), None)
+        if bad is not None:
+            raise refuse(rule, f"{where}[{bad}]", "expected a slope in [0, 1], found " + (
+                f"{vec[bad]}" if d is None else f"{vec[bad]!r} over {d}"))
+    if d is None:  # rationals: integers over their common denominator
+        nums, d = common_denominator([a for vec in table for a in vec])
+        table = [nums[r * n:(r + 1) * n] for r in range(len(table))]
+    return (table if per_row else table * rows), d
 
 
 def _plus(const: list, ints, factor: fmpq) -> list:
@@ -323,24 +333,25 @@ def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, s
 
 def _slopes(relu_id: str, z: Interval, unstable: list, rows: int, cert: dict, rule: str,
             path: str, memo: dict | None = None) -> tuple:
-    """The unstable neurons' upper slopes (upper-line intercepts over t_den, t_den, bits the
-    slopes may add) and lower slopes (one list per row, or one shared list). `memo` keeps the
+    """The unstable neurons' upper slopes (numerators, den), upper-line intercepts over t_den,
+    t_den, bits the slopes may add, lower slopes ((one list per row, or one shared list), den)
+    and whether they are shared. `memo` keeps the
     lines and default slopes, which depend on z alone, for the relus cert gives none for."""
     memo = {} if memo is None else memo
     given = [k for k in ("upper", "alpha") if cert.get(k) is not None and (
         not isinstance(cert[k], dict) or relu_id in cert[k])]  # (a malformed one is refused)
     if "upper" in given or ("upper", relu_id) not in memo:
-        s, t_nums, t_den = _upper_lines(rule, path, relu_id, z.lo, z.hi, z.den, unstable,
-                                        cert.get("upper"))
-        grow = max(0, int(fmpz(max(s, default=_ZERO).ceil()).bit_length()) - 1)
-        memo[("upper", relu_id)] = (s, t_nums, t_den, grow)
+        s_nums, s_den, t_nums, t_den = _upper_lines(rule, path, relu_id, z.lo, z.hi, z.den,
+                                                    unstable, cert.get("upper"))
+        grow = max(0, int(-(-max(s_nums, default=0) // s_den)).bit_length() - 1)
+        memo[("upper", relu_id)] = ((s_nums, s_den), t_nums, t_den, grow)
     ups = memo.pop(("upper", relu_id)) if "upper" in given else memo[("upper", relu_id)]
     if "alpha" in given or ("alpha", relu_id) not in memo:
-        alphas = _alphas(rule, path, cert.get("alpha"), relu_id, len(z.lo), rows, z.lo, z.hi,
-                         z.den)
+        alphas, den = _alphas(rule, path, cert.get("alpha"), relu_id, len(z.lo), rows, z.lo,
+                              z.hi, z.den)
         shared = alphas[0] is alphas[-1]
-        memo[("alpha", relu_id)] = ([[alphas[r][j] for j in unstable] for r in (
-            (0,) if shared else range(rows))], shared)
+        memo[("alpha", relu_id)] = (([[alphas[r][j] for j in unstable] for r in (
+            (0,) if shared else range(rows))], den), shared)
     return *ups, *(memo.pop(("alpha", relu_id)) if "alpha" in given else memo[
         ("alpha", relu_id)])
 
@@ -355,8 +366,9 @@ def _intercepts(rows: int, k: int, cols: list, t_nums: list) -> tuple[fmpz_mat, 
 def _products(cols: list, rows: int, s: list, lows: list, shared: bool) -> list:
     """The unstable neurons' coefficients `cols` (rows x k, row-major, on relu(z)) times their
     slopes (upper `s`, lower `lows` from `_slopes`), rounded to integers."""
-    ups = [(2 * int(a.p), int(a.q), 2 * int(a.q)) for a in s] * rows
-    lows = [(2 * int(a.p), int(a.q), 2 * int(a.q)) for row in lows for a in row]
+    (s_nums, sd), (table, ad) = s, lows
+    ups = [(2 * v, sd, 2 * sd) for v in s_nums] * rows
+    lows = [(2 * v, ad, 2 * ad) for row in table for v in row]
     # v >= 0 takes the lower line alpha z, v < 0 the upper line s z + t: v * slope (p/q)
     # rounded to the nearest integer, (2 v p + q) // 2q
     return [(v * a2 + aq) // aq2 if v > 0 else (v * s2 + sq) // sq2 for v, (a2, aq, aq2),
@@ -747,14 +759,15 @@ def _diag(values: list) -> fmpz_mat:
     return out
 
 
-def _diags(memo: dict, p: str, alphas: list, s: list) -> tuple:
-    """diag(alpha), diag(s - alpha) over their common denominator, kept in memo with the very
-    slope lists they came from (reused only for those same lists)."""
+def _diags(memo: dict, p: str, lows: tuple, s: tuple) -> tuple:
+    """diag(alpha), diag(s - alpha) over their common denominator (shared lower slopes alpha
+    and upper slopes s, integers over a den each), kept in memo with the very slope tuples they
+    came from (reused only for those same tuples)."""
     hit = memo.get(("diags", p))
-    if hit is None or hit[0] is not alphas or hit[1] is not s:
-        nums, den = common_denominator(alphas + s)
-        k = len(s)
-        hit = (alphas, s, _diag(nums[:k]), _diag([y - x for x, y in zip(nums[:k], nums[k:])]),
+    if hit is None or hit[0] is not lows or hit[1] is not s:
+        den = lcm(lows[1], s[1])
+        alpha = [v * (den // lows[1]) for v in lows[0][0]]
+        hit = (lows, s, _diag(alpha), _diag([y * (den // s[1]) - x for x, y in zip(alpha, s[0])]),
                den)
         memo[("diags", p)] = hit
     return hit[2:]
@@ -792,7 +805,7 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
             neg, extra = _intercepts(r, k, cols, t_nums)
         const = _plus(const, extra, sa / t_den)
         if shared:  # slopes per neuron: v slope = v alpha + min(v, 0) (s - alpha) exactly
-            alpha, rise, den = _diags(state["memo"], p, lows[0], s)
+            alpha, rise, den = _diags(state["memo"], p, lows, s)
             delta, sa = a * alpha + neg * rise, sa / den
         else:
             const = _less(const, sa * sum(max(-z.lo[j], z.hi[j]) for j in uns) / (2 * z.den))
@@ -831,7 +844,7 @@ def lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Domain, row
 def _certify(nodes: list[Node], entry: tuple, path: str, lower, values: dict) -> tuple:
     """Prove an entry's claimed bounds on nodes[-1] (None: not claimed) with lower(rows, cert,
     path); its full (lo, hi, den)."""
-    idx, lo, hi, cert = entry
+    idx, lo, hi, den, cert = entry
     sides = [(k, 1, "lo", lo, "lower", "above") for k in range(len(idx)) if lo[k] is not None]
     sides += [(k, -1, "hi", hi, "upper", "below") for k in range(len(idx)) if hi[k] is not None]
     rows, absrows = (fmpz_mat(len(sides), numel(nodes[-1].shape)) for _ in range(2))
@@ -839,17 +852,16 @@ def _certify(nodes: list[Node], entry: tuple, path: str, lower, values: dict) ->
         rows[r, idx[side[0]]], absrows[r, idx[side[0]]] = side[1], 1
     lows = lower((rows, absrows), cert, path)
     for low, (k, sign, key, given, name, where) in zip(lows, sides):
-        if low < sign * given[k]:
-            raise refuse("crown", f"{path}.{key}[{k}]", f"claimed {name} bound {given[k]} of "
-                         f"neuron {idx[k]} is {where} the kernel's bound {approx_text(sign * low)}")
+        if low * den < sign * given[k]:
+            raise refuse("crown", f"{path}.{key}[{k}]", f"claimed {name} bound "
+                         f"{fmpq(given[k], den)} of neuron {idx[k]} is {where} the kernel's "
+                         f"bound {approx_text(sign * low)}")
     cur = values[nodes[-1].id]
-    d = cur.den
-    for q in {int(given[k].q) for k, _, _, given, _, _ in sides}:
-        d = lcm(d, q)
-    f = d // cur.den
+    d = lcm(cur.den, den)
+    f, g = d // cur.den, d // den
     full = [[v * f for v in cur.lo], [v * f for v in cur.hi]]
     for k, sign, _, given, _, _ in sides:
-        full[sign < 0][idx[k]] = int(given[k].p) * (d // int(given[k].q))
+        full[sign < 0][idx[k]] = given[k] * g
     return full[0], full[1], d
 
 
@@ -860,14 +872,39 @@ def _sides(value, path: str, n: int) -> list:
     return [None if v is None else q for v, q in zip(value, vec)]
 
 
+def _bounds(entry: dict, path: str, n: int) -> tuple:
+    """An entry's lo and hi as integers over one denominator, None for a side not claimed:
+    JSON integers over its "den" when given, else rationals in any scalar encoding."""
+    if "den" not in entry:
+        lo, hi = (_sides(entry.get(key), f"{path}.{key}", n) for key in ("lo", "hi"))
+        it = iter((nums := common_denominator([v for v in lo + hi if v is not None]))[0])
+        return *([None if v is None else next(it) for v in side] for side in (lo, hi)), nums[1]
+    den = _den(entry["den"], f"{path}.den", "crown")
+    for key in ("lo", "hi"):
+        value = entry.get(key)
+        if not isinstance(value, list) or len(value) != n or not all(
+                v is None or type(v) is int for v in value):
+            raise refuse("crown", f"{path}.{key}", f"expected a list of {n} integers (over "
+                         f"den) or nulls, found {value!r:.80}")
+    return entry["lo"], entry["hi"], den
+
+
+def _den(den, path: str, rule: str) -> int:
+    """A denominator given as a JSON integer: positive, below 2^4096."""
+    if type(den) is not int or not 0 < den < 1 << 4096:
+        raise refuse(rule, path, f"expected a positive integer below 2^4096, found {den!r}")
+    return den
+
+
 def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
-    """The intermediate entries, validated: node id -> [(path, (indices, lo, hi, entry)), ...]."""
+    """The intermediate entries, validated: node id -> [(path, (indices, lo, hi, den, entry)),
+    ...]."""
     if not isinstance(inter, list):
         raise refuse("crown", f"{path}.intermediate", "expected a list")
     out, last = {}, -1
     for i, entry in enumerate(inter):
         p = f"{path}.intermediate[{i}]"
-        _keys(entry, "crown", p, {"node", "indices", "lo", "hi", "alpha", "upper", "beta"})
+        _keys(entry, "crown", p, {"node", "indices", "den", "lo", "hi", "alpha", "upper", "beta"})
         nid = entry.get("node")
         if not isinstance(nid, str) or nid not in order or order[nid] < last or (
                 nid == claim.node):
@@ -880,10 +917,10 @@ def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
                 isinstance(j, int) and not isinstance(j, bool) and 0 <= j < n for j in idx)):
             raise refuse("crown", f"{p}.indices", f"expected distinct neuron indices < {n} (at "
                          "least one)")
-        lo, hi = (_sides(entry.get(key), f"{p}.{key}", len(idx)) for key in ("lo", "hi"))
+        lo, hi, den = _bounds(entry, p, len(idx))
         if any(a is None and b is None for a, b in zip(lo, hi)):
             raise refuse("crown", f"{p}.lo", "a neuron claims neither bound (null lo and hi)")
-        out.setdefault(nid, []).append((p, (idx, lo, hi, entry)))
+        out.setdefault(nid, []).append((p, (idx, lo, hi, den, entry)))
     return out
 
 
@@ -914,7 +951,7 @@ def _replay(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) -> t
     entries = _entries(graph, claim, cert.get("intermediate", []), order, path)
     values = {graph.the_input("crown", "claim").id: dom.box}
     certified = dict(dom.bounds)
-    state = _route(graph, nodes, cert, [e[3] for row in entries.values() for _, e in row])
+    state = _route(graph, nodes, cert, [e[-1] for row in entries.values() for _, e in row])
 
     def lower(k: int, rows, cert: dict, path: str, defer=None) -> list[fmpq] | None:
         if state is not None:

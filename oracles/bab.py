@@ -27,7 +27,9 @@ from oracles.bounds_torch import (
     caster,
     claim_box,
     compute_bounds,
+    encode_bounds,
     encode_dyadic,
+    encode_slopes,
     load_chain,
     spec_of,
     to_float,
@@ -395,8 +397,7 @@ def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
                 drop_hi = drop_hi | drop_lo
             if len(last) > 2 and last[2] is not None:  # pruned (`_prune_last`)
                 drop_lo, drop_hi = drop_lo | last[2][idx], drop_hi | last[2][idx]
-        los, his = encode_dyadic(lb_lo[i][idx], BOUND_BITS), encode_dyadic(lb_hi[i][idx],
-                                                                           BOUND_BITS)
+        los, his, den = encode_bounds(lb_lo[i][idx], lb_hi[i][idx], BOUND_BITS)
         if tab and pos in r.defaults:  # two entries: sides from default slopes, then alpha's
             lo_d, hi_d = (v[i][idx] for v in r.defaults[pos])
             parts = [(live & lo_d, hi_d, None), (live & ~lo_d, ~hi_d, tab)]
@@ -410,24 +411,23 @@ def _leaf_cert(chain, r, i: int, alpha_inter: dict | None = None,
             if not bool(keep.any()):
                 continue
             sub = torch.nonzero(keep).reshape(-1).tolist()
-            e = {"node": chain.ids[pos], "indices": idx[sub].tolist(),
+            e = {"node": chain.ids[pos], "indices": idx[sub].tolist(), **den,
                  "lo": [los[j] if lo_on[j] else None for j in sub],
                  "hi": [his[j] if hi_on[j] else None for j in sub]}
             if tb:  # per-row tables: rows e_j (claimed lower bounds), then -e_j
                 rows = torch.cat([idx[lb_hi[i][idx] > 0], idx + use.shape[1]])
-                e["alpha"] = {chain.layers[k].id: encode_dyadic(t[i], ALPHA_BITS) if t.dim() == 2
-                              else [encode_dyadic(row, ALPHA_BITS) for row in t[i][rows]]
-                              for k, t in tb.items()}
+                e["alpha"] = {chain.layers[k].id: encode_slopes(
+                    t[i] if t.dim() == 2 else t[i][rows], ALPHA_BITS) for k, t in tb.items()}
             entries.append(e)
         count += int(kept.sum())
     cert = {"rule": "crown"}
     if entries:
         cert["intermediate"] = entries
     if alpha_final and row is not None:
-        cert["alpha"] = {chain.layers[k].id: encode_dyadic(t[i][row], ALPHA_BITS)
+        cert["alpha"] = {chain.layers[k].id: encode_slopes(t[i][row], ALPHA_BITS)
                          for k, t in alpha_final.items()}
     elif alpha_final:
-        cert["alpha"] = {chain.layers[k].id: [encode_dyadic(v, ALPHA_BITS) for v in t[i]]
+        cert["alpha"] = {chain.layers[k].id: encode_slopes(t[i], ALPHA_BITS)
                          for k, t in alpha_final.items()}
     return cert, count
 

@@ -83,6 +83,29 @@ def encode_dyadic(values: torch.Tensor, bits: int) -> list[str]:
     return out
 
 
+def encode_bounds(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[list, list, dict]:
+    """An `intermediate` entry's lo and hi: integers over {"den": 2^bits} when every value is
+    such a multiple below 2^53 in magnitude (the kernel reads them with no text to parse), else
+    `encode_dyadic`'s texts (and no den)."""
+    both = torch.cat([lo.reshape(-1), hi.reshape(-1)]).detach().cpu().numpy()
+    scaled = both.astype(np.float64) * (1 << bits)
+    if (np.abs(scaled) < 2.0 ** 53).all() and (np.rint(scaled) == scaled).all():
+        ints = scaled.astype(np.int64).tolist()
+        return ints[:lo.numel()], ints[lo.numel():], {"den": 1 << bits}
+    return encode_dyadic(lo, bits), encode_dyadic(hi, bits), {}
+
+
+def encode_slopes(values: torch.Tensor, bits: int) -> dict | list:
+    """Lower slopes (one vector, or per-row vectors as a matrix) as {"den": 2^bits, "values":
+    integers} when each is a multiple of 2^-bits in [0, 1] (no text for the kernel to parse),
+    else as `encode_dyadic`'s texts."""
+    scaled = values.detach().cpu().double() * (1 << bits)
+    if bool(((scaled == scaled.round()) & (scaled >= 0) & (scaled <= 1 << bits)).all()):
+        return {"den": 1 << bits, "values": scaled.long().tolist()}
+    return encode_dyadic(values, bits) if values.dim() == 1 else [
+        encode_dyadic(row, bits) for row in values]
+
+
 def round_down(v: torch.Tensor, scale: torch.Tensor | float = 0.0) -> torch.Tensor:
     """v minus the safety margin, rounded down to a multiple of 2^-BOUND_BITS. The margin grows
     with the float type's epsilon (float32 computations get a wider one)."""
@@ -868,14 +891,14 @@ def _entries(chain: TorchChain, p: _Pass, per_row: bool, cons: dict | None = Non
     and multipliers for the split constraints `cons`."""
     out = []
     for pos, idx, lb_lo, lb_hi, al in p.inter:
-        entry = {"node": chain.ids[pos], "indices": idx.tolist(),
-                 "lo": encode_dyadic(lb_lo, BOUND_BITS), "hi": encode_dyadic(lb_hi, BOUND_BITS)}
+        los, his, den = encode_bounds(lb_lo, lb_hi, BOUND_BITS)
+        entry = {"node": chain.ids[pos], "indices": idx.tolist(), **den, "lo": los, "hi": his}
         alpha = {}
         for k in chain.relu_ancestors[pos]:
             if per_row and al is not None and k in al:
-                alpha[chain.layers[k].id] = [encode_dyadic(row, ALPHA_BITS) for row in al[k]]
+                alpha[chain.layers[k].id] = encode_slopes(al[k], ALPHA_BITS)
             else:
-                alpha[chain.layers[k].id] = encode_dyadic(p.relax[k].default_alpha, 0)
+                alpha[chain.layers[k].id] = encode_slopes(p.relax[k].default_alpha, 0)
         if alpha:
             entry["alpha"] = alpha
         if per_row and cons and pos in p.betas:
@@ -945,10 +968,10 @@ def compute_bounds(chain: TorchChain, lo, hi, spec_c, method: str = "crown",
         with torch.no_grad():
             _backward(chain, a0, len(chain.layers), chosen.relax, alpha_rows or None, lo, hi,
                       record=scores, pools=chosen.pools, betas=_signed(cons, betas))
-    alpha_out = {chain.layers[k].id: encode_dyadic(r.default_alpha, 0)
+    alpha_out = {chain.layers[k].id: encode_slopes(r.default_alpha, 0)
                  for k, r in chosen.relax.items()}
     for k, al in alpha_rows.items():
-        alpha_out[chain.layers[k].id] = [encode_dyadic(row, ALPHA_BITS) for row in al]
+        alpha_out[chain.layers[k].id] = encode_slopes(al, ALPHA_BITS)
     entries = _entries(chain, chosen, stage == "alpha+intermediate", cons)
     beta_out, beta_rows = _beta_entries(chain, cons, betas)
     return BoundsResult(lower.detach().cpu().numpy().astype(np.float64), False, entries,

@@ -1,6 +1,7 @@
 """Helpers shared by the kernel rule tests (and conftest.py's fixtures): exact number
 conversions, refusal assertions, and small random networks."""
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -28,6 +29,29 @@ def q(v) -> fmpq:
 def enc(v) -> str:
     v = Fraction(v)
     return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
+
+
+def side_value(entry: dict, key: str, k: int) -> Fraction | None:
+    """An intermediate entry's claimed bound, in either encoding (integers over "den", or
+    texts)."""
+    v = entry[key][k]
+    return None if v is None else Fraction(v, entry["den"]) if "den" in entry else Fraction(v)
+
+
+def set_bound(entry: dict, key: str, k: int, value) -> None:
+    """Set one claimed bound of an intermediate entry exactly, keeping its encoding (over "den",
+    the entry's den grows to the value's denominator)."""
+    if "den" not in entry:
+        entry[key][k] = None if value is None else enc(value)
+        return
+    if value is not None:
+        value = Fraction(value)
+        f = value.denominator // math.gcd(value.denominator, entry["den"])
+        for side in ("lo", "hi"):
+            entry[side] = [None if v is None else v * f for v in entry[side]]
+        entry["den"] *= f
+        value = int(value * entry["den"])
+    entry[key][k] = value
 
 
 def rejected(claim, cert, *graphs, rule, path, contains=()):

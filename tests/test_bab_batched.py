@@ -16,7 +16,7 @@ from fractions import Fraction
 import pytest
 import torch
 from flint import fmpq
-from rule_helpers import batched_and_alone, enc, rejected
+from rule_helpers import batched_and_alone, enc, rejected, set_bound, side_value
 
 from kernel_checker import KernelError, crown, parse_claim
 from kernel_checker.crown import MAX_SPLIT_DEPTH
@@ -289,14 +289,14 @@ def test_a_root_bound_one_step_past_the_kernel_bound_is_rejected(fixed):
     exact = _exact_root_bounds(built.graph, claim, entry)
     k, sign, bound = next(s for s in exact if s[1] == 1)
     key = "lo"
-    entry[key][k] = enc(bound)  # the kernel's own bound: still accepted
+    set_bound(entry, key, k, bound)  # the kernel's own bound: still accepted
     assert proof.check(claim, cert, built.graph).rule == "split"
-    entry[key][k] = enc(bound + ULP)
+    set_bound(entry, key, k, bound + ULP)
     rejected(claim, cert, built.graph, rule="crown", path=f"certificate.intermediate[0].lo[{k}]",
              contains="above the kernel's bound")
-    entry[key][k] = enc(bound)
+    set_bound(entry, key, k, bound)
     k, sign, bound = next(s for s in exact if s[1] == -1)
-    entry["hi"][k] = enc(bound - ULP)
+    set_bound(entry, "hi", k, bound - ULP)
     rejected(claim, cert, built.graph, rule="crown", path=f"certificate.intermediate[0].hi[{k}]",
              contains="below the kernel's bound")
 
@@ -459,7 +459,7 @@ def test_a_polytope_tree_root_bound_one_step_past_the_kernel_bound_is_rejected(b
     i, tree = next((i, c) for i, c in enumerate(cert["children"]) if c.get("intermediate"))
     entry = tree["intermediate"][0]
     k, _, bound = next(s for s in _exact_root_bounds(built.graph, claim, entry) if s[1] == 1)
-    entry["lo"][k] = enc(bound + ULP)
+    set_bound(entry, "lo", k, bound + ULP)
     rejected(claim, cert, built.graph, rule="crown",
              path=f"certificate.children[{i}].intermediate[0].lo[{k}]",
              contains="above the kernel's bound")
@@ -474,13 +474,16 @@ def test_an_alpha_certificate_cut_to_one_polytope_proves_that_polytope(net):
     claim = robustness.robust(built.graph, x0, 0.05, label)
     cert, lows = bt.crown_certificate(built.path, claim, "alpha", chain=chain)
     assert proof.check(claim, cert, built.graph)
-    per_row = [v for v in cert["alpha"].values() if isinstance(v[0], list)]
+    assert all(v["den"] == 2**bt.ALPHA_BITS for v in cert["alpha"].values())  # integers
+    per_row = [v["values"] for v in cert["alpha"].values() if isinstance(v["values"][0], list)]
     assert per_row and all(len(v) == 2 for v in per_row)
     for i in (0, 1):
         cut = verify._rows_of(cert, i, i + 1)
         assert cut["intermediate"] == cert["intermediate"]
         for k, v in cert["alpha"].items():  # polytope i's own row of every per-row list
-            assert cut["alpha"][k] == (v[i:i + 1] if isinstance(v[0], list) else v)
+            rows = v["values"]
+            assert cut["alpha"][k] == {"den": v["den"], "values": rows[i:i + 1] if isinstance(
+                rows[0], list) else rows}
         assert proof.check(_one(claim, i), cut, built.graph).rule == "crown"
 
 
@@ -759,7 +762,7 @@ def _tampered_grow(*args):
         if cert.get("intermediate"):
             e = cert["intermediate"][0]
             k = next(k for k, v in enumerate(e["hi"]) if v is not None)
-            e["hi"][k] = str(Fraction(e["hi"][k]) - 1)
+            set_bound(e, "hi", k, side_value(e, "hi", k) - 1)
             break
     return d
 
@@ -899,7 +902,7 @@ def test_input_split_alpha_leaves_send_default_and_alpha_bounds_as_two_entries(a
     path, leaf, i = pairs[0]
     entry = leaf["intermediate"][i]
     k = next(k for k, v in enumerate(entry["hi"]) if v is not None)
-    entry["hi"][k] = str(Fraction(entry["hi"][k]) - 1)
+    set_bound(entry, "hi", k, side_value(entry, "hi", k) - 1)
     with pytest.raises(KernelError) as info:
         proof.check(claim, res.certificate, graph)
     assert info.value.path == f"{path}.intermediate[{i}].hi[{k}]", info.value

@@ -8,6 +8,7 @@ worse than interval bounds."""
 
 import copy
 import json
+import math
 import os
 import shutil
 from fractions import Fraction
@@ -19,7 +20,7 @@ import torch
 from flint import fmpz_mat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rule_helpers import build_mlp, enc, fr, q, randn, rejected  # noqa: E402
+from rule_helpers import build_mlp, enc, fr, q, randn, rejected, set_bound  # noqa: E402
 
 from kernel_checker import check_bundle, crown
 from kernel_checker.claims import Box, Claim
@@ -28,7 +29,7 @@ from kernel_checker.graph import load_graph
 from kernel_checker.rules import box_interval
 from kernel_checker.tensor import numel
 from kernel_checker.theorem import Level
-from oracles.bounds_torch import crown_certificate
+from oracles.bounds_torch import BOUND_BITS, crown_certificate
 from stdlib import robustness
 from tl_dsl import claims, proof
 from tl_dsl.builder import GraphBuilder
@@ -205,7 +206,7 @@ def test_producer_crown_and_alpha_certificates_are_accepted(net):
             accepted(claim, cert, g)
             assert cert["intermediate"][0]["node"] == "fc2"
             if method == "alpha":
-                per_row = cert["alpha"]["relu2"]
+                per_row = cert["alpha"]["relu2"]["values"]  # integers over den
                 assert isinstance(per_row[0], list) and len(per_row) == 1  # one spec row
 
 
@@ -245,9 +246,10 @@ def test_producer_certificates_on_a_tiny_cnn(tiny_cnn):
     cert, _ = crown_certificate(built.path, small, "crown")
     entry = cert["intermediate"][0]
     elo, ehi = entry_bounds(g, box, "conv2", entry["indices"], entry)
-    entry["lo"][-1] = enc(elo[-1])
+    assert entry["den"] == 2**BOUND_BITS  # the producer's integers over den
+    set_bound(entry, "lo", len(elo) - 1, elo[-1])
     accepted(small, cert, g)
-    entry["lo"][-1] = enc(elo[-1] + ULP)
+    set_bound(entry, "lo", len(elo) - 1, elo[-1] + ULP)
     rejected(small, cert, g, rule="crown",
              path=f"certificate.intermediate[0].lo[{len(elo) - 1}]",
              contains=f"of neuron {entry['indices'][-1]} is above the kernel's bound")
@@ -283,6 +285,45 @@ def test_hand_built_intermediate_entry_exact_accepted_one_step_tighter_rejected(
         bad["intermediate"][0]["hi"][k] = enc(hi[k] - ULP)
         rejected(claim, bad, g, rule="crown", path=f"certificate.intermediate[0].hi[{k}]",
                  contains=f"of neuron {neuron} is below the kernel's bound")
+
+
+def test_entry_bounds_as_integers_over_den(net):
+    """An entry may give its bounds as JSON integers over its "den" (what producers send: no
+    text to parse): the kernel's exact bounds so written are accepted and certify the very
+    bounds the text encoding does; one step of 1/den tighter is refused at that side; a den or
+    a value of another type, sign or count is refused at its field."""
+    g = net.graph
+    box = ball_box(X0, Fraction(3, 8))
+    lo, hi = entry_bounds(g, box, "fc2")
+    den = math.lcm(*(v.denominator for v in lo + hi))
+    claim = robustness.robust(g, X0, Fraction(3, 8), 0, clamp=None)
+    entry = {"node": "fc2", "den": den, "lo": [int(v * den) for v in lo],
+             "hi": [int(v * den) for v in hi]}
+    text = {"node": "fc2", "lo": [enc(v) for v in lo], "hi": [enc(v) for v in hi]}
+    cert = {"rule": "crown", "intermediate": [entry]}
+    accepted(claim, cert, g)
+    dom = domain(g, box)
+    got = crown._replay(g, claim, cert, dom, "certificate")[0]["fc2"]
+    want = crown._replay(g, claim, {"rule": "crown", "intermediate": [text]}, dom,
+                         "certificate")[0]["fc2"]
+    assert [[Fraction(v, got[2]) for v in side] for side in got[:2]] == [
+        [Fraction(v, want[2]) for v in side] for side in want[:2]]
+    last = len(lo) - 1
+    for key, step, where in (("lo", 1, "above"), ("hi", -1, "below")):
+        bad = copy.deepcopy(cert)
+        bad["intermediate"][0][key][last] += step
+        rejected(claim, bad, g, rule="crown", path=f"certificate.intermediate[0].{key}[{last}]",
+                 contains=f"of neuron {last} is {where} the kernel's bound")
+    p = "certificate.intermediate[0]"
+    for field, value, path in (
+            ("den", 0, f"{p}.den"), ("den", -den, f"{p}.den"), ("den", True, f"{p}.den"),
+            ("den", float(den), f"{p}.den"), ("den", str(den), f"{p}.den"),
+            ("den", 1 << 4096, f"{p}.den"), ("lo", entry["lo"][:-1], f"{p}.lo"),
+            ("lo", [enc(v) for v in lo], f"{p}.lo"), ("hi", entry["hi"][:-1] + [1.5], f"{p}.hi"),
+            ("hi", entry["hi"][:-1] + [False], f"{p}.hi"), ("hi", "1", f"{p}.hi")):
+        bad = copy.deepcopy(cert)
+        bad["intermediate"][0][field] = value
+        rejected(claim, bad, g, rule="crown", path=path)
 
 
 def test_entry_side_left_null_is_not_claimed(net):
@@ -460,20 +501,61 @@ def test_given_valid_upper_lines_are_accepted_and_exact_chords_beat_the_default(
 
 @pytest.mark.parametrize("bad", ["-1/1024", "1025/1024"])
 def test_alpha_outside_unit_interval_rejected(net, bad):
+    """Slopes as texts (shared, per row) and as integers over a den (shared, per row)."""
     g = net.graph
     claim = robustness.robust(g, X0, Fraction(1, 4), 0, clamp=None)
     cert, _ = crown_certificate(net.path, claim, "crown")
     accepted(claim, cert, g)
-    shared = copy.deepcopy(cert)
+    assert all(a["den"] == 1 for a in cert["alpha"].values())  # CROWN's defaults: 0 or 1
+    texts = copy.deepcopy(cert)
+    texts["alpha"] = {k: [enc(v) for v in a["values"]] for k, a in cert["alpha"].items()}
+    accepted(claim, texts, g)
+    shared = copy.deepcopy(texts)
     shared["alpha"]["relu2"][5] = bad
     rejected(claim, shared, g, rule="crown", path="certificate.alpha.relu2[5]",
              contains=("expected a slope in [0, 1]", bad))
-    rows = copy.deepcopy(cert)
-    rows["alpha"]["relu1"] = [list(cert["alpha"]["relu1"])]
+    rows = copy.deepcopy(texts)
+    rows["alpha"]["relu1"] = [list(texts["alpha"]["relu1"])]
     accepted(claim, rows, g)
     rows["alpha"]["relu1"][0][2] = bad
     rejected(claim, rows, g, rule="crown", path="certificate.alpha.relu1[0][2]",
              contains="expected a slope in [0, 1]")
+    num = int(Fraction(bad) * 1024)
+    ints = copy.deepcopy(cert)
+    ints["alpha"]["relu2"] = {"den": 1024, "values": [v * 1024 for v in
+                                                      cert["alpha"]["relu2"]["values"]]}
+    accepted(claim, ints, g)
+    ints["alpha"]["relu2"]["values"][5] = num
+    rejected(claim, ints, g, rule="crown", path="certificate.alpha.relu2.values[5]",
+             contains=f"expected a slope in [0, 1], found {num} over 1024")
+    ints = copy.deepcopy(cert)
+    ints["alpha"]["relu1"]["values"] = [list(cert["alpha"]["relu1"]["values"])]
+    accepted(claim, ints, g)
+    ints["alpha"]["relu1"]["values"][0][2] = num
+    rejected(claim, ints, g, rule="crown", path="certificate.alpha.relu1.values[0][2]",
+             contains="expected a slope in [0, 1]")
+
+
+@pytest.mark.parametrize("value, path", [
+    ({"den": 1024}, "certificate.alpha.relu1"),
+    ({"den": 1024, "values": [512] * 8, "x": 1}, "certificate.alpha.relu1"),
+    ({"den": 0, "values": [0] * 8}, "certificate.alpha.relu1.den"),
+    ({"den": True, "values": [0] * 8}, "certificate.alpha.relu1.den"),
+    ({"den": "1024", "values": [0] * 8}, "certificate.alpha.relu1.den"),
+    ({"den": 1024.0, "values": [0] * 8}, "certificate.alpha.relu1.den"),
+    ({"den": 1024, "values": [512] * 7}, "certificate.alpha.relu1.values"),
+    ({"den": 1024, "values": ["1/2"] * 8}, "certificate.alpha.relu1.values[0]"),
+    ({"den": 1024, "values": [512] * 7 + [512.0]}, "certificate.alpha.relu1.values[7]"),
+    ({"den": 2, "values": [1] * 7 + [True]}, "certificate.alpha.relu1.values[7]"),
+    ({"den": 1024, "values": [[512] * 8] * 3}, "certificate.alpha.relu1.values"),
+])
+def test_malformed_integer_slopes_rejected(net, value, path):
+    """{"den", "values"}: exactly those keys, a positive integer den, and integers in
+    [0, den], one list (shared) or one per row; else refused at the field."""
+    g = net.graph
+    claim = claims.bounds(g, ball_box(X0, Fraction(1, 4)), [-50, -50], [50, 50], node="fc3")
+    accepted(claim, {"rule": "crown", "alpha": {"relu1": {"den": 2, "values": [1] * 8}}}, g)
+    rejected(claim, {"rule": "crown", "alpha": {"relu1": value}}, g, rule="crown", path=path)
 
 
 def test_alpha_endpoints_zero_and_one_are_accepted(net):
@@ -1043,8 +1125,9 @@ def test_default_upper_line_is_the_rounded_up_chord_and_lies_above_relu(lo, hi, 
     (integer arithmetic in the kernel, checked here with Fractions); it lies on or above relu
     at both ends."""
     den = 1 << den_bits
-    slopes, t_nums, t_den = crown._upper_lines("crown", "c", "r", [lo], [hi], den, [0], None)
-    s, t = fr(slopes[0]), Fraction(t_nums[0], t_den)
+    s_nums, s_den, t_nums, t_den = crown._upper_lines("crown", "c", "r", [lo], [hi], den, [0],
+                                                      None)
+    s, t = Fraction(s_nums[0], s_den), Fraction(t_nums[0], t_den)
     scale = 1 << crown.UPPER_LINE_BITS
     lq, u = Fraction(lo, den), Fraction(hi, den)
     assert s * scale == -((-(u / (u - lq)) * scale) // 1)  # ceil(u / (u - l) scale)

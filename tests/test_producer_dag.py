@@ -5,6 +5,7 @@ docs/crown_certificate.md; against the kernel's `crown` rule once it replays the
 
 import json
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -101,6 +102,8 @@ def _claims(path):
 def _is_dyadic(text) -> bool:
     if isinstance(text, int):
         return True
+    if isinstance(text, Fraction):
+        return text.denominator & (text.denominator - 1) == 0
     m = re.fullmatch(r"-?(\d+)(?:/(\d+))?", text)
     if m is None:
         return False
@@ -110,13 +113,15 @@ def _is_dyadic(text) -> bool:
 
 def _numbers(cert):
     """Every number of a certificate's intermediate / alpha / upper fields."""
+    def over(values, den):  # (integers over a den: the producers' form)
+        return (v if den is None or v is None else Fraction(v, den) for v in values)
+
     for e in cert.get("intermediate", []):
-        yield from e["lo"]
-        yield from e["hi"]
+        yield from over(e["lo"] + e["hi"], e.get("den"))
         for v in e.get("alpha", {}).values():
-            yield from np.asarray(v, dtype=object).reshape(-1)
+            yield from over(np.asarray(v["values"], dtype=object).reshape(-1), v["den"])
     for v in cert.get("alpha", {}).values():
-        yield from np.asarray(v, dtype=object).reshape(-1)
+        yield from over(np.asarray(v["values"], dtype=object).reshape(-1), v["den"])
     for v in cert.get("upper", {}).values():
         yield from v["slope"]
         yield from v["intercept"]

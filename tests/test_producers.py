@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
+from rule_helpers import side_value
 
 import kernel_checker.rules as kernel_rules
 from kernel_checker import KernelError, load_graph
@@ -238,9 +239,9 @@ def _crown_decided_neuron(path, graph, x0):
         res, _ = bt.bounds_for_claim(path, claims.bounds(graph, ball, [-9] * n_out, [9] * n_out))
         for e in res.entries:
             for t, j in enumerate(e["indices"]):
-                if claims.to_rational(e["lo"][t]) > 0:
+                if side_value(e, "lo", t) > 0:
                     return ball, e["node"], j, "active"
-                if claims.to_rational(e["hi"][t]) < 0:
+                if side_value(e, "hi", t) < 0:
                     return ball, e["node"], j, "inactive"
     raise AssertionError("no neuron decided by CROWN alone")
 

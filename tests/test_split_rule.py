@@ -20,7 +20,7 @@ import torch
 from flint import fmpq
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rule_helpers import build_mlp, enc, fr, q, randn, rejected  # noqa: E402
+from rule_helpers import build_mlp, enc, fr, q, randn, rejected, set_bound, side_value  # noqa: E402
 
 from kernel_checker import check_bundle, crown
 from kernel_checker.claims import Box
@@ -393,15 +393,15 @@ def test_one_leaf_bound_raised_one_step_is_rejected(net, strategy):
     entry = leaf["intermediate"][0]
     lo, hi = exact_entry_lows(g, entry, dom)
     k = len(lo) // 2
-    assert fr(Fraction(entry["lo"][k])) <= lo[k]
-    entry["lo"][k] = enc(lo[k])  # the kernel's exact bound: still accepted
-    entry["hi"][k] = enc(hi[k])
+    assert fr(side_value(entry, "lo", k)) <= lo[k]
+    set_bound(entry, "lo", k, lo[k])  # the kernel's exact bound: still accepted
+    set_bound(entry, "hi", k, hi[k])
     accepted(claim, cert, g)
-    entry["lo"][k] = enc(lo[k] + ULP)
+    set_bound(entry, "lo", k, lo[k] + ULP)
     rejected(claim, cert, g, rule="crown", path=f"{path}.intermediate[0].lo[{k}]",
              contains="above the kernel's bound")
-    entry["lo"][k] = enc(lo[k])
-    entry["hi"][k] = enc(hi[k] - ULP)
+    set_bound(entry, "lo", k, lo[k])
+    set_bound(entry, "hi", k, hi[k] - ULP)
     rejected(claim, cert, g, rule="crown", path=f"{path}.intermediate[0].hi[{k}]",
              contains="below the kernel's bound")
 

@@ -224,8 +224,12 @@ def _rows_of(cert: dict, a: int, b: int) -> dict:
     never wrong. A certificate with per-row multipliers (`beta`) is not cut."""
     if "beta" in cert:
         raise ValueError("_rows_of: a certificate with beta multipliers")
-    alpha = {k: v[a:b] if v and isinstance(v[0], list) else v
-             for k, v in cert.get("alpha", {}).items()}
+    def cut(v):  # a relu's slopes: a list (shared) or per-row lists, as such or over a den
+        if isinstance(v, dict):
+            return {**v, "values": cut(v["values"])}
+        return v[a:b] if v and isinstance(v[0], list) else v
+
+    alpha = {k: cut(v) for k, v in cert.get("alpha", {}).items()}
     return {**cert, "alpha": alpha} if "alpha" in cert else dict(cert)
 
 
