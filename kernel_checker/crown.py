@@ -255,7 +255,7 @@ def _alphas(rule, path, cert_alpha, relu_id, n, rows, lo, hi, den) -> tuple[list
         if d is None:
             table[r] = vec = decode_vector(vec, where, rule, n)
         elif not isinstance(vec, list) or len(vec) != n:
-            raise refuse(rule, where, f"expected {n} integers, found {vec!r:.60}")
+            raise refuse(rule, where, f"expected {n} integers, found {repr(vec)[:60]}")
         bad = next((j for j, v in enumerate(vec) if not (0 <= v <= 1 if d is None else
                                                          type(v) is int and 0 <= v <= d)), None)
         if bad is not None:
@@ -885,7 +885,7 @@ def _bounds(entry: dict, path: str, n: int) -> tuple:
         if not isinstance(value, list) or len(value) != n or not all(
                 v is None or type(v) is int for v in value):
             raise refuse("crown", f"{path}.{key}", f"expected a list of {n} integers (over "
-                         f"den) or nulls, found {value!r:.80}")
+                         f"den) or nulls, found {repr(value)[:80]}")
     return entry["lo"], entry["hi"], den
 
 

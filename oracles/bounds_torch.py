@@ -83,24 +83,31 @@ def encode_dyadic(values: torch.Tensor, bits: int) -> list[str]:
     return out
 
 
+def _multiples(values: torch.Tensor, bits: int) -> torch.Tensor | None:
+    """values times 2^bits (float64) when every one is then an integer below 2^53 in magnitude
+    (exact in float64 and in an int64), else None."""
+    scaled = values.detach().cpu().double() * (1 << bits)
+    return scaled if bool(((scaled.abs() < 2.0 ** 53) & (scaled == scaled.round())).all()) \
+        else None
+
+
 def encode_bounds(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[list, list, dict]:
     """An `intermediate` entry's lo and hi: integers over {"den": 2^bits} when every value is
-    such a multiple below 2^53 in magnitude (the kernel reads them with no text to parse), else
+    such a multiple (`_multiples`; the kernel reads them with no text to parse), else
     `encode_dyadic`'s texts (and no den)."""
-    both = torch.cat([lo.reshape(-1), hi.reshape(-1)]).detach().cpu().numpy()
-    scaled = both.astype(np.float64) * (1 << bits)
-    if (np.abs(scaled) < 2.0 ** 53).all() and (np.rint(scaled) == scaled).all():
-        ints = scaled.astype(np.int64).tolist()
-        return ints[:lo.numel()], ints[lo.numel():], {"den": 1 << bits}
-    return encode_dyadic(lo, bits), encode_dyadic(hi, bits), {}
+    scaled = _multiples(torch.cat([lo.reshape(-1), hi.reshape(-1)]), bits)
+    if scaled is None:
+        return encode_dyadic(lo, bits), encode_dyadic(hi, bits), {}
+    ints = scaled.long().tolist()
+    return ints[:lo.numel()], ints[lo.numel():], {"den": 1 << bits}
 
 
 def encode_slopes(values: torch.Tensor, bits: int) -> dict | list:
     """Lower slopes (one vector, or per-row vectors as a matrix) as {"den": 2^bits, "values":
     integers} when each is a multiple of 2^-bits in [0, 1] (no text for the kernel to parse),
     else as `encode_dyadic`'s texts."""
-    scaled = values.detach().cpu().double() * (1 << bits)
-    if bool(((scaled == scaled.round()) & (scaled >= 0) & (scaled <= 1 << bits)).all()):
+    scaled = _multiples(values, bits)
+    if scaled is not None and bool(((scaled >= 0) & (scaled <= 1 << bits)).all()):
         return {"den": 1 << bits, "values": scaled.long().tolist()}
     return encode_dyadic(values, bits) if values.dim() == 1 else [
         encode_dyadic(row, bits) for row in values]
