@@ -168,6 +168,10 @@ def _weight_matrix(graph: Graph, name: str, rows: int, cols: int, absolute: bool
 
 
 def _transpose_2d(vals: list, rows: int, cols: int) -> list:
+    # a vector is its own transpose, returned as the very list (an Interval's lists are never
+    # changed after construction)
+    if rows == 1 or cols == 1:
+        return vals
     return [vals[r * cols + c] for c in range(cols) for r in range(rows)]
 
 
