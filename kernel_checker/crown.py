@@ -47,7 +47,6 @@ CROWN_OPS = (*AFFINE_OPS, "batchnorm", "add", "flatten", "reshape", "relu", "max
              *GRAPH_FUNCS)
 UPPER_LINE_BITS = 16
 COEF_BITS = 56  # coefficients are rounded to this many bits after each nonlinearity
-_ZERO, _ONE = fmpq(0), fmpq(1)
 _ZERO_Z, _ONE_Z = fmpz(0), fmpz(1)
 
 
@@ -335,8 +334,8 @@ def _slopes(relu_id: str, z: Interval, unstable: list, rows: int, cert: dict, ru
             path: str, memo: dict | None = None) -> tuple:
     """The unstable neurons' upper slopes (numerators, den), upper-line intercepts over t_den,
     t_den, bits the slopes may add, lower slopes ((one list per row, or one shared list), den)
-    and whether they are shared. `memo` keeps the
-    lines and default slopes, which depend on z alone, for the relus cert gives none for."""
+    and whether they are shared. `memo` keeps the lines and default slopes, which depend on z
+    alone, for the relus cert gives none for."""
     memo = {} if memo is None else memo
     given = [k for k in ("upper", "alpha") if cert.get(k) is not None and (
         not isinstance(cert[k], dict) or relu_id in cert[k])]  # (a malformed one is refused)
@@ -877,8 +876,10 @@ def _bounds(entry: dict, path: str, n: int) -> tuple:
     JSON integers over its "den" when given, else rationals in any scalar encoding."""
     if "den" not in entry:
         lo, hi = (_sides(entry.get(key), f"{path}.{key}", n) for key in ("lo", "hi"))
-        it = iter((nums := common_denominator([v for v in lo + hi if v is not None]))[0])
-        return *([None if v is None else next(it) for v in side] for side in (lo, hi)), nums[1]
+        nums, den = common_denominator([v for v in lo + hi if v is not None])
+        it = iter(nums)
+        return [None if v is None else next(it) for v in lo], [
+            None if v is None else next(it) for v in hi], den
     den = _den(entry["den"], f"{path}.den", "crown")
     for key in ("lo", "hi"):
         value = entry.get(key)
@@ -897,8 +898,8 @@ def _den(den, path: str, rule: str) -> int:
 
 
 def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
-    """The intermediate entries, validated: node id -> [(path, (indices, lo, hi, den, entry)),
-    ...]."""
+    """The intermediate entries, validated: node id -> [(path, (indices, lo, hi, den,
+    entry)), ...], lo and hi integers over den (`_bounds`)."""
     if not isinstance(inter, list):
         raise refuse("crown", f"{path}.intermediate", "expected a list")
     out, last = {}, -1
