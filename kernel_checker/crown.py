@@ -255,6 +255,8 @@ def _alphas(rule, path, cert_alpha, relu_id, n, rows, lo, hi, den) -> tuple[list
             table[r] = vec = decode_vector(vec, where, rule, n)
         elif not isinstance(vec, list) or len(vec) != n:
             raise refuse(rule, where, f"expected {n} integers, found {repr(vec)[:60]}")
+        if d is not None and set(map(type, vec)) == {int} and min(vec) >= 0 and max(vec) <= d:
+            continue  # (the common case at C speed; else the first bad value is named)
         bad = next((j for j, v in enumerate(vec) if not (0 <= v <= 1 if d is None else
                                                          type(v) is int and 0 <= v <= d)), None)
         if bad is not None:
@@ -272,10 +274,10 @@ def _plus(const: list, ints, factor: fmpq) -> list:
     return [*const, (ints, factor)]
 
 
-def _values(const: list, rows: int) -> list[fmpq]:
+def _values(const: list, rows: int, raw: bool = False) -> list[fmpq] | tuple:
     """Each row's constant: sum of ints[r] * factor over the terms (ints None: 1 for every
     row), over the terms' common denominator (fmpz arithmetic throughout: converting to
-    Python integers costs more than the sums)."""
+    Python integers costs more than the sums); `raw`: (numerators, that den) instead."""
     den = _ONE_Z
     for _, f in const:
         q = f.q
@@ -289,9 +291,8 @@ def _values(const: list, rows: int) -> list[fmpq]:
         else:
             col = (ints if isinstance(ints, fmpz_mat) else fmpz_mat(rows, 1, ints)) * m
             sums = col if sums is None else sums + col
-    if sums is None:
-        return [fmpq(every, den)] * rows
-    return [fmpq(every + v, den) for v in sums.entries()]
+    nums = [every] * rows if sums is None else [every + v for v in sums.entries()]
+    return (nums, den) if raw else [fmpq(v, den) for v in nums]
 
 
 def _relu_back(node: Node, z: Interval, mat: fmpz_mat, bits: int, const: list, sc: fmpq,
@@ -339,20 +340,24 @@ def _slopes(relu_id: str, z: Interval, unstable: list, rows: int, cert: dict, ru
     memo = {} if memo is None else memo
     given = [k for k in ("upper", "alpha") if cert.get(k) is not None and (
         not isinstance(cert[k], dict) or relu_id in cert[k])]  # (a malformed one is refused)
-    if "upper" in given or ("upper", relu_id) not in memo:
+    ups = None if "upper" in given else memo.get(("upper", relu_id))
+    if ups is None:
         s_nums, s_den, t_nums, t_den = _upper_lines(rule, path, relu_id, z.lo, z.hi, z.den,
                                                     unstable, cert.get("upper"))
         grow = max(0, int(-(-max(s_nums, default=0) // s_den)).bit_length() - 1)
-        memo[("upper", relu_id)] = ((s_nums, s_den), t_nums, t_den, grow)
-    ups = memo.pop(("upper", relu_id)) if "upper" in given else memo[("upper", relu_id)]
-    if "alpha" in given or ("alpha", relu_id) not in memo:
+        ups = ((s_nums, s_den), t_nums, t_den, grow)
+        if "upper" not in given:  # (a certificate's own lines never replace the defaults)
+            memo[("upper", relu_id)] = ups
+    lows = None if "alpha" in given else memo.get(("alpha", relu_id))
+    if lows is None:
         alphas, den = _alphas(rule, path, cert.get("alpha"), relu_id, len(z.lo), rows, z.lo,
                               z.hi, z.den)
         shared = alphas[0] is alphas[-1]
-        memo[("alpha", relu_id)] = (([[alphas[r][j] for j in unstable] for r in (
-            (0,) if shared else range(rows))], den), shared)
-    return *ups, *(memo.pop(("alpha", relu_id)) if "alpha" in given else memo[
-        ("alpha", relu_id)])
+        lows = ([[alphas[r][j] for j in unstable] for r in (
+            (0,) if shared else range(rows))], den), shared
+        if "alpha" not in given:
+            memo[("alpha", relu_id)] = lows
+    return *ups, *lows
 
 
 def _intercepts(rows: int, k: int, cols: list, t_nums: list) -> tuple[fmpz_mat, fmpz_mat]:
@@ -523,9 +528,9 @@ def _start(rows, n: int) -> tuple:
 _BOX: list = [None, None, None]  # the last box concretised over, its lo and widths as columns
 
 
-def _concretise(mat: fmpz_mat, sc: fmpq, const: list, box: Interval) -> list[fmpq]:
-    """Each row's minimum of mat * sc . x over the box, plus its constant."""
-    return _values(_plus(const, _mins(mat, box), sc / box.den), mat.nrows())
+def _concretise(mat: fmpz_mat, sc: fmpq, const: list, box: Interval, raw: bool = False):
+    """Each row's minimum of mat * sc . x over the box, plus its constant (`_values`)."""
+    return _values(_plus(const, _mins(mat, box), sc / box.den), mat.nrows(), raw)
 
 
 def _mins(mat: fmpz_mat, box: Interval) -> fmpz_mat:
@@ -762,18 +767,18 @@ def _diags(memo: dict, p: str, lows: tuple, s: tuple) -> tuple:
     """diag(alpha), diag(s - alpha) over their common denominator (shared lower slopes alpha
     and upper slopes s, integers over a den each), kept in memo with the very slope tuples they
     came from (reused only for those same tuples)."""
-    hit = memo.get(("diags", p))
+    hit = memo.get(("diags", p, id(lows)))
     if hit is None or hit[0] is not lows or hit[1] is not s:
         den = lcm(lows[1], s[1])
         alpha = [v * (den // lows[1]) for v in lows[0][0]]
         hit = (lows, s, _diag(alpha), _diag([y * (den // s[1]) - x for x, y in zip(alpha, s[0])]),
                den)
-        memo[("diags", p)] = hit
+        memo[("diags", p, id(lows))] = hit
     return hit[2:]
 
 
 def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows, cert: dict,
-                       rule: str, path: str) -> list[fmpq]:
+                       rule: str, path: str, raw: bool = False) -> list[fmpq] | tuple:
     """backward_lower_bounds on a chain (`_chain`), with the same relaxations, from the affine
     blocks of `_paths`: a row's coefficients on each relu's unstable outputs are relaxed
     (deepest first) and replaced by the blocks of that relu's input. Unit rows come with |R|
@@ -809,6 +814,12 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
         else:
             const = _less(const, sa * sum(max(-z.lo[j], z.hi[j]) for j in uns) / (2 * z.den))
             delta = fmpz_mat(r, k, _products(cols, r, s, lows, shared))
+        if not i and state["relu"][nid] is None and r < k:  # the claim node's rows alone
+            # pass this relu: spread over its n outputs, they take its blocks as they are
+            wide = delta * _pick(len(z.lo), uns).transpose()
+            for key, (m, sc, _) in state["paths"][p].items():
+                _give(acc, key, wide * m, sa * sc, 0)
+            continue
         if p not in state["rows"]:
             sel = _pick(len(z.lo), uns).transpose()
             state["rows"][p] = {key: (sel * m, sc) for key, (m, sc, _) in
@@ -816,7 +827,7 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
         for key, (m, sc) in state["rows"][p].items():
             _give(acc, key, delta * m, sa * sc, 0)
     one, s1, _ = acc.pop("1")
-    return _concretise(*acc.pop("x")[:2], _plus(const, one, s1), box)
+    return _concretise(*acc.pop("x")[:2], _plus(const, one, s1), box, raw)
 
 
 def _route(graph: Graph, nodes: list[Node], cert: dict, entries: list) -> dict | None:
@@ -842,25 +853,29 @@ def lower_bounds(graph: Graph, nodes: list[Node], values: dict, dom: Domain, row
 
 def _certify(nodes: list[Node], entry: tuple, path: str, lower, values: dict) -> tuple:
     """Prove an entry's claimed bounds on nodes[-1] (None: not claimed) with lower(rows, cert,
-    path); its full (lo, hi, den)."""
+    path): the node's interval intersected with them, (lo, hi, den)."""
     idx, lo, hi, den, cert = entry
     sides = [(k, 1, "lo", lo, "lower", "above") for k in range(len(idx)) if lo[k] is not None]
     sides += [(k, -1, "hi", hi, "upper", "below") for k in range(len(idx)) if hi[k] is not None]
     rows, absrows = (fmpz_mat(len(sides), numel(nodes[-1].shape)) for _ in range(2))
     for r, side in enumerate(sides):
         rows[r, idx[side[0]]], absrows[r, idx[side[0]]] = side[1], 1
-    lows = lower((rows, absrows), cert, path)
+    lows = lower((rows, absrows), cert, path)  # (numerators, den) on the chain route
+    lows, q = lows if isinstance(lows, tuple) else (lows, 1)
     for low, (k, sign, key, given, name, where) in zip(lows, sides):
-        if low * den < sign * given[k]:
+        if low * den < sign * given[k] * q:
             raise refuse("crown", f"{path}.{key}[{k}]", f"claimed {name} bound "
                          f"{fmpq(given[k], den)} of neuron {idx[k]} is {where} the kernel's "
-                         f"bound {approx_text(sign * low)}")
+                         f"bound {approx_text(sign * fmpq(low) / q)}")
     cur = values[nodes[-1].id]
     d = lcm(cur.den, den)
     f, g = d // cur.den, d // den
-    full = [[v * f for v in cur.lo], [v * f for v in cur.hi]]
-    for k, sign, _, given, _, _ in sides:
-        full[sign < 0][idx[k]] = given[k] * g
+    full = [[v * f for v in cur.lo], [v * f for v in cur.hi]] if f != 1 else [
+        list(cur.lo), list(cur.hi)]
+    for k, sign, _, given, _, _ in sides:  # intersected with the proved sides
+        j, v = idx[k], given[k] * g
+        full[0][j], full[1][j] = (max(full[0][j], v), full[1][j]) if sign > 0 else (
+            full[0][j], min(full[1][j], v))
     return full[0], full[1], d
 
 
@@ -957,7 +972,7 @@ def _replay(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) -> t
     def lower(k: int, rows, cert: dict, path: str, defer=None) -> list[fmpq] | None:
         if state is not None:
             return chain_lower_bounds(state, nodes[k].id, values, dom.box, rows, cert, "crown",
-                                      path)
+                                      path, isinstance(rows, tuple))
         return backward_lower_bounds(graph, nodes[:k + 1], values, dom, rows[0] if isinstance(
             rows, tuple) else rows, cert, "crown", path, defer)
 
@@ -970,8 +985,8 @@ def _replay(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str) -> t
         if state is not None and node.op == "linear":
             _paths(graph, node, values, state)
         for p, entry in entries.get(node.id, ()):
-            x = _clip(values[node.id], *_certify(nodes[:k + 1], entry, p,
-                                                 lambda *a, k=k: lower(k, *a), values))
+            x = Interval(values[node.id].shape, *_certify(
+                nodes[:k + 1], entry, p, lambda *a, k=k: lower(k, *a), values))
             values[node.id], certified[node.id] = x, (x.lo, x.hi, x.den)
             if any(a > b for a, b in zip(x.lo, x.hi, strict=True)):
                 return None

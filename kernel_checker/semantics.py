@@ -140,8 +140,10 @@ def absolute(a: Interval) -> Interval:
 
 
 def affine_columns(w: fmpz_mat, w_abs: fmpz_mat, w_den: int, rows: int, k: int, n: int,
-                   lo: list, hi: list, den: int, is_point: bool) -> tuple[list, list, int]:
-    """W (rows x k, over w_den) times a k x n interval matrix (row-major lo/hi over den).
+                   lo: list, hi: list, den: int, is_point: bool,
+                   shift: fmpz_mat | None = None) -> tuple[list, list, int]:
+    """W (rows x k, over w_den) times a k x n interval matrix (row-major lo/hi over den), plus
+    `shift` (rows x n numerators over the result's den, 2 den w_den; not for a point).
 
     Centre-radius form: W*mid +- |W|*rad is the exact interval hull of W*x over the box, and
     costs two integer matrix products (one for a point)."""
@@ -150,9 +152,9 @@ def affine_columns(w: fmpz_mat, w_abs: fmpz_mat, w_den: int, rows: int, k: int, 
         return y, y, den * w_den
     mid = fmpz_mat(k, n, [x + y for x, y in zip(lo, hi)])
     rad = fmpz_mat(k, n, [y - x for x, y in zip(lo, hi)])
-    ym = (w * mid).entries()
-    yr = (w_abs * rad).entries()
-    return ([int(m - r) for m, r in zip(ym, yr)], [int(m + r) for m, r in zip(ym, yr)],
+    ym = w * mid if shift is None else w * mid + shift
+    yr = w_abs * rad
+    return ([int(v) for v in (ym - yr).entries()], [int(v) for v in (ym + yr).entries()],
             2 * den * w_den)
 
 
@@ -196,10 +198,14 @@ def linear(x: Interval, node: Node, graph: Graph) -> Interval:
             return y
     lo_t = _transpose_2d(x.lo, n, k)
     hi_t = lo_t if x.is_point else _transpose_2d(x.hi, n, k)
-    lo, hi, den = affine_columns(w, w_abs, w_den, m, k, n, lo_t, hi_t, x.den, x.is_point)
+    b, shift = node.attrs["bias"], None
+    if b is not None and n == 1 and not x.is_point and not 2 * x.den * w_den % graph.param(b).den:
+        g = 2 * x.den * w_den // graph.param(b).den  # a vector's bias joins the products'
+        b, shift = None, fmpz_mat(m, 1, [v * g for v in graph.param(b).nums])  # numerators
+    lo, hi, den = affine_columns(w, w_abs, w_den, m, k, n, lo_t, hi_t, x.den, x.is_point, shift)
     y = _make(node.shape, _transpose_2d(lo, m, n), None if x.is_point
               else _transpose_2d(hi, m, n), den, x.is_point)
-    y = _add_bias(y, graph, node.attrs["bias"], channel_first=False)
+    y = _add_bias(y, graph, b, channel_first=False)
     if n == 1 and not x.is_point:
         graph._cache[("linear", node.id)] = (x, y)
     return y
