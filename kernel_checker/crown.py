@@ -873,9 +873,8 @@ def _certify(nodes: list[Node], entry: tuple, path: str, lower, values: dict) ->
     full = [[v * f for v in cur.lo], [v * f for v in cur.hi]] if f != 1 else [
         list(cur.lo), list(cur.hi)]
     for k, sign, _, given, _, _ in sides:  # intersected with the proved sides
-        j, v = idx[k], given[k] * g
-        full[0][j], full[1][j] = (max(full[0][j], v), full[1][j]) if sign > 0 else (
-            full[0][j], min(full[1][j], v))
+        j, v, side = idx[k], given[k] * g, full[sign < 0]
+        side[j] = max(side[j], v) if sign > 0 else min(side[j], v)
     return full[0], full[1], d
 
 
