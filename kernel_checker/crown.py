@@ -897,8 +897,8 @@ def _bounds(entry: dict, path: str, n: int) -> tuple:
     den = _den(entry["den"], f"{path}.den", "crown")
     for key in ("lo", "hi"):
         value = entry.get(key)
-        if not isinstance(value, list) or len(value) != n or not all(
-                v is None or type(v) is int for v in value):
+        if not isinstance(value, list) or len(value) != n or not set(map(type, value)) <= {
+                int, type(None)}:
             raise refuse("crown", f"{path}.{key}", f"expected a list of {n} integers (over "
                          f"den) or nulls, found {repr(value)[:80]}")
     return entry["lo"], entry["hi"], den
@@ -928,8 +928,8 @@ def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
         last = order[nid]
         n = numel(graph.by_id[nid].shape)
         idx = entry.get("indices", list(range(n)))
-        if (not isinstance(idx, list) or not idx or len(set(idx)) != len(idx) or not all(
-                isinstance(j, int) and not isinstance(j, bool) and 0 <= j < n for j in idx)):
+        if (not isinstance(idx, list) or not idx or set(map(type, idx)) != {int} or min(idx) < 0
+                or max(idx) >= n or len(set(idx)) != len(idx)):
             raise refuse("crown", f"{p}.indices", f"expected distinct neuron indices < {n} (at "
                          "least one)")
         lo, hi, den = _bounds(entry, p, len(idx))
