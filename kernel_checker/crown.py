@@ -814,18 +814,17 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
         else:
             const = _less(const, sa * sum(max(-z.lo[j], z.hi[j]) for j in uns) / (2 * z.den))
             delta = fmpz_mat(r, k, _products(cols, r, s, lows, shared))
-        if not i and state["relu"][nid] is None and r < k:  # the claim node's rows alone
-            # pass this relu: spread over its n outputs, they take its blocks as they are
-            wide = delta * _pick(len(z.lo), uns).transpose()
-            for key, (m, sc, _) in state["paths"][p].items():
-                _give(acc, key, wide * m, sa * sc, 0)
-            continue
-        if p not in state["rows"]:
-            sel = _pick(len(z.lo), uns).transpose()
-            state["rows"][p] = {key: (sel * m, sc) for key, (m, sc, _) in
-                                state["paths"][p].items()}
-        for key, (m, sc) in state["rows"][p].items():
-            _give(acc, key, delta * m, sa * sc, 0)
+        sel = None if p in state["rows"] else _pick(len(z.lo), uns).transpose()
+        if sel is not None and not i and state["relu"][nid] is None and r < k:  # the claim
+            # node's rows alone pass this relu: spread over its outputs, they take its blocks
+            left, blocks = delta * sel, state["paths"][p]
+        else:
+            if sel is not None:
+                state["rows"][p] = {key: (sel * m, sc, 0) for key, (m, sc, _) in
+                                    state["paths"][p].items()}
+            left, blocks = delta, state["rows"][p]
+        for key, (m, sc, _) in blocks.items():
+            _give(acc, key, left * m, sa * sc, 0)
     one, s1, _ = acc.pop("1")
     return _concretise(*acc.pop("x")[:2], _plus(const, one, s1), box, raw)
 

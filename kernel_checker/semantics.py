@@ -199,9 +199,10 @@ def linear(x: Interval, node: Node, graph: Graph) -> Interval:
     lo_t = _transpose_2d(x.lo, n, k)
     hi_t = lo_t if x.is_point else _transpose_2d(x.hi, n, k)
     b, shift = node.attrs["bias"], None
-    if b is not None and n == 1 and not x.is_point and not 2 * x.den * w_den % graph.param(b).den:
-        g = 2 * x.den * w_den // graph.param(b).den  # a vector's bias joins the products'
-        b, shift = None, fmpz_mat(m, 1, [v * g for v in graph.param(b).nums])  # numerators
+    bt = None if b is None else graph.param(b)
+    if bt is not None and n == 1 and not x.is_point and not 2 * x.den * w_den % bt.den:
+        g = 2 * x.den * w_den // bt.den  # a vector's bias joins the products' numerators
+        b, shift = None, fmpz_mat(m, 1, [v * g for v in bt.nums])
     lo, hi, den = affine_columns(w, w_abs, w_den, m, k, n, lo_t, hi_t, x.den, x.is_point, shift)
     y = _make(node.shape, _transpose_2d(lo, m, n), None if x.is_point
               else _transpose_2d(hi, m, n), den, x.is_point)
