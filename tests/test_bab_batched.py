@@ -915,15 +915,15 @@ def _niceness(_):
 def test_jobs_workers_run_below_the_kernel_priority():
     """Workers lower their priority by WORKER_NICE, so that the kernel processes keep up with
     the leaves they send."""
-    import concurrent.futures
     import multiprocessing
 
-    from tl_dsl import verify
+    from tl_dsl import verify, workers
 
     ctx = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, initializer=verify._worker_init,
-                                                initargs=(ctx.Event(), [])) as pool:
-        child = pool.submit(_niceness, 0).result()
+    with workers.Workers(1, verify._worker_init, (ctx.Event(), [])) as pool:
+        pool.submit(_niceness, 0)
+        (job,) = pool.wait(60)
+        child = job.result()
     assert verify.WORKER_NICE > 0
     assert child == min(19, os.nice(0) + verify.WORKER_NICE)
 

@@ -4,7 +4,6 @@ certificate (bundle written, re-checkable with `tl check`), `sat` when the kerne
 counterexample exactly. Producers (attacks, IBP/CROWN/alpha-CROWN, branch and bound) only
 propose."""
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import decimal
@@ -27,7 +26,7 @@ from kernel_checker import pool as kernel_pool
 from kernel_checker.claims import Box, Claim
 from stdlib.vnnlib import VnnlibError, read_vnnlib
 from tl_dsl import claims as dsl_claims
-from tl_dsl import proof
+from tl_dsl import proof, workers
 
 
 @dataclass
@@ -299,13 +298,6 @@ SLICE_S = 1.0  # --jobs on a chain: a worker's turn on its domains before it han
 JOIN_DEPTH = 150  # --jobs on a chain: deeper trees are checked again as one split (see below)
 
 
-def _stop(pool) -> None:
-    workers = list(pool._processes.values())  # (no public way to stop running tasks)
-    pool.shutdown(wait=False, cancel_futures=True)
-    for w in workers:
-        w.terminate()
-
-
 def _cuda() -> bool:
     import torch
 
@@ -344,25 +336,27 @@ def decide_region(graph_path: str, claim: Claim, budget_s: float, jobs: int,
         if isinstance(first, Decision):
             return first
         order = np.argsort(first[0].polytope_margins(first[1]), kind="stable").tolist()
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs)
-    futs = {pool.submit(_produce_until, deadline, graph_path, subclaims[i].to_json(), i): i
-            for i in order}
     results, worst = {}, None
-    try:
-        for f in concurrent.futures.as_completed(futs, timeout=budget_s + 30):
-            try:
-                r = f.result()
-            except Exception as e:  # a worker that raised or died (out of memory): no answer
-                r = Decision("unknown", notes=[f"a --jobs worker failed: {e!r}"])
-            results[futs[f]] = r
-            if r.status == "sat":
-                return r
-            if r.status != "unsat" and worst is None:
-                worst = r
-    except concurrent.futures.TimeoutError:
-        worst = worst or Decision("timeout", notes=["a --jobs worker did not answer in time"])
-    finally:
-        _stop(pool)
+    with workers.Workers(jobs) as pool:
+        jobs_of = {pool.submit(_produce_until, deadline, graph_path, subclaims[i].to_json(), i): i
+                   for i in order}
+        end = time.monotonic() + budget_s + 30
+        while len(results) < len(jobs_of):
+            done = pool.wait(max(0.0, end - time.monotonic()))
+            if not done:
+                worst = worst or Decision("timeout",
+                                          notes=["a --jobs worker did not answer in time"])
+                break
+            for job in done:
+                try:
+                    r = job.result()
+                except Exception as e:  # a worker that raised or died (out of memory): no answer
+                    r = Decision("unknown", notes=[f"a --jobs worker failed: {e!r}"])
+                results[jobs_of[job]] = r
+                if r.status == "sat":
+                    return r
+                if r.status != "unsat" and worst is None:
+                    worst = r
     out = Decision("unsat", producer_s=sum(r.producer_s for r in results.values()),
                    leaves=sum(max(r.leaves, 1) for r in results.values()),
                    method=f"{split['kind']} parts in {jobs} processes")
@@ -484,12 +478,10 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
     hand_back = multiprocessing.get_context("fork").Event()
     kernels = kernel_pool.Pool(kernel_checker.Context([graph]), jobs)  # before the workers
     pool = None
-    running: dict = {}  # future -> the global ids of its roots
+    running: dict = {}  # job -> the global ids of its roots
     fail = None
     try:
-        pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("fork"),
-            initializer=_worker_init, initargs=(hand_back, kernels.conns))
+        pool = workers.Workers(jobs, _worker_init, (hand_back, kernels.conns))
         while (frontier or running or queue or kernels.pending()) and fail is None:
             if time.perf_counter() > end:  # (the kernel's queue too: no answer after the budget)
                 fail = Decision("timeout")
@@ -501,7 +493,7 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
                 chunk, frontier = frontier[:take], frontier[take:]
                 running[pool.submit(_grow, deadline, graph_path, doc, [boxes[g] for g in chunk],
                                     [depth[g] for g in chunk], SLICE_S, 0)] = chunk
-            tk, derived, done = time.process_time(), [], set()
+            tk, derived, done = time.process_time(), [], []
             try:  # the leaves go to the kernel processes, which derive them while the workers
                 for g in queue:  # go on; a reply wakes this loop to send the next leaf at once
                     kernels.submit(g, _on_box(claim, boxes[g]), leaves[g])
@@ -513,11 +505,9 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
                 break
             kernel_s += time.process_time() - tk
             if running and kernels.pending():
-                done = {f for f in running if f.done()}
+                done = pool.wait(0)
             elif running:
-                done, _ = concurrent.futures.wait(
-                    running, timeout=max(0.0, end - time.perf_counter()) + 30,
-                    return_when=concurrent.futures.FIRST_COMPLETED)
+                done = pool.wait(max(0.0, end - time.perf_counter()) + 30)
                 if not done:
                     fail = Decision("timeout", notes=["a --jobs worker did not answer in time"])
             for g, thm in derived:
@@ -558,7 +548,7 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
                           "derived": len(theorems)})
     finally:
         if pool is not None:
-            _stop(pool)
+            pool.close()
         kernels.close()
     kernel_s += kernels.cpu_ns / 1e9
     out = Decision("unsat", producer_s=producer_s, leaves=len(leaves), kernel_s=kernel_s,
