@@ -6,6 +6,7 @@ use from Hypothesis tests."""
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
 import os
@@ -23,6 +24,16 @@ from kernel_checker.rules import box_interval, point_interval
 from kernel_checker.semantics import evaluate
 from kernel_checker.tensor import SafetensorsFile
 from tl_dsl.builder import GraphBuilder
+
+EXIT_WATCHDOG_S = 300  # the whole suite takes about 5 minutes; its exit, well under a second
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A process that has not exited this long after the summary (a thread or child it waits
+    for at exit) prints every thread's stack and exits with status 1: CI fails with the reason
+    instead of running into its time limit (what 1218d99's run did, every test passed)."""
+    faulthandler.dump_traceback_later(EXIT_WATCHDOG_S, exit=True)
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "kernel")
