@@ -10,6 +10,8 @@ import faulthandler
 import hashlib
 import json
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,10 +31,36 @@ EXIT_WATCHDOG_S = 300  # the whole suite takes about 5 minutes; its exit, well u
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """A process that has not exited this long after the summary (a thread or child it waits
-    for at exit) prints every thread's stack and exits with status 1: CI fails with the reason
-    instead of running into its time limit (what 1218d99's run did, every test passed)."""
+    """Child processes still running are named and killed (they would hold CI's output open);
+    a process that has not exited EXIT_WATCHDOG_S after the summary (a thread or child it
+    waits for at exit) prints every thread's stack and exits with status 1: CI fails with the
+    reason instead of running into its time limit (what 1218d99's run did, every test
+    passed)."""
+    for pid in _children():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue
+        print(f"\nconftest: killed child process {pid} left running: {cmd[:200]}",
+              file=sys.stderr)
     faulthandler.dump_traceback_later(EXIT_WATCHDOG_S, exit=True)
+
+
+def _children() -> list[int]:
+    """This process's children, from /proc (none where there is no /proc)."""
+    out = []
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+            except (OSError, ValueError):
+                continue
+            if int(ppid) == os.getpid() and state != "Z":  # (a zombie is done, not running)
+                out.append(int(name))
+    return out
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
