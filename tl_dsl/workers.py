@@ -4,7 +4,7 @@
 (a reply over 16 KiB goes in two writes, one over a pipe's buffer in many) leaves the
 executor's manager thread waiting forever for the rest, because this process holds a write end
 of the same result pipe, and Python's exit waits on that thread. Seen on Python 3.11.7: a
-worker returning 400 MB, stopped 1.0 to 1.6 s into its reply the way `--jobs` stopped workers
+worker returning 400 MB, stopped while writing it the way `--jobs` stopped workers
 (shutdown without waiting, then terminate), and the process never exited; CI's run of 1218d99
 printed every test passed, then did not end within its 90 minutes. Here each worker has a pipe
 of its own whose far end only that worker holds, so a stopped worker's pipe ends (EOFError)
