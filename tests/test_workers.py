@@ -4,6 +4,7 @@ process's exit waits for a stopped worker."""
 
 import multiprocessing
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -98,12 +99,12 @@ def test_wait_returns_nothing_when_the_time_runs_out():
 def test_a_killed_worker_is_an_error_and_the_others_go_on(when):
     with Workers(2) as pool:
         pids = pool.pids
-        call = (_sleep, 60) if when == "while working" else (_big_later, BIG, 0.5)
+        call = (_sleep, 60) if when == "while working" else (_big_later, BIG, 2.0)
         victim = pool.submit(*call)
         other = pool.submit(_pid)
         (first,) = _collect(pool, 1)
         assert first is other and other.result() == pids[1]
-        time.sleep(1.5)  # (the reply is being written: 64 KiB of it fill the pipe)
+        time.sleep(3.0)  # (the reply is being written: the pipe's buffer is full)
         os.kill(pids[0], signal.SIGKILL)
         (dead,) = _collect(pool, 1)
         assert dead is victim
@@ -113,6 +114,41 @@ def test_a_killed_worker_is_an_error_and_the_others_go_on(when):
         _collect(pool, 1)
         assert again.result() == 25
     _no_children_left()
+
+
+class _NeedsTwoError(Exception):
+    def __init__(self, a, b):  # (pickles as _NeedsTwoError(message): does not rebuild)
+        super().__init__(f"{a} {b}")
+
+
+def _raise_needs_two():
+    raise _NeedsTwoError("kernel", "refused")
+
+
+def _exit():
+    raise SystemExit(3)
+
+
+def test_errors_that_do_not_rebuild_come_back_named_and_submit_refuses_what_does_not_pickle():
+    with Workers(1) as pool:
+        odd, leave = pool.submit(_raise_needs_two), pool.submit(_exit)
+        _collect(pool, 2)
+        with pytest.raises(RuntimeError, match="_NeedsTwoError: kernel refused"):
+            odd.result()
+        with pytest.raises(RuntimeError, match="SystemExit: 3"):  # the job's, not an exit
+            leave.result()
+        with pytest.raises((AttributeError, pickle.PicklingError)):  # (a local function)
+            pool.submit(lambda: 0)
+        assert pool.pending() == 0
+
+
+def test_a_job_sent_to_a_worker_that_died_idle_goes_to_another():
+    with Workers(2) as pool:
+        os.kill(pool.pids[0], signal.SIGKILL)
+        time.sleep(0.5)
+        job = pool.submit(_pid)
+        (got,) = _collect(pool, 1)
+        assert got is job and job.result() == pool.pids[1]
 
 
 def test_jobs_fail_once_no_worker_is_left():

@@ -540,7 +540,7 @@ def _decide_grown(graph_path: str, claim: Claim, end: float, jobs: int,
                 for i, box in got["boxes"].items():
                     boxes[ids[i]] = box
                 frontier += [ids[i] for i in got["open"]]
-            if not frontier and running and len(running) < jobs:
+            if not frontier and running and len(running) < jobs and fail is None:
                 hand_back.set()  # a worker is idle: the others hand back their open domains
             if progress is not None:
                 progress({"strategy": f"input-split in {jobs} processes",

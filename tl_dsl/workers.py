@@ -24,10 +24,11 @@ class WorkerDiedError(Exception):
 class Job:
     """One call sent to a worker; `done` once its value or error came back."""
 
-    __slots__ = ("fn", "args", "done", "value", "error")
+    __slots__ = ("fn", "args", "data", "done", "value", "error")
 
     def __init__(self, fn, args: tuple):
         self.fn, self.args, self.done, self.value, self.error = fn, args, False, None, None
+        self.data = pickle.dumps((fn, args))  # (at submit: an error here is the caller's)
 
     def result(self):
         """The call's value; its exception (or WorkerDiedError) is raised here."""
@@ -54,13 +55,27 @@ def _serve(conn, others: list, init, initargs: tuple) -> None:
                 return
             reply = (True, call[0](*call[1]))
         except BaseException as e:  # noqa: BLE001 (the parent gets it as the job's error)
-            reply = (False, e)
+            reply = (False, _portable(e))
         try:
             conn.send(reply)
         except (EOFError, OSError):
             return
-        except Exception as e:  # noqa: BLE001 (a value or exception that does not pickle)
-            conn.send((False, RuntimeError(f"the worker's reply could not be sent: {e!r}")))
+        except Exception as e:  # noqa: BLE001 (a value that does not pickle)
+            try:
+                conn.send((False, RuntimeError(f"the worker's reply could not be sent: {e!r}")))
+            except OSError:
+                return
+
+
+def _portable(e: BaseException) -> Exception:
+    """e itself if it is an Exception that survives pickling, else a RuntimeError naming it
+    (SystemExit in a job is the job's error, not the parent's exit)."""
+    try:
+        if isinstance(e, Exception) and type(pickle.loads(pickle.dumps(e))) is type(e):
+            return e
+    except Exception:  # noqa: BLE001 (an exception whose class does not rebuild from its args)
+        pass
+    return RuntimeError(f"{type(e).__name__}: {e}")
 
 
 _DEAD = object()  # a worker slot whose process ended
@@ -94,7 +109,8 @@ class Workers:
         return [p.pid for p in self._procs]
 
     def submit(self, fn, *args) -> Job:
-        """Queue `fn(*args)` (fn and args pickled, fn by name); its Job comes back from `wait`."""
+        """Queue `fn(*args)` (fn and args pickled now, fn by name); its Job comes back from
+        `wait`. A send waits for the worker to read it: calls are expected to be small."""
         job = Job(fn, args)
         self._queue.append(job)
         self._feed()
@@ -104,27 +120,30 @@ class Workers:
         while self._queue and None in self._busy:
             i = self._busy.index(None)
             job = self._queue.popleft()
-            data = pickle.dumps((job.fn, job.args))  # (an error here is the caller's)
             try:
-                self._conns[i].send_bytes(data)
+                self._conns[i].send_bytes(job.data)
                 self._busy[i] = job
-            except OSError:  # the worker ended while idle
-                self._end(i, job)
+            except OSError:  # the worker ended while idle: the job goes to another
+                self._queue.appendleft(job)
+                self._end(i, None)
         if self._queue and all(b is _DEAD for b in self._busy):
             while self._queue:  # no worker left to run them
                 self._end(None, self._queue.popleft())
 
-    def _end(self, i: int | None, job: Job) -> None:
-        """Job fails with WorkerDiedError; worker i (if any) is killed and its slot closed."""
+    def _end(self, i: int | None, job: Job | None) -> None:
+        """Worker i (if any) is killed and its slot closed; job (if any) fails with
+        WorkerDiedError."""
         why = "no worker process is left"
         if i is not None:
             proc = self._procs[i]
             proc.kill()
             proc.join()
+            self._conns[i].close()
             why = f"worker process {proc.pid} ended without answering (exit code {proc.exitcode})"
             self._busy[i] = _DEAD
-        job.done, job.error = True, WorkerDiedError(why)
-        self._failed.append(job)
+        if job is not None:
+            job.done, job.error = True, WorkerDiedError(why)
+            self._failed.append(job)
 
     def pending(self) -> int:
         """Jobs queued or running."""
