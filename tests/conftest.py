@@ -32,7 +32,7 @@ EXIT_WATCHDOG_S = 300  # the whole suite takes about 5 minutes; its exit, well u
 
 @pytest.hookimpl(trylast=True)  # (after pytest's own teardown of the fixtures left)
 def pytest_sessionfinish(session, exitstatus):
-    """Child processes still running are named and killed (they would hold CI's output open);
+    """Child processes still running (a test's leftovers) are named and killed;
     a process that has not exited EXIT_WATCHDOG_S after the summary (a thread or child it
     waits for at exit) prints every thread's stack and exits with status 1: CI fails with the
     reason instead of running into its time limit (what 1218d99's run did, every test
