@@ -98,7 +98,9 @@ def probe(net: str, prop: str) -> dict:
     bc, spec = BatchChain(chain), spec_of(claim, chain.n_out)
     c = chain.tensor(spec.c)
     leaves = [x for x in _leaves(res.certificate, *map(list, claim_box(claim)))
-              if x[2].get("intermediate")]
+              if x[2].get("intermediate") and x[3] is not None]  # (a lone leaf: no parent)
+    if not leaves:
+        return out
     lo, hi = _boxes([(a, b) for a, b, _, _ in leaves])
     plo, phi = _boxes([p for _, _, _, p in leaves])
 
