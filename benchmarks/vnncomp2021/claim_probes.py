@@ -181,8 +181,10 @@ def main() -> None:
         net, prop = inst.split(":")
         row = probe(net, prop)
         rows.append(row)
-        if row["status"] != "proved":
-            print(f"{inst:9} {row['status']}")
+        if "layers" not in row:  # not proved, or no leaf below a split claims anything
+            print(f"{inst:9} {row['status']}" + (f", {row['leaves']} leaves, none claiming "
+                                                  "below a split" if row["status"] == "proved"
+                                                  else ""))
             continue
         ly, ct = row["layers"], row["cut"]
         print(f"{inst:9} {row['leaves']:6} {row['inherit']['leaves_claiming']:8} "
