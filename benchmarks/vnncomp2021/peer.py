@@ -121,7 +121,8 @@ def _totals(rows: list, key: str, solved: str, reported: str | None = None) -> d
             "median_wall_s": round(statistics.median(walls), 3) if walls else None,
             "slowest_14_wall_s": round(sum(sorted(walls)[-14:]), 2),
             **({"total_reported_s": round(sum(r[reported] or 0 for r in rows), 2),
-                "reported_rows": sum(r[reported] is not None for r in rows)} if reported else {})}
+                "reported_rows": sum(r[reported] is not None for r in rows)}
+               if reported and any(r[reported] is not None for r in rows) else {})}
 
 
 def _version(tool: str, python: str) -> str | None:
