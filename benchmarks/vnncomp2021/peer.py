@@ -37,6 +37,7 @@ totals to --out (with the machine).
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import os
 import re
@@ -72,13 +73,18 @@ def marabou_verdict(out: str) -> tuple[str, float | None]:
     return (said[0] if said else ""), None
 
 
-def neuralsat_command(python: str, inst: dict, workers: int) -> list:
-    net, prop = _paths(inst)
-    main = subprocess.run([python, "-c", "import importlib.util, os; print(os.path.join("
+@functools.cache
+def _neuralsat_main(python: str) -> str:
+    """Its command line, `main.py` of the top-level package `src` its wheel installs."""
+    return subprocess.run([python, "-c", "import importlib.util, os; print(os.path.join("
                            "os.path.dirname(importlib.util.find_spec('src').origin), 'main.py'))"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    return [python, main, "--net", net, "--spec", prop, "--timeout", str(inst["timeout"]),
-            "--device", "cpu", "--verbosity", "0"]
+
+
+def neuralsat_command(python: str, inst: dict, workers: int) -> list:
+    net, prop = _paths(inst)
+    return [python, _neuralsat_main(python), "--net", net, "--spec", prop, "--timeout",
+            str(inst["timeout"]), "--device", "cpu", "--verbosity", "0"]
 
 
 def neuralsat_verdict(out: str) -> tuple[str, float | None]:
