@@ -67,3 +67,11 @@ def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
         out = fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times), out
+
+
+def wall_totals(walls: Sequence[float]) -> dict:
+    """Total, median and the 14 slowest of a benchmark's wall times (s): how the issue's peers
+    were timed (issue 5: 14 ACAS Xu instances)."""
+    return {"total_wall_s": sum(walls),
+            "median_wall_s": statistics.median(walls) if walls else None,
+            "slowest_14_wall_s": sum(sorted(walls)[-14:])}

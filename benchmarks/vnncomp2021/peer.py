@@ -41,7 +41,6 @@ import functools
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -49,7 +48,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from benchmarks._common import BASIC_FIELDS, machine_info, utc_now, write_result  # noqa: E402
+from benchmarks._common import BASIC_FIELDS, machine_info, utc_now, wall_totals, write_result  # noqa: E402
 from benchmarks.vnncomp2021.run import SHARED, instances  # noqa: E402
 
 WORDS = ("sat", "unsat", "timeout", "unknown")
@@ -121,11 +120,10 @@ def run_peer(tool: str, python: str, inst: dict, workers: int, extra: list) -> d
 
 
 def _totals(rows: list, key: str, solved: str, reported: str | None = None) -> dict:
-    walls = [r[key] for r in rows]
+    walls = {k: v if v is None else round(v, 3 if k.startswith("median") else 2)
+             for k, v in wall_totals([r[key] for r in rows]).items()}
     return {"instances": len(rows), "solved": sum(r[solved] in ("sat", "unsat") for r in rows),
-            "total_wall_s": round(sum(walls), 2),
-            "median_wall_s": round(statistics.median(walls), 3) if walls else None,
-            "slowest_14_wall_s": round(sum(sorted(walls)[-14:]), 2),
+            **walls,
             **({"total_reported_s": round(sum(r[reported] or 0 for r in rows), 2),
                 "reported_rows": sum(r[reported] is not None for r in rows)}
                if reported and any(r[reported] is not None for r in rows) else {})}

@@ -28,7 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from benchmarks._common import BASIC_FIELDS, machine_info, utc_now, write_result  # noqa: E402
+from benchmarks._common import BASIC_FIELDS, machine_info, utc_now, wall_totals, write_result  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "benchmarks", "vnncomp2021")
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -222,9 +222,8 @@ def write_report(rows: list[dict], results: str = RESULTS) -> None:
             if sub:
                 totals[b]["peer_subset"] = {
                     "instances": len(sub), "definition": "props 1-4 on networks 1_x and 2_x",
-                    "total_wall_s": sum(sub), "median_wall_s": statistics.median(sub),
-                    "mean_wall_s": statistics.mean(sub), "max_wall_s": max(sub),
-                    "slowest_14_wall_s": sum(sorted(sub)[-14:])}
+                    **wall_totals(sub), "mean_wall_s": statistics.mean(sub),
+                    "max_wall_s": max(sub)}
     runs = sorted({(r.get("command", "?"), r.get("code", "?"), r.get("parallel", "?"),
                     r.get("server", False), r.get("jobs", 1)) for r in rows}, key=str)
     meta = {"machine": machine_info(BASIC_FIELDS), "date": utc_now(),
