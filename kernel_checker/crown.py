@@ -48,6 +48,7 @@ CROWN_OPS = (*AFFINE_OPS, "batchnorm", "add", "flatten", "reshape", "relu", "max
 UPPER_LINE_BITS = 16
 COEF_BITS = 56  # coefficients are rounded to this many bits after each nonlinearity
 _ZERO_Z, _ONE_Z = fmpz(0), fmpz(1)
+_X, _ONE = ("x",), ("1",)  # the affine blocks' keys of the input and 1: never a node id (a str)
 
 
 @dataclass
@@ -712,7 +713,7 @@ def _chain(graph: Graph, nodes: list[Node]) -> dict | None:
 
 
 def _paths(graph: Graph, node: Node, values: dict, state: dict) -> None:
-    """z = node(x) as exact affine blocks over the box input x ("x"), 1 ("1") and the outputs of
+    """z = node(x) as exact affine blocks over the box input x (_X), 1 (_ONE) and the outputs of
     the earlier relus' unstable neurons (keyed by the relu's input): active neurons pass z on,
     inactive ones pass 0 (both certified on the domain), unstable ones are the variables."""
     paths, unstable = state["paths"], state["unstable"]
@@ -721,7 +722,7 @@ def _paths(graph: Graph, node: Node, values: dict, state: dict) -> None:
     bias = (b if b is not None else fmpz_mat(numel(node.shape), 1), fmpq(1, b_den), 0)
     state["last"] = node.id
     if prev is None:
-        paths[node.id] = {"x": (w, fmpq(1, w_den), 0), "1": bias}
+        paths[node.id] = {_X: (w, fmpq(1, w_den), 0), _ONE: bias}
         return
     z = values[prev]
     n = len(z.lo)
@@ -736,7 +737,7 @@ def _paths(graph: Graph, node: Node, values: dict, state: dict) -> None:
         memo["entries"] = size
         wd = memo[(node.id, act)] = w * _diag(act)
     blocks = {key: (wd * m, sc / w_den, 0) for key, (m, sc, _) in paths[prev].items()}
-    blocks["1"] = _sum(*blocks["1"], *bias)
+    blocks[_ONE] = _sum(*blocks[_ONE], *bias)
     unstable[prev] = [j for j in range(n) if z.lo[j] < 0 < z.hi[j]]
     if unstable[prev]:
         pick = _pick(n, unstable[prev])
@@ -784,7 +785,7 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
     (deepest first) and replaced by the blocks of that relu's input. Unit rows come with |R|
     (`_certify`): on the first relu, v = R W[:, U] and 2 min(v, 0) = v - |R| |W|[:, U]."""
     rows, absrows = rows if isinstance(rows, tuple) else (rows, None)
-    mat, s0, _ = _start(rows, state["paths"][nid]["x"][0].nrows())
+    mat, s0, _ = _start(rows, state["paths"][nid][_X][0].nrows())
     r = mat.nrows()
     acc = {key: (mat * m, s0 * sc, 0) for key, (m, sc, _) in state["paths"][nid].items()}
     const: list = []
@@ -825,8 +826,8 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
             left, blocks = delta, state["rows"][p]
         for key, (m, sc, _) in blocks.items():
             _give(acc, key, left * m, sa * sc, 0)
-    one, s1, _ = acc.pop("1")
-    return _concretise(*acc.pop("x")[:2], _plus(const, one, s1), box, raw)
+    one, s1, _ = acc.pop(_ONE)
+    return _concretise(*acc.pop(_X)[:2], _plus(const, one, s1), box, raw)
 
 
 def _route(graph: Graph, nodes: list[Node], cert: dict, entries: list) -> dict | None:

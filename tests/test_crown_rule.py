@@ -1165,3 +1165,26 @@ def test_one_row_rounded_to_coef_bits_stays_a_bound_within_2_to_40_of_the_exact(
     for x in sample_points(rng, box, 12):
         y = [fr(v) for v in kit.point(graph, x)[out]]
         assert one <= sum(a * v for a, v in zip(row, y))
+
+
+@pytest.mark.parametrize("hidden", ["fc1", "x", "one"])
+def test_affine_block_keys_never_collide_with_node_ids(tmp_path, hidden):
+    """The affine-block route keys the input's block and the constant's apart from the linear
+    nodes' ids: with the hidden linear named "x" (a legal id), y = -relu(t) + relu(t - 3/2) on
+    t in [1, 2] (y in [-3/2, -1]) still gets the kernel's bound -2, so y >= 0 and the unsat claim
+    y > -1/2 are refused, as with any other name (a review found both accepted when the input's
+    block was keyed "x")."""
+    g = GraphBuilder()
+    t = g.input([1], name="inp")
+    z = g.linear(t, np.array([[1.0], [1.0]], np.float32), np.array([0.0, -1.5], np.float32),
+                 name=hidden)
+    y = g.linear(g.relu(z), np.array([[-1.0, 1.0]], np.float32), np.array([0.0], np.float32),
+                 name="y")
+    g.output(y)
+    graph = load_graph(g.save(str(tmp_path)))
+    box = claims.box([1], [2])
+    rejected(claims.linear_bound(graph, box, [[1]], [0], node="y"), {"rule": "crown"}, graph,
+             rule="crown", path="claim.rhs[0]", contains="lower bound -2")
+    rejected(claims.unsat(graph, box, [claims.polytope([[1]], [Fraction(-1, 2)])], node="y"),
+             {"rule": "crown"}, graph, rule="crown", path="claim.unsafe[0]")
+    accepted(claims.linear_bound(graph, box, [[1]], [-2], node="y"), {"rule": "crown"}, graph)
