@@ -353,6 +353,8 @@ def _slopes(relu_id: str, z: Interval, unstable: list, rows: int, cert: dict, ru
     if lows is None:
         alphas, den = _alphas(rule, path, cert.get("alpha"), relu_id, len(z.lo), rows, z.lo,
                               z.hi, z.den)
+        # (only the first and last rows are compared: every slope in [0, 1] is a valid lower
+        # line, so a table read as shared is sound whatever its other rows hold)
         shared = alphas[0] is alphas[-1]
         lows = ([[alphas[r][j] for j in unstable] for r in (
             (0,) if shared else range(rows))], den), shared
@@ -454,6 +456,9 @@ def _shrink(out, rows: int, sc: fmpq, const: list, z: Interval) -> tuple:
     return mat, sc * (1 << sh), _less(const, _round_err(sc, sh, z)), COEF_BITS
 
 
+# Every scale in these (matrix, scale) pairs is positive (1/den of weights and biases, common
+# denominators, powers of 2), so the signs the relaxation and the box minimum read off a
+# matrix's entries are the signs of the values.
 def _sum(m1: fmpz_mat, s1: fmpq, b1: int, m2: fmpz_mat, s2: fmpq, b2: int) -> tuple:
     """m1 * s1 + m2 * s2 as (matrix, scale, bits)."""
     if s1 == s2:
@@ -768,6 +773,7 @@ def _diags(memo: dict, p: str, lows: tuple, s: tuple) -> tuple:
     """diag(alpha), diag(s - alpha) over their common denominator (shared lower slopes alpha
     and upper slopes s, integers over a den each), kept in memo with the very slope tuples they
     came from (reused only for those same tuples)."""
+    # (keyed by id(): the hit holds lows and s themselves, so no other object takes their ids)
     hit = memo.get(("diags", p, id(lows)))
     if hit is None or hit[0] is not lows or hit[1] is not s:
         den = lcm(lows[1], s[1])
@@ -798,6 +804,8 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
             continue
         a, sa, _ = acc.pop(p)
         k = len(uns)
+        # (absrows: R's rows are unit rows +-e_j from _certify and s0 = 1, so at i == 0 acc[p]
+        # is still R W[:, U] over w_den, and absrows * |W|[:, U] is |a|)
         if not i and absrows is not None and shared:  # a = R W[:, U]; doubled, as neg is
             neg, a, sa = a - absrows * state["memo"][("abs", nid)], a * 2, sa / 2
             extra = neg * fmpz_mat(k, 1, t_nums)
