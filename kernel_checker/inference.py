@@ -197,6 +197,9 @@ def compose(first: Theorem, second: Theorem, conclusion: Claim, graphs: dict) ->
                      "LinearBound or Unsat on G")
     gf, gg, gh = graphs[f.graph], graphs[s.graph], graphs[conclusion.graph]
     g_in = gg.the_input("compose", "second")
+    if s.node == g_in.id:  # (in H that id names F's input or node, not what G's input reads)
+        raise refuse("compose", "second.claim.node", "G's claim must be about a node after G's "
+                     "input (a claim about G's input is F's)")
     if len(f.lo) != numel(g_in.shape):
         raise refuse("compose", "second.claim.input_set", f"F's node has {len(f.lo)} values, "
                      f"G's input {numel(g_in.shape)}")

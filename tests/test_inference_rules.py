@@ -587,6 +587,36 @@ def test_compose_refuses_a_reordered_glued_graph_and_a_g_box_too_small(kit):
              path="second.claim.input_set", contains="does not contain F's proven output box")
 
 
+def test_compose_refuses_g_claims_about_gs_own_input(tmp_path):
+    """G's claim on G's input node: in H that id names F's input (both are called x here), so
+    G's true claim "x in [10, 11]" concluded on H would say H's input is in [10, 11] over
+    [0, 1] (a review found it proved, and its bundle re-checked). Refused; the same bounds on
+    G's relu, after its input, go through."""
+    def save(b, name):
+        return load_graph(b.save(str(tmp_path / name)))
+
+    w, b10 = np.array([[1.0]], np.float32), np.array([10.0], np.float32)
+    f = GraphBuilder()
+    f.output(f.linear(f.input([1]), w, b10, name="y"))
+    g = GraphBuilder()
+    g.output(g.relu(g.input([1])))
+    h = GraphBuilder()
+    h.output(h.relu(h.linear(h.input([1]), w, b10, name="y")))
+    f_graph, g_graph, h_graph = save(f, "F"), save(g, "G"), save(h, "H")
+    box = claims.box([0], [1])
+    f_claim = claims.bounds(f_graph, box, [10], [11], node="y")
+    for node in ("x", "relu1"):
+        g_claim = claims.bounds(g_graph, claims.box([10], [11]), [10], [11], node=node)
+        cert = proof.by_rule("compose", first=prem(f_claim, {"rule": "ibp"}),
+                             second=prem(g_claim, {"rule": "ibp"}))
+        h_claim = claims.bounds(h_graph, box, [10], [11], node=node)
+        if node == "x":
+            rejected(h_claim, cert, h_graph, f_graph, g_graph, rule="compose",
+                     path="second.claim.node", contains="after G's input")
+        else:
+            proved(h_claim, cert, h_graph, f_graph, g_graph, rule="compose")
+
+
 def test_compose_refuses_a_conclusion_that_is_not_gs_claim(blockwise):
     gpath, _, claim, cert, extra = blockwise
     graphs = [g for _, g in extra]
@@ -684,6 +714,13 @@ def test_composite_bundle_rechecks_in_a_fresh_process_and_audits_its_tree(blockw
         json.dump(doc, f)
     ok, text = proof.recheck_in_fresh_process(bundle)
     assert not ok and "artifacts.premise_graphs[0].sha256" in text
+    # H among the premise graphs and F as the bundle's graph: the audit would name F for a
+    # theorem about H, so the bundle is refused
+    (f_path, f_graph), rest = extra[0], list(extra[1:])
+    misnamed = proof.write_bundle(os.path.join(folder, "proofs", "misnamed.json"), claim, cert,
+                                  f_path, f_graph, premise_graphs=[(gpath, h), *rest])
+    ok, text = proof.recheck_in_fresh_process(misnamed)
+    assert not ok and "claim.graph" in text and "about artifacts.graph" in text, text
 
 
 def test_discharge_bundle_audit_tree_lists_every_rule_and_assumption(s, net, kit):
