@@ -65,6 +65,9 @@ def check_bundle(path: str) -> tuple[Theorem, dict]:
         raise refuse(RULE, "artifacts.weights.sha256", f"sha256 mismatch: expected "
                      f"{wdoc['sha256']}, the graph binds {graph.weights_sha256}")
     claim = parse_claim(doc["claim"], "claim")
+    if claim.graph != graph.sha256:  # (what the audit names is what the theorem is about)
+        raise refuse(RULE, "claim.graph", f"expected the claim to be about artifacts.graph "
+                     f"({graph.sha256}), found {claim.graph}")
     spec_sha = _sha_field(arts.get("spec"), "artifacts.spec")
     if claim.spec_sha256() != spec_sha:
         raise refuse(RULE, "artifacts.spec.sha256", f"sha256 mismatch: expected {spec_sha}, found "
