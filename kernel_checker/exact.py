@@ -34,10 +34,20 @@ def _reject_constant(name: str):
     raise ValueError(f"non-finite number {name} is not allowed")
 
 
+def _unique(pairs: list) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):  # (json keeps the last: a reader keeping the first sees another doc)
+        seen: set = set()
+        raise ValueError(f"duplicate key {next(k for k, _ in pairs if k in seen or seen.add(k))!r}")
+    return out
+
+
 def load_json(text: str | bytes, rule: str, path: str = "") -> object:
-    """Parse JSON strictly: floats stay exact decimal text, NaN/Infinity are refused."""
+    """Parse JSON strictly: floats stay exact decimal text, NaN/Infinity and an object's
+    duplicate keys are refused."""
     try:
-        return json.loads(text, parse_float=DecimalText, parse_constant=_reject_constant)
+        return json.loads(text, parse_float=DecimalText, parse_constant=_reject_constant,
+                          object_pairs_hook=_unique)
     except (ValueError, UnicodeDecodeError) as err:
         raise refuse(rule, path or "<document>",
                      f"expected a JSON document, found: {err}") from None
@@ -77,8 +87,8 @@ def float_lanes(data: bytes, n: int, kind: str, rule: str, path: str, index: boo
     zero = (((mag + every((2 << fbits) - 1)) >> (fbits + 1)) & one) ^ one
     mags, fields, signs = lanes(mag), lanes(field | (normal ^ one) | zero * emask), lanes(
         (x >> (w - 1)) & one)
-    low = min(fields)
-    if low == emask:  # every value is zero
+    low = min(fields, default=emask)
+    if low == emask:  # every value is zero (or there is none)
         return [0] * n, 1
     nums = [-(m << (f - low)) if s else m << (f - low) for m, f, s in zip(mags, fields, signs)]
     e = low - (1 << (ebits - 1)) + 1 - fbits

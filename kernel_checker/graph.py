@@ -200,6 +200,7 @@ def infer_shape(node: Node, shapes: list[tuple], graph: Graph, path: str) -> tup
         s = a["stride"] or k
         a["stride"] = s
         need(p[0] * 2 <= k[0] and p[1] * 2 <= k[1], "padding must be at most half the kernel")
+        need(op == "maxpool2d" or d == [1, 1], f"average pooling has no dilation, found {d}")
         return (x[0], _conv_out(x[1], k[0], s[0], p[0], d[0], path),
                 _conv_out(x[2], k[1], s[1], p[1], d[1], path))
     if op == "flatten":
@@ -316,9 +317,9 @@ def parse_graph(doc: object, weights: SafetensorsFile | None, sha256: str,
                 attrs[name] = list(default) if isinstance(default, list) else default
         declared = nd.get("shape")
         if not isinstance(declared, list) or not all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in declared):
-            raise refuse(RULE, f"{path}.shape", f"expected a list of non-negative integers, found "
-                         f"{declared!r}")
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in declared):
+            raise refuse(RULE, f"{path}.shape", f"expected a list of positive integers (no empty "
+                         f"tensors), found {declared!r}")
         node = Node(nid, op, tuple(inputs), tuple(declared), attrs)
         inferred = infer_shape(node, [shapes[s] for s in inputs], graph, path)
         if tuple(inferred) != node.shape:

@@ -144,10 +144,15 @@ class SafetensorsFile:
             raise refuse(rule, path, f"header length {hlen} exceeds the file size {len(data)}")
         from kernel_checker.exact import load_json
 
-        header = load_json(data[8:8 + hlen], rule, f"{path}:header")
+        try:  # (safetensors' header is UTF-8 JSON; json.loads would also guess UTF-16 or 32)
+            header = load_json(data[8:8 + hlen].decode("utf-8"), rule, f"{path}:header")
+        except UnicodeDecodeError:
+            raise refuse(rule, f"{path}:header", "expected UTF-8 JSON") from None
         if not isinstance(header, dict):
             raise refuse(rule, f"{path}:header", "expected a JSON object")
-        header.pop("__metadata__", None)
+        meta = header.pop("__metadata__", {})
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise refuse(rule, f"{path}:header.__metadata__", "expected an object of strings")
         self._payload = data[8 + hlen:]
         self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, info in header.items():
@@ -164,7 +169,17 @@ class SafetensorsFile:
             if not isinstance(info["dtype"], str) or info["dtype"] not in DTYPES:
                 raise refuse(rule, f"{ipath}.dtype",
                              f"expected one of {sorted(DTYPES)}, found {info['dtype']!r}")
+            if offs[1] - offs[0] != numel(shape) * DTYPES[info["dtype"]][1]:
+                raise refuse(rule, f"{ipath}.data_offsets", f"expected {numel(shape)} "
+                             f"{info['dtype']} values' bytes, found {offs[1] - offs[0]}")
             self.entries[name] = (info["dtype"], shape, offs[0], offs[1])
+        end = 0  # the tensors' bytes tile the payload: no gap, overlap or trailing byte
+        for begin, stop in sorted((b, e) for _, _, b, e in self.entries.values()):
+            if begin != end:
+                raise refuse(rule, path, f"tensor bytes do not tile the payload at byte {end}")
+            end = stop
+        if end != len(self._payload):
+            raise refuse(rule, path, f"{len(self._payload) - end} bytes after the last tensor")
         self._cache: dict[str, Tensor] = {}
 
     def shape(self, name: str) -> tuple[int, ...]:

@@ -486,12 +486,53 @@ def test_safetensors_bad_entries():
     refused(SafetensorsFile, _with_header(not_obj, payload), "graph", "weights",
             path="weights:header")
     short = {"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}
-    sf = SafetensorsFile(_with_header(short, payload), "graph", "weights")
-    refused(sf.tensor, "w", path="weights:w", contains="expected 12 bytes")
+    refused(SafetensorsFile, _with_header(short, payload), "graph", "weights",
+            path="weights:w.data_offsets", contains="expected 3 F32 values' bytes, found 8")
     nan = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
     sf = SafetensorsFile(_with_header(nan, np.array([1.0, np.nan], np.float32).tobytes()),
                          "graph", "weights")
     refused(sf.tensor, "w", rule="graph", path="weights:w[1]", contains="NaN")
+
+
+@pytest.mark.parametrize("header,payload,path,fragment", [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},  # overlapping tensors
+      "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, 8, "weights",
+     "do not tile the payload at byte 8"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, 8, "weights",
+     "do not tile the payload at byte 0"),  # a gap before it
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, 8, "weights",
+     "4 bytes after the last tensor"),
+    ({"__metadata__": {"n": 1}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, 4,
+     "weights:header.__metadata__", "expected an object of strings"),
+])
+def test_safetensors_bytes_tile_the_payload_and_metadata_are_strings(header, payload, path,
+                                                                     fragment):
+    """What the safetensors format (and its library) refuses, the kernel refuses: the tensors'
+    byte ranges cover the payload exactly once, and the metadata map strings to strings."""
+    data = _with_header(header, np.arange(payload // 4, dtype=np.float32).tobytes())
+    refused(SafetensorsFile, data, "graph", "weights", path=path, contains=fragment)
+
+
+def test_safetensors_header_must_be_utf8_and_keys_unique():
+    payload = np.array([2.0], dtype=np.float32).tobytes()
+    entry = '"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}'
+    utf16 = ("{" + entry + "}").encode("utf-16")
+    refused(SafetensorsFile, struct.pack("<Q", len(utf16)) + utf16 + payload, "graph", "weights",
+            path="weights:header", contains="expected UTF-8 JSON")
+    twice = ("{" + entry + ", " + entry.replace("[0, 4]", "[0, 4] ") + "}").encode()
+    refused(SafetensorsFile, struct.pack("<Q", len(twice)) + twice + payload, "graph",
+            "weights", path="weights:header", contains="duplicate key 'w'")
+
+
+def test_json_objects_with_duplicate_keys_are_refused():
+    """json keeps an object's last duplicate; a reader keeping the first would check another
+    document from the same bytes, so the kernel refuses both readings."""
+    from kernel_checker.exact import load_json
+
+    assert load_json('{"a": {"b": 1}, "c": [{"b": 2}]}', "graph") == {"a": {"b": 1},
+                                                                     "c": [{"b": 2}]}
+    refused(load_json, '{"a": 1, "b": {"c": 2, "c": 3}}', "graph", "doc", rule="graph",
+            path="doc", contains="duplicate key 'c'")
 
 
 def test_safetensors_metadata_ignored():

@@ -376,6 +376,26 @@ def test_reduce_axes(kit):
     assert g.by_id["s"].attrs["axes"] == [0]
 
 
+def test_empty_tensors_are_refused(kit):
+    """No node may have a zero dimension: a mean over no values is NaN in torch, and the kernel
+    would otherwise prove it 0 (so an input, and every node, is at least one value wide)."""
+    refused(kit, gdoc(nd("x", "input", out_shape=[0]), nd("m", "mean", ["x"], [])),
+            path="nodes[0] (id 'x', op input).shape", contains="no empty tensors")
+    refused(kit, gdoc(nd("x", "input", out_shape=[2, 0]), nd("r", "relu", ["x"], [2, 0])),
+            path="nodes[0] (id 'x', op input).shape", contains="no empty tensors")
+
+
+def test_average_pooling_has_no_dilation(kit):
+    """Dilated average pooling is not in the IR (nor in torch); with it a window could lie in the
+    padding alone. Dilation 1 is accepted; maxpool keeps its dilation."""
+    x = nd("x", "input", out_shape=[1, 4, 4])
+    pool = dict(kernel=[2, 2], padding=[1, 1])
+    refused(kit, gdoc(x, nd("p", "avgpool2d", ["x"], [1, 2, 2], dilation=[3, 3], **pool)),
+            path="nodes[1] (id 'p', op avgpool2d)", contains="average pooling has no dilation")
+    kit.parse(gdoc(x, nd("p", "avgpool2d", ["x"], [1, 3, 3], dilation=[1, 1], **pool)))
+    kit.parse(gdoc(x, nd("p", "maxpool2d", ["x"], [1, 2, 2], dilation=[2, 2], **pool)))
+
+
 # ---------------------------------------------------------------- document level
 
 @pytest.mark.parametrize("mutate, path, fragment", [
@@ -387,9 +407,9 @@ def test_reduce_axes(kit):
     (lambda d: d["nodes"][1].update(id="1abc"), "nodes[1].id", "expected an identifier"),
     (lambda d: d["nodes"][1].update(colour="red"), "nodes[1]", "unexpected keys ['colour']"),
     (lambda d: d["nodes"][1].update(shape=[-4]), "nodes[1] (id 'h', op relu).shape",
-     "non-negative"),
+     "positive integers"),
     (lambda d: d["nodes"][1].update(shape=[True]), "nodes[1] (id 'h', op relu).shape",
-     "non-negative"),
+     "positive integers"),
     (lambda d: d["nodes"][1].update(attrs=[]), "nodes[1] (id 'h', op relu).attrs",
      "expected an object"),
     (lambda d: d["nodes"][1].update(inputs="x"), "nodes[1] (id 'h', op relu).inputs",
