@@ -21,8 +21,7 @@ from flint import fmpq
 from kernel_checker.claims import Box, Claim
 from kernel_checker.errors import KernelError, refuse
 from kernel_checker.exact import approx_text
-from kernel_checker.graph import Graph
-from kernel_checker.tensor import numel
+from kernel_checker.graph import _ATTRS_OF_PARAMS, Graph
 from kernel_checker.theorem import Theorem, _derive
 
 
@@ -178,8 +177,7 @@ def _node_equal(n1, g1: Graph, n2, g2: Graph, rename: dict) -> bool:
         return False
     for key, v1 in n1.attrs.items():
         v2 = n2.attrs[key]
-        if key in ("weight", "bias", "running_mean", "running_var", "value") and (
-                v1 is not None and v2 is not None):
+        if key in _ATTRS_OF_PARAMS and v1 is not None and v2 is not None:  # values, not names
             t1, t2 = g1.param(v1), g2.param(v2)
             if t1.shape != t2.shape or any(a * t2.den != b * t1.den
                                            for a, b in zip(t1.nums, t2.nums, strict=True)):
@@ -200,9 +198,11 @@ def compose(first: Theorem, second: Theorem, conclusion: Claim, graphs: dict) ->
     if s.node == g_in.id:  # (in H that id names F's input or node, not what G's input reads)
         raise refuse("compose", "second.claim.node", "G's claim must be about a node after G's "
                      "input (a claim about G's input is F's)")
-    if len(f.lo) != numel(g_in.shape):
-        raise refuse("compose", "second.claim.input_set", f"F's node has {len(f.lo)} values, "
-                     f"G's input {numel(g_in.shape)}")
+    f_shape = gf.by_id[f.node].shape if f.node in gf.by_id else None
+    if f_shape != g_in.shape:  # (the same size is not enough: a sum over axes [0, 2] or a
+        # strided conv reads other flat positions of a [2, 2, 3] input than of a [3, 2, 2] one)
+        raise refuse("compose", "second.claim.input_set", f"F's node {f.node!r} has shape "
+                     f"{list(f_shape or ())}, G's input {list(g_in.shape)}")
     if not box_inside(Box(f.lo, f.hi), s.input_set.as_box()):
         raise refuse("compose", "second.claim.input_set", "G's input set does not contain F's "
                      "proven output box")
@@ -218,8 +218,7 @@ def compose(first: Theorem, second: Theorem, conclusion: Claim, graphs: dict) ->
                          f"{a.id!r} of {'F' if src is gf else 'G'}")
     expected = Claim(**{**s.__dict__, "graph": gh.sha256, "input_set": f.input_set,
                         "name": conclusion.name})
-    if expected != Claim(**{**conclusion.__dict__, "semantics": s.semantics}) or (
-            f.semantics != s.semantics):
+    if expected != conclusion or f.semantics != s.semantics:
         raise refuse("compose", "claim", "the conclusion must be G's claim on H over F's input "
                      "set")
     return _derive(conclusion, "compose", premises=(first, second))

@@ -617,6 +617,37 @@ def test_compose_refuses_g_claims_about_gs_own_input(tmp_path):
             proved(h_claim, cert, h_graph, f_graph, g_graph, rule="compose")
 
 
+def test_compose_needs_fs_node_and_gs_input_of_one_shape(tmp_path):
+    """The same number of values is not enough: a sum over axes [0, 2] maps [2, 2, 3] and
+    [3, 2, 2] to [2] but sums other flat positions, so G's claim does not hold of H (a review
+    found "H's sum in [3, 3] x [3, 3]" proved where H gives (0, 6)). Refused, naming both shapes;
+    with G's input shaped as F's node the (true) composition goes through."""
+    def save(b, name):
+        return load_graph(b.save(str(tmp_path / name)))
+
+    v = [0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1]
+    f = GraphBuilder()
+    f.output(f.input([2, 2, 3]))
+    h = GraphBuilder()
+    h.output(h.sum(h.input([2, 2, 3]), axes=[0, 2]))
+    f_graph, h_graph = save(f, "F"), save(h, "H")
+    f_claim = claims.bounds(f_graph, claims.box(v, v), v, v, node="x")
+    for shape, sums in (([3, 2, 2], [3, 3]), ([2, 2, 3], [0, 6])):
+        g = GraphBuilder()
+        g.output(g.sum(g.input(shape, name="z"), axes=[0, 2]))
+        g_graph = save(g, f"G{shape[0]}")
+        g_claim = claims.bounds(g_graph, claims.box(v, v), sums, sums, node="sum1")
+        cert = proof.by_rule("compose", first=prem(f_claim, {"rule": "ibp"}),
+                             second=prem(g_claim, {"rule": "ibp"}))
+        h_claim = claims.bounds(h_graph, claims.box(v, v), sums, sums, node="sum1")
+        if shape == [3, 2, 2]:
+            rejected(h_claim, cert, h_graph, f_graph, g_graph, rule="compose",
+                     path="second.claim.input_set", contains="has shape [2, 2, 3], G's input "
+                     "[3, 2, 2]")
+        else:
+            proved(h_claim, cert, h_graph, f_graph, g_graph, rule="compose")
+
+
 def test_compose_refuses_a_conclusion_that_is_not_gs_claim(blockwise):
     gpath, _, claim, cert, extra = blockwise
     graphs = [g for _, g in extra]
