@@ -168,6 +168,8 @@ def check_input_set(s: InputSet, path: str) -> InputSet:
     elif isinstance(s, Box):
         _exact(s.lo, f"{path}.lo")
         _exact(s.hi, f"{path}.hi")
+        if len(s.hi) != len(s.lo):
+            raise refuse(RULE, f"{path}.hi", f"expected {len(s.lo)} numbers, found {len(s.hi)}")
         key = "lo"
     else:
         raise refuse(RULE, path, f"expected a Box or LinfBall, found {type(s).__name__}")
@@ -195,13 +197,16 @@ def _parse_polytopes(doc: object, path: str) -> tuple:
     return tuple(out)
 
 
+_FIELDS = {"bounds": {"lo", "hi"}, "linear_bound": {"rows", "rhs"}, "unsat": {"unsafe"},
+           "counterexample": {"unsafe", "point"}, "all": {"parts"}}
+
+
 def parse_claim(doc: object, path: str = "claim") -> Claim:
     """A claim document to a Claim; shapes are checked against the graph by `check_claim_shapes`."""
     common = {"kind", "graph", "semantics", "input_set", "node"}
     kind = doc.get("kind") if isinstance(doc, dict) else None
     kind = kind if isinstance(kind, str) else repr(kind)
-    fields = {"bounds": {"lo", "hi"}, "linear_bound": {"rows", "rhs"}, "unsat": {"unsafe"},
-              "counterexample": {"unsafe", "point"}, "all": {"parts"}}
+    fields = _FIELDS
     if kind not in fields:
         raise refuse(RULE, f"{path}.kind", f"expected one of {sorted(fields)}, found {kind!r}")
     _obj(doc, path, common | fields[kind], {"name"})
@@ -255,6 +260,16 @@ def check_claim_shapes(claim: Claim, graph, path: str = "claim") -> None:
     if claim.semantics not in SEMANTICS:
         raise refuse(RULE, f"{path}.semantics", f"expected one of {list(SEMANTICS)}, found "
                      f"{claim.semantics!r}")
+    # (what parse_claim refuses in a document, for claims built in Python)
+    if claim.kind not in _FIELDS:
+        raise refuse(RULE, f"{path}.kind", f"expected one of {sorted(_FIELDS)}, found "
+                     f"{claim.kind!r}")
+    field = {"all": "parts", "linear_bound": "rows", "bounds": "lo"}.get(claim.kind, "unsafe")
+    if not getattr(claim, field):
+        raise refuse(RULE, f"{path}.{field}", "expected at least one")
+    if claim.kind == "linear_bound" and len(claim.rhs) != len(claim.rows):
+        raise refuse(RULE, f"{path}.rhs", f"expected {len(claim.rows)} numbers (one per row), "
+                     f"found {len(claim.rhs)}")
     check_input_set(claim.input_set, f"{path}.input_set")
     for key in ("lo", "hi", "rhs", "point"):
         _exact(getattr(claim, key), f"{path}.{key}")

@@ -580,7 +580,14 @@ def _base_claim(mlp):
     (lambda c: dataclasses.replace(c, input_set=LinfBall((fmpq(5),) * 6, fmpq(1, 8),
                                                          (fmpq(0), fmpq(1)))),
      "claim.input_set"),
-], ids=["float32", "unknown-semantics", "box-lo-above-hi", "negative-eps", "ball-misses-clamp"])
+    (lambda c: dataclasses.replace(c, input_set=Box(c.input_set.lo, c.input_set.hi[:5])),
+     "claim.input_set.hi"),
+    (lambda c: dataclasses.replace(c, kind="linear_bound", rows=((fmpq(1),) * 3,),
+                                   rhs=(fmpq(0), fmpq(5))), "claim.rhs"),
+    (lambda c: dataclasses.replace(c, kind="unsat", unsafe=()), "claim.unsafe"),
+    (lambda c: dataclasses.replace(c, kind="banana"), "claim.kind"),
+], ids=["float32", "unknown-semantics", "box-lo-above-hi", "negative-eps", "ball-misses-clamp",
+        "box-hi-shorter", "rhs-not-one-per-row", "no-polytope", "unknown-kind"])
 def test_in_process_claims_are_validated_like_parsed_claims(mlp, change, prefix):
     """A Claim built in Python never passes parse_claim; derive must still refuse what a bundle
     replay refuses (otherwise the theorem cannot be replayed, or is about another semantics)."""
