@@ -1,5 +1,7 @@
 """The one error type of the kernel: which rule refused, at which artifact path, and why."""
 
+import os
+
 
 class KernelError(Exception):
     """A refusal by the kernel. `rule` names the rule or decoder, `path` the field (dotted, with
@@ -19,6 +21,8 @@ def refuse(rule: str, path: str, message: str) -> KernelError:
 
 def read_bytes(file: str, rule: str, path: str, what: str) -> bytes:
     """A whole file, or a KernelError at `path` saying which file could not be read."""
+    if os.path.exists(file) and not os.path.isfile(file):  # (a device such as /dev/zero)
+        raise refuse(rule, path, f"cannot read {what} {file}: not a regular file")
     try:
         with open(file, "rb") as f:
             return f.read()

@@ -215,7 +215,8 @@ def test_weight_bit_flip_with_graph_and_bundle_graph_hash_rebound(setup):
     refused(setup.bundle, "bundle", "artifacts.weights.sha256", contains="sha256 mismatch")
     doc["artifacts"]["weights"]["sha256"] = hashlib.sha256(data).hexdigest()
     setup.write(doc)
-    refused(setup.bundle, "context", "claim.graph", contains="no graph with sha256")
+    # (the claim still names the old graph: refused before any rule runs)
+    refused(setup.bundle, "bundle", "claim.graph", contains="about artifacts.graph")
 
 
 def test_graph_json_edited(setup):
@@ -294,6 +295,15 @@ def test_bundle_with_nan_token_or_unreadable(setup, kit):
     refused(missing, "bundle", missing, contains="cannot read bundle")
     proc = run_cli(missing, cwd=kit.repo)
     assert proc.returncode == 1 and proc.stderr.startswith("rejected: bundle: ")
+
+
+def test_bundle_paths_must_name_regular_files(setup):
+    """Content is bound by sha256, but a path to a device (/dev/zero) would be read without end:
+    refused before reading."""
+    doc = setup.doc()
+    doc["artifacts"]["graph"]["path"] = "/dev/zero"
+    setup.write(doc)
+    refused(setup.bundle, "graph", "/dev/zero", contains="not a regular file")
 
 
 def test_bundle_graph_file_missing(setup):
