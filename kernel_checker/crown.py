@@ -1112,7 +1112,9 @@ def check_split(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
         for i, sign in enumerate((-1, 1)):
             phases = {k: dict(v) for k, v in dom.phases.items()}
             phases.setdefault(nid, {})
-            if phases[nid].get(j, sign) != sign:  # contradictory phases: empty piece
+            # the other phase already holds here: this child is the plane z_j = 0, which lies
+            # in the domain the sibling is checked on (the same as this node's), so it is skipped
+            if phases[nid].get(j, sign) != sign:
                 stats["leaves"] += 1
                 continue
             phases[nid][j] = sign
