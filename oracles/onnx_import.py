@@ -42,6 +42,7 @@ class _Node:
         self.opset = opset
         self.attrs = {a.name: helper.get_attribute_value(a) for a in proto.attribute}
         self.uses: dict[str, int] = {}
+        self.names: dict = {}  # ONNX value name -> what it lowered to, so far
 
     def fail(self, message: str) -> ExportError:
         return ExportError(self.name, self.op, message)
@@ -142,11 +143,14 @@ def _binary(op: str) -> Callable:
                 return q
         if op == "div" and not isinstance(b, Const):
             raise node.fail("division by a computed tensor is not in the IR (only by constants)")
-        if op == "add":  # MatMul + Add -> one linear node with a bias
+        if op == "add":  # MatMul + Add -> one linear node with a bias, when this Add is the
+            # linear's only reader under any name (Identity, a no-op Reshape or an Add of zeros
+            # hand the same IR node on under another name: its other readers must not get the bias)
             for i, (x, c) in enumerate(((a, b), (b, a))):
-                if isinstance(x, Act) and isinstance(c, Const) and node.uses[
-                        node.proto.input[i]] == 1 and x.shape == np.broadcast_shapes(
-                        x.shape, c.shape):
+                names = [n for n, v in node.names.items() if isinstance(v, Act) and v.id == x.id
+                         ] if isinstance(x, Act) else []
+                if names == [node.proto.input[i]] and isinstance(c, Const) and node.uses[
+                        names[0]] == 1 and x.shape == np.broadcast_shapes(x.shape, c.shape):
                     fused = w.fuse_bias(x, c)
                     if fused is not None:
                         return fused
@@ -222,7 +226,10 @@ def _batchnorm(w: IRWriter, node: _Node, ins: list):
 def _flatten(w: IRWriter, node: _Node, ins: list):
     node.check_attrs({"axis"})
     x = ins[0]
-    axis = int(node.get("axis", 1)) % (len(x.shape) + 1)
+    axis = int(node.get("axis", 1))
+    if not -len(x.shape) <= axis <= len(x.shape):
+        raise node.fail(f"axis {axis} out of range for rank {len(x.shape)}")
+    axis += len(x.shape) if axis < 0 else 0  # (ONNX: a negative axis counts from the rank)
     out = (int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))
     if isinstance(x, Const):
         return Const(x.value.reshape(out))
@@ -398,7 +405,7 @@ def lower_onnx(model, batch: bool = True) -> tuple[IRWriter, list[str]]:
         uses[name] = uses.get(name, 0) + 1
     for i, proto in enumerate(graph.node):
         node = _Node(proto, i, opset)
-        node.uses = uses
+        node.uses, node.names = uses, env
         missing = [name for name in proto.input if name and name not in env]
         if missing:
             raise node.fail(f"inputs {missing} are not defined before this node")

@@ -181,3 +181,39 @@ def test_symbolic_batch_dimension_is_batch_one(tmp_path):
                               [helper.make_tensor_value_info("Y", 1, ["N", 3])])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     assert [n.shape for n in import_onnx(m, str(tmp_path)).graph.input_nodes] == [(3,)]
+
+
+@pytest.mark.parametrize("alias", [
+    ("Identity", ["m"], []),
+    ("Reshape", ["m", "S"], [("S", np.int64([1, 2]))]),  # to the shape it has: no node
+    ("Add", ["m", "Z"], [("Z", np.float32([0, 0]))]),  # + 0: no node either
+], ids=["identity", "noop-reshape", "add-zeros"])
+def test_a_bias_is_fused_only_into_a_linear_no_other_node_reads(alias, kit, tmp_path):
+    """y = relu(m + b) + m with m = X W: an op that hands m on under another name made the
+    Add's input look read once, and the bias was fused into m for its other reader too (a
+    review found `tl verify` answering unsat where onnxruntime reaches the unsafe set)."""
+    op, ins, extra = alias
+    w, b = np.float32([[1, 2], [3, -1]]), np.float32([1, -2])
+    m = model([node("MatMul", ["X", "W"], "m"), helper.make_node(op, ins, ["z"], name="alias"),
+               node("Add", ["z", "B"], "a"), node("Relu", ["a"], "r"), node("Add", ["r", "m"])],
+              (1, 2), [("W", w), ("B", b), *extra], out_shape=[1, 2])
+    r = import_onnx(m, str(tmp_path))
+    x = np.float32([0.5, -1.0])
+    mm = x.astype(np.float64) @ w
+    want = np.maximum(mm + b, 0) + mm
+    got = kit.point(r.graph, [float(v) for v in x])[r.graph.outputs[0]]
+    assert [float(v) for v in got] == list(want)
+
+
+@pytest.mark.parametrize("axis, shape", [(-1, [2, 3]), (-2, [1, 6]), (1, [2, 3]), (0, [1, 6])])
+def test_flatten_reads_a_negative_axis_from_the_rank(axis, shape, tmp_path):
+    """ONNX Flatten's axis -k counts from the rank (axis -1 of a [2, 3] tensor is 1): the
+    importer read it modulo rank + 1, so -1 flattened [2, 3] to [6, 1] (a review found a wrong
+    unsat through a following Concat)."""
+    m = model([node("Flatten", ["X"], axis=axis)], (2, 3), out_shape=shape)
+    g = import_onnx(m, str(tmp_path / "ok"), batch=False).graph
+    assert list(g.by_id[g.outputs[0]].shape) == shape
+    with pytest.raises(ExportError) as info:
+        import_onnx(model([node("Flatten", ["X"], axis=-3)], (2, 3)), str(tmp_path / "no"),
+                    batch=False)
+    assert "axis -3 out of range for rank 2" in str(info.value)
