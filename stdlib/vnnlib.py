@@ -223,6 +223,10 @@ def parse_vnnlib(text: str, max_disjuncts: int = 100_000) -> Property:
         if any(p is None for p in polys):
             raise VnnlibError("a disjunct has no output constraint: every input is unsafe")
         out.append(Region(lo, hi, tuple(polys)))
+    if not out:
+        raise VnnlibError("every disjunct is empty (an empty input box or a constant-false "
+                          "constraint): no input violates the property, and there is nothing "
+                          "for the kernel to check")
     return Property(n_in, n_out, tuple(out), t.strict)
 
 

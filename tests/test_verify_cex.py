@@ -187,3 +187,29 @@ def test_a_graph_without_bound_propagation_gets_an_attack_and_interval_replay(tm
         assert 0 <= x0 <= 1 and 0 <= x1 <= 1 and vals["Y_0"] >= Fraction(7, 10)
         want = 1 / (1 + np.exp(-(x0 + 0.5 * x1)))
         assert abs(vals["Y_0"] - Fraction(want)) < Fraction(1, 10**15)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("".join(f"(declare-const {v} Real)\n" for v in ("X_0", "X_1", "Y_0")) +
+     "".join(f"(assert (>= X_{i} 0))\n(assert (<= X_{i} 1))\n" for i in range(2)) +
+     "(assert (<= Y_0 -5))", "declares 2 inputs X and 1 outputs Y; the model has 2 input values"),
+    ("".join(f"(declare-const {v} Real)\n" for v in ("X_0", "X_1", "Y_0", "Y_1")) +
+     "(assert (>= X_0 1))\n(assert (<= X_0 0))\n(assert (>= X_1 0))\n(assert (<= X_1 1))\n"
+     "(assert (<= Y_0 -5))", "every disjunct is empty"),
+], ids=["fewer-outputs-declared", "empty-input-box"])
+def test_a_property_that_does_not_fit_the_model_or_is_empty_is_unknown_with_the_reason(
+        tmp_path, text, fragment):
+    """Sizes are checked against the model before anything runs (a property declaring fewer
+    Y than the model has crashed in the producers), and a property none of whose disjuncts can
+    hold says so (it crashed on an empty list of regions): `unknown`, then the reason."""
+    import io
+
+    from tl_dsl.verify import verify
+
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text(text)
+    out = io.StringIO()
+    res = verify(str(_sigmoid_model(tmp_path)), str(prop), timeout_s=30, out=out,
+                 err=io.StringIO())
+    lines = out.getvalue().splitlines()
+    assert res["result"] == "unknown" and lines[0] == "unknown" and fragment in lines[1], lines

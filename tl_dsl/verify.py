@@ -24,6 +24,7 @@ import kernel_checker
 from kernel_checker import inference
 from kernel_checker import pool as kernel_pool
 from kernel_checker.claims import Box, Claim
+from kernel_checker.tensor import numel
 from stdlib.vnnlib import VnnlibError, read_vnnlib
 from tl_dsl import claims as dsl_claims
 from tl_dsl import proof, workers
@@ -685,6 +686,13 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
         prop = read_vnnlib(prop_path)
         graph_path = load_model(model, workdir)
         graph = kernel_checker.load_graph(graph_path)
+        sizes = (numel(graph.the_input("verify", "model").shape),
+                 numel(graph.by_id[graph.outputs[0]].shape))
+        if len(graph.outputs) != 1 or sizes != (prop.n_inputs, prop.n_outputs):
+            raise ValueError(f"the property declares {prop.n_inputs} inputs X and "
+                             f"{prop.n_outputs} outputs Y; the model has {sizes[0]} input "
+                             f"values and {len(graph.outputs)} output(s), the first of "
+                             f"{sizes[1]} values (one output, sizes equal, expected)")
     except (VnnlibError, kernel_checker.KernelError, ValueError, OSError) as e:
         print("unknown", file=out)
         print(f"error: {e}", file=out)
