@@ -38,7 +38,10 @@ def _unique(pairs: list) -> dict:
     out = dict(pairs)
     if len(out) != len(pairs):  # (json keeps the last: a reader keeping the first sees another doc)
         seen: set = set()
-        raise ValueError(f"duplicate key {next(k for k, _ in pairs if k in seen or seen.add(k))!r}")
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
     return out
 
 
