@@ -559,11 +559,23 @@ def _unary(op: str) -> Callable:
     return lower
 
 
+# ops of the table whose result may share storage with their input (an in-place op on it then
+# changes that input too, which the exported graph's other readers of the input do not see)
+_ALIASING = {"aten.view.default", "aten.reshape.default", "aten.flatten.using_ints",
+             "aten.unflatten.int", "aten.squeeze.dim", "aten.squeeze.dims",
+             "aten.unsqueeze.default", "aten.t.default", "aten.transpose.int",
+             "aten.permute.default", "aten.detach.default", "aten.detach_.default",
+             "aten.dropout.default", "aten.contiguous.default"}
+
+
 def _inplace_unary(op: str) -> Callable:
     def lower(ctx: _Ctx, a: dict):
         src = ctx.node.args[0]
         if len(src.users) != 1:
             raise ctx.fail("in-place op on a tensor that is used elsewhere")
+        if src.op != "call_function" or str(src.target) in _ALIASING:
+            raise ctx.fail(f"in-place op on {'an input' if src.op != 'call_function' else 'a view'}"
+                           f" ({src.name}): in torch it changes the tensor viewed too")
         return _unary(op)(ctx, a)
     return lower
 

@@ -239,3 +239,31 @@ def test_tl_export_loads_a_checkpoint_through_the_bridge(tmp_path, capsys):
 
     w = load_file(str(tmp_path / "o" / "weights.safetensors"))
     assert torch.equal(w["weight"], trained.weight.detach())
+
+
+class _ReluOnAView(torch.nn.Module):
+    """h = fc(x); relu_ on a view of h; h read again: in torch h is changed too."""
+
+    def __init__(self, flatten: bool):
+        super().__init__()
+        self.fc, self.flatten = torch.nn.Linear(3, 4), flatten
+
+    def forward(self, x):
+        h = self.fc(x)
+        if self.flatten:
+            torch.nn.ReLU(inplace=True)(h.flatten(1))
+            return h.flatten(1) * 2
+        h.view(1, 4).relu_()
+        return h
+
+
+@pytest.mark.parametrize("flatten", [True, False])
+def test_an_in_place_relu_on_a_view_is_refused(flatten, tmp_path):
+    """torch.export keeps relu_ on the view while the base's other readers read the base as it
+    was: the graph would compute without the relu (a review found relative errors up to 1.2).
+    In-place on a fresh tensor stays accepted (an MLP with ReLU(inplace=True))."""
+    err = refusal(_ReluOnAView(flatten).eval(), (1, 3), tmp_path / "view")
+    assert "in-place op on a view" in str(err) and "relu_" in str(err)
+    mlp = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(inplace=True),
+                              torch.nn.Linear(4, 2)).eval()
+    export_module(mlp, torch.randn(1, 3), str(tmp_path / "mlp"))
