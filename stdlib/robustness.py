@@ -1,16 +1,23 @@
 """Claim templates: local robustness (argmax = label), margins, and output-polytope properties.
 Untrusted: these only build claims; the kernel checks them."""
 
+import numbers
+
 from kernel_checker import Claim, Graph
 from kernel_checker.claims import Polytope
 from kernel_checker.tensor import numel
 from tl_dsl import claims
 
 
+def _check_label(n_classes: int, label) -> None:
+    if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not (
+            0 <= label < n_classes):  # (True is not class 1; numpy integers are fine)
+        raise ValueError(f"label {label!r} is not a class index in 0..{n_classes - 1}")
+
+
 def misclassification_polytopes(n_classes: int, label: int) -> tuple[Polytope, ...]:
     """Unsafe set for argmax = label: the union over j != label of {y : y_label - y_j <= 0}."""
-    if not 0 <= label < n_classes:
-        raise ValueError(f"label {label} outside 0..{n_classes - 1}")
+    _check_label(n_classes, label)
     polys = []
     for j in range(n_classes):
         if j != label:
@@ -32,6 +39,7 @@ def margin(graph: Graph, x0, eps, label: int, m, clamp=(0, 1), node=None, name=N
     """For all x in the ball: y_label - y_j >= m for every j != label."""
     out = node or graph.outputs[0]
     n = numel(graph.by_id[out].shape)
+    _check_label(n, label)
     rows = []
     for j in range(n):
         if j != label:

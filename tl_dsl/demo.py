@@ -55,7 +55,9 @@ def run_demo(out_dir: str = "tl-out/demo", images: int = 100, radii=RADII, model
             graph_path = os.path.join(mdir, "graph.json")
             graph = kernel_checker.load_graph(graph_path)
             chain = load_chain(graph_path, graph.outputs[0])
-            for radius in radii:
+            for radius in radii:  # (bundles of an earlier run with more images would linger)
+                shutil.rmtree(os.path.join(mdir, f"eps{radius.replace('/', '_')}"),
+                              ignore_errors=True)
                 stats = {"certified": 0, "counterexample": 0, "unknown": 0, "ibp": 0,
                          "crown": 0, "producer_s": 0.0, "kernel_s": 0.0, "by": {}}
                 for i, (x0, label) in enumerate(zip(xs, labels)):
