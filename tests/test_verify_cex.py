@@ -213,3 +213,43 @@ def test_a_property_that_does_not_fit_the_model_or_is_empty_is_unknown_with_the_
                  err=io.StringIO())
     lines = out.getvalue().splitlines()
     assert res["result"] == "unknown" and lines[0] == "unknown" and fragment in lines[1], lines
+
+
+def _relu_model(tmp_path) -> pathlib.Path:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["X"], ["Y"], name="r")], "g",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 2])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("box, out, word", [
+    ("(assert (>= X_0 -1))\n(assert (<= X_0 0))\n", "(assert (> Y_0 0))", "unknown"),
+    ("(assert (>= X_0 -1))\n(assert (<= X_0 0))\n", "(assert (>= Y_0 0))", "sat"),
+    ("(assert (>= (* 3 X_0) 1))\n(assert (<= X_0 1))\n", "(assert (<= (* 3 Y_0) 2))", "sat"),
+], ids=["strict-reached-only-on-its-boundary", "non-strict", "bound-one-third"])
+def test_sat_breaks_the_property_as_written_and_the_cex_file_holds_the_point(tmp_path, box, out,
+                                                                             word):
+    """y = relu(x): with X_0 in [-1, 0], Y_0 > 0 is never reached, though its closure Y_0 >= 0
+    is everywhere (a review found `sat` printed); with the bound 1/3 on X_0 the point checked
+    and written moves to a finite decimal inside the box (it was written rounded below 1/3)."""
+    import io
+
+    from tl_dsl.verify import verify
+
+    head = "".join(f"(declare-const {v} Real)\n" for v in ("X_0", "X_1", "Y_0", "Y_1"))
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text(head + box + "(assert (>= X_1 0))\n(assert (<= X_1 1))\n" + out)
+    cex, text = tmp_path / "c.txt", io.StringIO()
+    res = verify(str(_relu_model(tmp_path)), str(prop), timeout_s=60, cex=str(cex), out=text,
+                 err=io.StringIO())
+    assert res["result"] == word, text.getvalue()
+    if word == "sat":
+        x0 = _read_cex(cex.read_text())["X_0"]
+        assert (Fraction(1, 3) <= x0 <= Fraction(2, 3)) if "3" in box else (-1 <= x0 <= 0)
+    else:
+        assert "boundary of a constraint" in text.getvalue()

@@ -637,6 +637,34 @@ def _float32_verdict(claim: Claim, x32: np.ndarray, y32: np.ndarray | None) -> s
     return "also a counterexample" if inside else "NOT a counterexample (outputs)"
 
 
+def _dyadic_inside(point: tuple, box: Box, bits: int = 64) -> tuple:
+    """The point with each coordinate that is no finite decimal (a bound like 1/3) moved to a
+    multiple of 2^-bits next to it inside the box, so that the point checked is the one written."""
+    out = []
+    for v, lo, hi in zip(point, box.lo, box.hi):
+        q = int(v.q)
+        if q & (q - 1):  # not a power of two
+            scaled = v * (1 << bits)
+            down, up = fmpq(scaled.floor(), 1 << bits), fmpq(scaled.ceil(), 1 << bits)
+            v = down if down >= lo else up if up <= hi else v
+        out.append(v)
+    return tuple(out)
+
+
+def _strictly_violates(graph, claim: Claim, point: tuple) -> bool:
+    """For a property with strict comparisons (the claim reads them as non-strict): whether the
+    point lies strictly inside the input box and its exact output enclosure strictly inside one
+    unsafe polytope (so it breaks the strict property too, whichever comparisons were strict)."""
+    box = claim.input_set.as_box()
+    if not all(lo < v < hi for v, lo, hi in zip(point, box.lo, box.hi)):
+        return False
+    iv = kernel_checker.semantics.evaluate(graph, kernel_checker.rules.point_interval(
+        point, graph.the_input("verify", "input").shape), upto=claim.node)[claim.node]
+    lo, hi = [fmpq(a, iv.den) for a in iv.lo], [fmpq(b, iv.den) for b in iv.hi]
+    return any(all(sum(c * (h if c > 0 else a) for c, a, h in zip(row, lo, hi)) < b
+                   for row, b in zip(p.a, p.b)) for p in claim.unsafe)
+
+
 def write_cex(path: str, x: tuple, y: list) -> bool:
     """VNN-COMP format: ((X_0 v) ... (Y_0 v) ...); whether every value is written exactly."""
     xs, ys = [_decimal(v) for v in x], [_decimal(v) for v in y]
@@ -681,6 +709,9 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
 
     t0 = time.perf_counter()
     console = Console(file=err)
+    for stale in (bundle, cex):  # (a file of an earlier run must not stand beside this answer)
+        if stale and os.path.isfile(stale):
+            os.remove(stale)
     workdir = (os.path.splitext(bundle)[0] + ".model" if bundle else tempfile.mkdtemp())
     try:
         prop = read_vnnlib(prop_path)
@@ -720,12 +751,24 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
             kernel_s += d.kernel_s
             if d.status == "sat":
                 tk = time.perf_counter()
-                point = dsl_claims.clamp_into(d.point, claim.input_set.as_box())
-                cex_claim = dsl_claims.counterexample(claim, point)
-                try:
-                    proof.check(cex_claim, proof.counterexample_cert(), graph)
-                except kernel_checker.KernelError as e:
-                    d.notes.append(f"kernel refused the counterexample: {e}")
+                exact = dsl_claims.clamp_into(d.point, claim.input_set.as_box())
+                # a point a --cex file can hold exactly first, else the producer's own
+                for point in dict.fromkeys((_dyadic_inside(exact, claim.input_set.as_box()),
+                                            exact)):
+                    cex_claim = dsl_claims.counterexample(claim, point)
+                    try:
+                        proof.check(cex_claim, proof.counterexample_cert(), graph)
+                        d.status, refusal = "sat", None
+                        break
+                    except kernel_checker.KernelError as e:
+                        d.status, refusal = "unknown", e
+                if refusal is not None:
+                    d.notes.append(f"kernel refused the counterexample: {refusal}")
+                if d.status == "sat" and prop.has_strict and not _strictly_violates(
+                        graph, claim, point):
+                    d.notes.append("the counterexample lies on the boundary of a constraint, "
+                                   "and the property has strict comparisons (read as non-strict)"
+                                   ": it may not break the property as written")
                     d.status = "unknown"
                 kernel_s += time.perf_counter() - tk
                 if d.status == "sat":
