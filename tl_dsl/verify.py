@@ -651,6 +651,12 @@ def _dyadic_inside(point: tuple, box: Box, bits: int = 64) -> tuple:
     return tuple(out)
 
 
+def _output_enclosure(graph, claim: Claim, point: tuple):
+    """The kernel's exact enclosure (a point where every op is exact) of the claim's node at x."""
+    return kernel_checker.semantics.evaluate(graph, kernel_checker.rules.point_interval(
+        point, graph.the_input("verify", "input").shape), upto=claim.node)[claim.node]
+
+
 def _strictly_violates(graph, claim: Claim, point: tuple) -> bool:
     """For a property with strict comparisons (the claim reads them as non-strict): whether the
     point lies strictly inside the input box and its exact output enclosure strictly inside one
@@ -658,8 +664,7 @@ def _strictly_violates(graph, claim: Claim, point: tuple) -> bool:
     box = claim.input_set.as_box()
     if not all(lo < v < hi for v, lo, hi in zip(point, box.lo, box.hi)):
         return False
-    iv = kernel_checker.semantics.evaluate(graph, kernel_checker.rules.point_interval(
-        point, graph.the_input("verify", "input").shape), upto=claim.node)[claim.node]
+    iv = _output_enclosure(graph, claim, point)
     lo, hi = [fmpq(a, iv.den) for a in iv.lo], [fmpq(b, iv.den) for b in iv.hi]
     return any(all(sum(c * (h if c > 0 else a) for c, a, h in zip(row, lo, hi)) < b
                    for row, b in zip(p.a, p.b)) for p in claim.unsafe)
@@ -815,9 +820,7 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
                             "property": os.path.abspath(prop_path)})
     if result == "sat":
         x = cex_claim.point
-        y_iv = kernel_checker.semantics.evaluate(
-            graph, kernel_checker.rules.point_interval(x, graph.the_input("v", "v").shape),
-            upto=claim.node)[claim.node]
+        y_iv = _output_enclosure(graph, claim, x)
         exact_point = all(a == b for a, b in zip(y_iv.lo, y_iv.hi))
         y = [fmpq(a + b, 2 * y_iv.den) for a, b in zip(y_iv.lo, y_iv.hi)]  # exact or midpoints
         radius = max(fmpq(b - a, 2 * y_iv.den) for a, b in zip(y_iv.lo, y_iv.hi))
