@@ -127,6 +127,9 @@ def project(premise: Theorem, conclusion: Claim) -> Theorem:
     return _derive(conclusion, "project", premises=(premise,))
 
 
+MAX_CASES_WORK = 1 << 22  # cells of the breakpoint grid times the boxes tested on each
+
+
 def cases(premises: list[Theorem], conclusion: Claim) -> Theorem:
     """The premises are the conclusion on boxes S1..Sk whose union is exactly S (closed boxes:
     every elementary cell of the breakpoint grid lies in some Si)."""
@@ -152,6 +155,13 @@ def cases(premises: list[Theorem], conclusion: Claim) -> Theorem:
         cells_per_dim.append(cells)
     full = [b for b in boxes if all(b.lo[d] <= target.lo[d] and target.hi[d] <= b.hi[d]
                                     for d in range(len(target.lo)) if d not in dims)]
+    work = max(1, len(full))  # cell-box tests: the grid grows as (2k + 1)^d
+    for cells in cells_per_dim:
+        work *= len(cells)
+    if work > MAX_CASES_WORK:
+        raise refuse("cases", "premises", f"the breakpoint grid of {len(premises)} cases over "
+                     f"{len(dims)} split dimensions needs {work} cell-box tests, more than "
+                     f"{MAX_CASES_WORK}: nest the cases (a split per level)")
     for cell in product(*cells_per_dim):
         if not any(all(b.lo[d] <= lo and hi <= b.hi[d] for d, (lo, hi) in zip(dims, cell))
                    for b in full):

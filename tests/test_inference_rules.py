@@ -316,6 +316,22 @@ def test_cases_quadrants_cover_and_three_of_four_leave_a_gap(s):
     rejected(whole, cert, s.g, rule="cases", path="premises", contains="gap")
 
 
+def test_cases_refuse_a_breakpoint_grid_too_large_to_test(s):
+    """The coverage grid grows as (2k + 1)^d in k cases over d split dimensions: a flat `cases`
+    of 60 boxes each cut in all 3 dimensions (243^3 cells, 60 boxes each) is refused at once
+    with the bound and the advice to nest, not tested cell by cell for minutes; nested
+    cases of the same boxes would be accepted piece by piece (test_cases_quadrants...)."""
+    whole = s.bounds([-100, -100], [100, 100], box=Box((q(0),) * 3, (q(1),) * 3))
+    premises = []
+    for i in range(60):
+        a, b = q(Fraction(i, 64)), q(Fraction(i + 1, 64))
+        premises.append(prem(Claim(**{**whole.__dict__, "input_set": Box((a, a, a), (b, b, b))}),
+                             {"rule": "ibp"}))
+    cert = proof.by_rule("cases", premises=premises)
+    rejected(whole, cert, s.g, rule="cases", path="premises",
+             contains=("breakpoint grid of 60 cases over 3 split dimensions", "nest the cases"))
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_cases_accepts_exactly_the_covering_sets_of_boxes(s, data):
