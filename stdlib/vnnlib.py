@@ -2,8 +2,9 @@
 output polytopes. Numbers are read as the exact decimals written. A property is a conjunction of
 assertions; it is put in disjunctive normal form, and each disjunct splits into input bounds
 (one variable per constraint) and output constraints {y : A y <= b}. Strict comparisons (<, >)
-are read as non-strict: the unsafe set grows to its closure, so `unsat` stays sound; a
-counterexample is checked against the closed set (said in `tl verify`'s output)."""
+are read as non-strict in the claims: the unsafe set grows to its closure, so `unsat` stays
+sound; which comparisons were strict is kept (`Region.strict_*`), so that `tl verify` can tell
+whether a counterexample of the closed set breaks the property as written."""
 
 import re
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ class Region:
     lo: tuple  # exact input lower bounds
     hi: tuple
     unsafe: tuple  # Polytope over the outputs: unsafe when G(x) is in any of them
+    # which of these were written strict (x > lo, x < hi, a row's < b): read non-strict above
+    strict_lo: tuple = ()
+    strict_hi: tuple = ()
+    strict_rows: tuple = ()  # per polytope, per row
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class Property:
     n_inputs: int
     n_outputs: int
     regions: tuple  # of Region: the property is violated iff some region has a violation
-    has_strict: bool
+    has_strict: bool  # some comparison (in a region kept) was strict
 
 
 def _parser() -> Lark:
@@ -68,10 +73,6 @@ class Lin:
 
 @v_args(meta=True)
 class _ToLinear(Transformer):
-    def __init__(self):
-        super().__init__()
-        self.strict = False
-
     def num(self, meta, items):
         tok = items[0]
         return Lin((), decode_rational(str(tok), f"line {tok.line} column {tok.column}", "vnnlib"))
@@ -111,13 +112,13 @@ class _ToLinear(Transformer):
 
     def atom(self, meta, items):
         op, lhs, rhs = str(items[0]), items[1], items[2]
-        self.strict |= op in ("<", ">")
+        strict = op in ("<", ">")
         le = lhs.add(rhs.scale(fmpq(-1)))  # lhs - rhs
         if op in ("<=", "<"):
-            return [[(le, meta)]]
+            return [[(le, meta, strict)]]
         if op in (">=", ">"):
-            return [[(le.scale(fmpq(-1)), meta)]]
-        return [[(le, meta), (le.scale(fmpq(-1)), meta)]]  # "="
+            return [[(le.scale(fmpq(-1)), meta, strict)]]
+        return [[(le, meta, False), (le.scale(fmpq(-1)), meta, False)]]  # "="
 
     def conj(self, meta, items):
         out = [[]]
@@ -177,8 +178,9 @@ def parse_vnnlib(text: str, max_disjuncts: int = 100_000) -> Property:
     regions: dict = {}
     for term in dnf:
         lo, hi = [None] * n_in, [None] * n_in
+        strict_lo, strict_hi = [False] * n_in, [False] * n_in
         rows = []
-        for lin, meta in term:
+        for lin, meta, strict in term:
             names = {v for v, _ in lin.coeffs}
             for v in names:
                 if v not in declared:
@@ -192,19 +194,21 @@ def parse_vnnlib(text: str, max_disjuncts: int = 100_000) -> Property:
                                       "not supported (inputs must form a box)")
                 (v, c), = lin.coeffs
                 k, bound = int(v[2:]), -lin.const / c  # c x + const <= 0
-                if c > 0:
-                    hi[k] = bound if hi[k] is None or bound < hi[k] else hi[k]
-                else:
-                    lo[k] = bound if lo[k] is None or bound > lo[k] else lo[k]
+                side, flags, tighter = (hi, strict_hi, bound.__lt__) if c > 0 else (
+                    lo, strict_lo, bound.__gt__)
+                if side[k] is None or tighter(side[k]):
+                    side[k], flags[k] = bound, strict
+                elif bound == side[k]:
+                    flags[k] |= strict
             elif kinds == {"Y"}:
                 row = [fmpq(0)] * n_out
                 for v, c in lin.coeffs:
                     row[int(v[2:])] = c
-                rows.append((tuple(row), -lin.const))
+                rows.append((tuple(row), -lin.const, strict))
             elif kinds:
                 raise VnnlibError(f"{where}: a constraint mixing inputs and outputs is not "
                                   "supported")
-            elif lin.const > 0:
+            elif lin.const > 0 or (strict and lin.const == 0):
                 rows = None  # a false constant constraint: this disjunct is empty
                 break
         if rows is None:
@@ -213,21 +217,25 @@ def parse_vnnlib(text: str, max_disjuncts: int = 100_000) -> Property:
         if missing:
             raise VnnlibError(f"input X_{missing[0]} has no lower or upper bound in some "
                               "disjunct (inputs must form a bounded box)")
-        if any(a > b for a, b in zip(lo, hi)):
+        if any(a > b or (a == b and (s or t)) for a, b, s, t in zip(lo, hi, strict_lo,
+                                                                       strict_hi)):
             continue  # empty input box
-        key = (tuple(lo), tuple(hi))
-        poly = Polytope(tuple(r for r, _ in rows), tuple(b for _, b in rows)) if rows else None
+        key = (tuple(lo), tuple(hi), tuple(strict_lo), tuple(strict_hi))
+        poly = (Polytope(tuple(r for r, _, _ in rows), tuple(b for _, b, _ in rows)),
+                tuple(s for _, _, s in rows)) if rows else None
         regions.setdefault(key, []).append(poly)
     out = []
-    for (lo, hi), polys in regions.items():
+    for (lo, hi, strict_lo, strict_hi), polys in regions.items():
         if any(p is None for p in polys):
             raise VnnlibError("a disjunct has no output constraint: every input is unsafe")
-        out.append(Region(lo, hi, tuple(polys)))
+        out.append(Region(lo, hi, tuple(p for p, _ in polys), strict_lo, strict_hi,
+                          tuple(s for _, s in polys)))
     if not out:
         raise VnnlibError("every disjunct is empty (an empty input box or a constant-false "
                           "constraint): no input violates the property, and there is nothing "
                           "for the kernel to check")
-    return Property(n_in, n_out, tuple(out), t.strict)
+    return Property(n_in, n_out, tuple(out), any(
+        any(r.strict_lo) or any(r.strict_hi) or any(map(any, r.strict_rows)) for r in out))
 
 
 def read_vnnlib(path: str) -> Property:

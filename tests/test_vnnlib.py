@@ -45,6 +45,32 @@ def test_disjunctive_inputs_give_several_regions():
     assert [r.lo[0] for r in prop.regions] == [0, 2]
 
 
+def test_strict_comparisons_are_kept_per_constraint():
+    """Strict comparisons are read non-strict in the sets (their closures), and which ones were
+    strict is kept per input bound and per row: the tighter bound's flag, or either's when two
+    bounds are equal; `=` is non-strict. A strict constant comparison that fails only strictly
+    (1 < 1) and a strict bound meeting the other side (0 < X_0 <= 0) empty their disjunct."""
+    prop = parse_vnnlib(HEAD + "(assert (> X_0 0))\n(assert (>= X_0 -1))\n(assert (<= X_0 1))\n"
+                        "(assert (>= X_1 0))\n(assert (> X_1 0))\n(assert (< X_1 2))\n"
+                        "(assert (<= X_1 3))\n(assert (or (and (< Y_0 1) (>= Y_1 2)) "
+                        "(and (= Y_0 Y_1))))")
+    (region,) = prop.regions
+    assert prop.has_strict and region.lo == (0, 0) and region.hi == (1, 2)
+    assert region.strict_lo == (True, True) and region.strict_hi == (False, True)
+    assert region.strict_rows == ((True, False), (False, False))
+    assert region.unsafe[0].b == (fmpq(1), fmpq(-2))
+    plain = parse_vnnlib(HEAD + BOX + "(assert (<= Y_0 Y_1))")
+    assert not plain.has_strict and plain.regions[0].strict_rows == ((False,),)
+    assert plain.regions[0].strict_lo == plain.regions[0].strict_hi == (False, False)
+    two = parse_vnnlib(HEAD + BOX + "(assert (or (and (<= Y_0 1) (< 1 1)) (and (<= Y_1 2) "
+                       "(<= 1 1))))")
+    assert [p.b for p in two.regions[0].unsafe] == [(fmpq(2),)] and not two.has_strict
+    cut = HEAD + "(assert (or (and (> X_0 0) (<= X_0 0)) (and (>= X_0 0) (<= X_0 0))))\n" \
+                 "(assert (>= X_1 0))\n(assert (<= X_1 1))\n(assert (<= Y_0 Y_1))"
+    (left,) = parse_vnnlib(cut).regions
+    assert left.lo[0] == left.hi[0] == 0 and left.strict_lo == (False, False)
+
+
 def test_syntax_error_names_line_and_column():
     with pytest.raises(VnnlibError, match=r"line 5, column 16: syntax error"):
         parse_vnnlib(HEAD + "(assert (<= X_0))")

@@ -657,17 +657,20 @@ def _output_enclosure(graph, claim: Claim, point: tuple):
         point, graph.the_input("verify", "input").shape), upto=claim.node)[claim.node]
 
 
-def _strictly_violates(graph, claim: Claim, point: tuple) -> bool:
-    """For a property with strict comparisons (the claim reads them as non-strict): whether the
-    point lies strictly inside the input box and its exact output enclosure strictly inside one
-    unsafe polytope (so it breaks the strict property too, whichever comparisons were strict)."""
+def _strictly_violates(graph, claim: Claim, point: tuple, region) -> bool:
+    """For a property with strict comparisons (the claim, built from `region`, reads them as
+    non-strict): whether the point and its exact output enclosure meet the region's
+    comparisons as written, strict ones strictly (an input bound, then every row of one unsafe
+    polytope)."""
     box = claim.input_set.as_box()
-    if not all(lo < v < hi for v, lo, hi in zip(point, box.lo, box.hi)):
+    if not all((lo < v if s else lo <= v) and (v < hi if t else v <= hi) for v, lo, hi, s, t in
+               zip(point, box.lo, box.hi, region.strict_lo, region.strict_hi, strict=True)):
         return False
     iv = _output_enclosure(graph, claim, point)
     lo, hi = [fmpq(a, iv.den) for a in iv.lo], [fmpq(b, iv.den) for b in iv.hi]
-    return any(all(sum(c * (h if c > 0 else a) for c, a, h in zip(row, lo, hi)) < b
-                   for row, b in zip(p.a, p.b)) for p in claim.unsafe)
+    return any(all((sup < b) if strict else (sup <= b) for sup, b, strict in zip(
+        (sum(c * (h if c > 0 else a) for c, a, h in zip(row, lo, hi)) for row in p.a), p.b,
+        flags, strict=True)) for p, flags in zip(claim.unsafe, region.strict_rows, strict=True))
 
 
 def write_cex(path: str, x: tuple, y: list) -> bool:
@@ -770,10 +773,10 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
                 if refusal is not None:
                     d.notes.append(f"kernel refused the counterexample: {refusal}")
                 if d.status == "sat" and prop.has_strict and not _strictly_violates(
-                        graph, claim, point):
-                    d.notes.append("the counterexample lies on the boundary of a constraint, "
-                                   "and the property has strict comparisons (read as non-strict)"
-                                   ": it may not break the property as written")
+                        graph, claim, point, prop.regions[k]):
+                    d.notes.append("the counterexample lies on the boundary of a strict "
+                                   "comparison (read as non-strict), as far as its exact "
+                                   "enclosure tells: it may not break the property as written")
                     d.status = "unknown"
                 kernel_s += time.perf_counter() - tk
                 if d.status == "sat":
