@@ -257,3 +257,48 @@ def test_sat_breaks_the_property_as_written_and_the_cex_file_holds_the_point(tmp
         assert (Fraction(1, 3) <= x0 <= Fraction(2, 3)) if "3" in box else (-1 <= x0 <= 0)
     else:
         assert "boundary of a strict comparison" in text.getvalue()
+
+
+def test_an_alarm_ringing_as_the_check_returns_leaves_no_bundle_beside_timeout(tmp_path,
+                                                                                monkeypatch):
+    """The budget's alarm (`_until`) may ring after the kernel's check returned its theorem and
+    before the timer is disarmed: the answer is then `timeout`, and no bundle may be written
+    beside it (it was: the theorem had been assigned). The ring is simulated at the block's
+    end; the same instance without it answers `unsat` with its bundle."""
+    import contextlib
+    import io
+
+    from tl_dsl import verify as verify_mod
+
+    head = "".join(f"(declare-const {v} Real)\n" for v in ("X_0", "X_1", "Y_0", "Y_1"))
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text(head + "(assert (>= X_0 -1))\n(assert (<= X_0 1))\n(assert (>= X_1 0))\n"
+                    "(assert (<= X_1 1))\n(assert (<= Y_1 -1))")  # relu >= 0: unsat
+    model, bundle = _relu_model(tmp_path), tmp_path / "b.json"
+    rang = []
+
+    @contextlib.contextmanager
+    def late_ring(seconds):
+        yield
+        rang.append(seconds)
+        raise verify_mod._DeadlineError
+
+    real_decide = verify_mod.decide_region
+    monkeypatch.setattr(verify_mod, "decide_region", lambda *a, **k: _without_theorem(
+        real_decide(*a, **k)))
+    res = verify_mod.verify(str(model), str(prop), timeout_s=60, bundle=str(bundle),
+                            out=io.StringIO(), err=io.StringIO())
+    assert res["result"] == "unsat" and bundle.is_file()
+    monkeypatch.setattr(verify_mod, "_until", late_ring)
+    text = io.StringIO()
+    res = verify_mod.verify(str(model), str(prop), timeout_s=60, bundle=str(bundle), out=text,
+                            err=io.StringIO())
+    assert rang and res["result"] == "timeout" and text.getvalue().splitlines()[0] == "timeout"
+    assert not bundle.exists()
+
+
+def _without_theorem(decision):
+    """A decision whose theorem the final check must derive from its certificate (the path
+    that runs under `_until`)."""
+    decision.theorem = None
+    return decision

@@ -702,11 +702,13 @@ def _until(seconds: float):
         raise _DeadlineError
 
     before = signal.signal(signal.SIGALRM, ring)
-    try:
+    try:  # (nested: an alarm ringing in the inner finally still restores the handler)
         signal.setitimer(signal.ITIMER_REAL, seconds)
-        yield
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, before)
 
 
@@ -811,8 +813,8 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
         except kernel_checker.KernelError as e:
             result = "unknown"
             decisions[-1].notes.append(f"kernel refused the certificate: {e}")
-        except _DeadlineError:
-            result = "timeout"
+        except _DeadlineError:  # (also after check returned: no bundle beside `timeout`)
+            result, theorem = "timeout", None
             decisions[-1].notes.append(f"the kernel's check of the certificate ({leaves} leaves) "
                                        f"did not end within the {timeout_s:g} s budget")
         kernel_s += time.perf_counter() - tk
