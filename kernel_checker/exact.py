@@ -51,7 +51,7 @@ def load_json(text: str | bytes, rule: str, path: str = "") -> object:
     try:
         return json.loads(text, parse_float=DecimalText, parse_constant=_reject_constant,
                           object_pairs_hook=_unique)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise refuse(rule, path or "<document>",
                      f"expected a JSON document, found: {err}") from None
 

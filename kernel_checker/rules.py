@@ -229,4 +229,11 @@ def derive(ctx: Context, claim: Claim, cert: object, path: str = "certificate") 
         raise refuse("derive", f"{path}.rule", f"expected one of {sorted(RULES)}, found {found!r}")
     claim_path = path[:-len("certificate")] + "claim" if path.endswith("certificate") else "claim"
     ctx.graph_for(claim, claim_path)  # every conclusion is well-formed, shaped and exact
-    return RULES[cert["rule"]](ctx, claim, cert, path)
+    if path != "certificate":  # a premise's
+        return RULES[cert["rule"]](ctx, claim, cert, path)
+    try:
+        return RULES[cert["rule"]](ctx, claim, cert, path)
+    except RecursionError:  # (premises nest by recursion: about five frames a level)
+        raise refuse("derive", path, "the derivation nests deeper than Python's recursion "
+                     "limit lets this checker follow (nest less: e.g. one split tree instead "
+                     "of nested cases)") from None

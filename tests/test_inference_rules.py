@@ -359,6 +359,51 @@ def test_cases_accepts_exactly_the_covering_sets_of_boxes(s, data):
         rejected(whole, cert, s.g, rule="cases", path="premises", contains="gap")
 
 
+def _nested_cases(tmp_path, depth):
+    """An unsat claim on [0, 1]^3 of build_mlp's net, as `tl verify --jobs` joins an input-split
+    chain `depth` deep (each domain's left half an ibp leaf, its right half split again): the
+    graph's path and graph, the claim and the nested `cases` certificate."""
+    from tl_dsl.verify import _join, _on_box
+
+    gp = build_mlp().save(str(tmp_path / "g"))
+    graph = load_graph(gp)
+    box = claims.box([0] * 3, [1] * 3)
+    claim = Claim("unsat", graph.sha256, box, graph.outputs[0],
+                  unsafe=(claims.polytope([[1, 0]], [-1000]),))
+    boxes, splits, leaves, nid, cut = {0: (box.lo, box.hi)}, {}, {}, 0, fmpq(0)
+    for k in range(depth):
+        lo, hi = boxes[nid]
+        mid = (cut + 1) / 2
+        boxes[2 * k + 1], boxes[2 * k + 2] = (lo, (mid,) + hi[1:]), ((mid,) + lo[1:], hi)
+        splits[nid], leaves[2 * k + 1] = (None, (2 * k + 1, 2 * k + 2)), {"rule": "ibp"}
+        nid, cut = 2 * k + 2, mid
+    leaves[nid] = {"rule": "ibp"}
+    thms = {i: proof.check(_on_box(claim, boxes[i]), c, graph) for i, c in leaves.items()}
+    return gp, graph, claim, _join(claim, {"boxes": boxes, "splits": splits}, thms, leaves)[1]
+
+
+def test_nested_cases_as_deep_as_jobs_joins_recheck_and_deeper_ones_are_refused(tmp_path):
+    """`tl verify --jobs` joins trees up to JOIN_DEPTH (150) levels deep as nested `cases` and
+    their bundles must re-check in a fresh process; premises nest by recursion, so a deeper
+    derivation (250) is refused with the reason, not a RecursionError's traceback, and JSON
+    nested past the parser's limit is refused as a document."""
+    from tl_dsl import verify
+
+    gp, graph, claim, cert = _nested_cases(tmp_path, verify.JOIN_DEPTH)
+    bundle = str(tmp_path / "b.json")
+    proof.write_bundle(bundle, claim, cert, gp, graph)
+    out = subprocess.run([sys.executable, "-m", "kernel_checker", bundle], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and "holds: unsat by cases" in out.stdout, out.stderr[-2000:]
+    _, graph, claim, cert = _nested_cases(tmp_path / "deep", 250)
+    with pytest.raises(KernelError, match="nests deeper than Python's recursion limit") as err:
+        proof.check(claim, cert, graph)
+    assert (err.value.rule, err.value.path) == ("derive", "certificate")
+    from kernel_checker.exact import load_json
+    with pytest.raises(KernelError, match="expected a JSON document"):
+        load_json(b"[" * 100_000 + b"]" * 100_000, "bundle", "b.json")
+
+
 def test_cases_cannot_move_a_counterexample_into_a_set_without_its_point(s):
     """KERNEL BUG (unsound): a Counterexample claim says its point lies in the input set, so it
     does not follow from the same claim on a set that merely covers it. cases accepts a premise
