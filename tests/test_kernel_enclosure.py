@@ -2,7 +2,10 @@
 Enclosure judgment (verified, assumed, refused), and the graph-op helpers (interval replay and
 CROWN relaxations) checked on samples."""
 
+import json
 import random
+import subprocess
+import sys
 
 import mpmath
 import pytest
@@ -201,6 +204,30 @@ def test_undecided_claims_need_oracle_evidence_and_carry_it():
         == Level.PROVED
 
 
+def test_a_ball_too_narrow_at_a_corner_is_refused_not_left_to_the_oracle():
+    """exp on [1, 2] claimed below e^2 - 10^-30: bisection in 64 pieces cannot isolate x = 2
+    (it was accepted at replay-checked on the oracle's word); at the box's corners and centre
+    the expression is a number the kernel encloses tightly, so the claim is refuted. With two
+    variables the corner (1, 2) of x * exp(y) refutes likewise; the true range is verified."""
+    with mpmath.workprec(300):
+        e2 = mpmath.exp(2)
+        top = mpmath.nstr(e2 - mpmath.mpf(10) ** -30, 60, strip_zeros=False)
+        top2 = mpmath.nstr(e2 + mpmath.mpf(10) ** -30, 60, strip_zeros=False)
+    for cert in ({"rule": "enclosure"}, {"rule": "enclosure", "oracle": EVIDENCE}):
+        with pytest.raises(KernelError, match="claim is false"):
+            enc.check_enclosure({"claim": claim_doc({"op": "exp", "arg": X}, {"x": ["1", "2"]},
+                                                    ["2", top]), "certificate": cert})
+    two = {"op": "mul", "args": [X, {"op": "exp", "arg": {"op": "var", "name": "y"}}]}
+    with pytest.raises(KernelError, match="claim is false"):
+        enc.check_enclosure({"claim": claim_doc(two, {"x": ["0", "1"], "y": ["1", "2"]},
+                                                ["0", top]),
+                             "certificate": {"rule": "enclosure", "oracle": EVIDENCE}})
+    thm = enc.check_enclosure({"claim": claim_doc(two, {"x": ["0", "1"], "y": ["1", "2"]},
+                                                  ["0", top2]),
+                               "certificate": {"rule": "enclosure", "oracle": EVIDENCE}})
+    assert thm.level == Level.PROVED and not thm.assumptions
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"op": "log", "arg": X}, "log is undefined"),
     ({"op": "div", "args": [{"op": "const", "value": 1}, X]}, "may contain 0"),
@@ -277,6 +304,19 @@ def test_check_oracle_checks_the_echo():
                               ("ball", {"mid": "0", "rad": "0", "exp": "0"}, "claim is false")):
         with pytest.raises(KernelError, match=match):
             enc.check_oracle(req, dict(resp, **{key: value}))
+
+
+def test_a_request_without_prec_bits_is_checked_with_the_oracles_default():
+    """`prec_bits` may be left to the oracle (the documented default, 128): the answer echoes
+    the precision it used, and `tl oracle arb --check` took that for a wrong echo (exit 2)."""
+    from oracles.arb import run_request
+
+    req = {"kind": "unary", "func": "exp", "lo": "1", "hi": "2"}
+    resp = run_request(req)
+    assert resp["prec_bits"] == 128 and enc.check_oracle(req, resp).level == Level.PROVED
+    out = subprocess.run([sys.executable, "-m", "tl_dsl.cli", "oracle", "arb", "--check"],
+                         input=json.dumps(req), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout)["kernel"]["level"] == "proved", out
 
 
 # ----------------------------------------------------------------- graph ops
