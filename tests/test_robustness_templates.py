@@ -24,3 +24,33 @@ def test_margin_refuses_a_label_outside_the_classes(mlp):
         robustness.margin(mlp.graph, [0.5] * 6, 0.1, -1, 0)
     claim = robustness.margin(mlp.graph, [0.5] * 6, 0.1, 2, 0)
     assert len(claim.rows) == 2 and all(r[2] == 1 for r in claim.rows)
+
+
+def test_user_numbers_are_read_exactly_and_non_finite_ones_refused_at_their_path():
+    """tl_dsl.claims.to_rational reads every float as the binary value it holds: a long double
+    and a 50-digit sympy Float were rounded to float64 first (a review found 1/3 in long double
+    changed); NaN and infinities name the field (they raised a bare ValueError or
+    OverflowError from the conversion before the check); a string for a vector is refused."""
+    from fractions import Fraction
+
+    import mpmath
+    import sympy
+
+    from tl_dsl import claims
+
+    third = np.longdouble(1) / 3
+    num, den = third.as_integer_ratio()
+    assert claims.to_rational(third) == claims.to_rational(Fraction(num, den))
+    if np.finfo(np.longdouble).nmant > 52:  # (x86: 64-bit significand)
+        assert claims.to_rational(third) != claims.to_rational(float(third))
+    f50 = sympy.Float("0.1", 50)
+    assert claims.to_rational(f50) == claims.to_rational(Fraction(*map(int, (
+        sympy.Rational(f50).p, sympy.Rational(f50).q))))
+    assert claims.to_rational(mpmath.mpf("0.1")) == claims.to_rational(0.1)
+    assert claims.to_rational(np.float32(0.1)) == claims.to_rational(Fraction(13421773, 2**27))
+    for bad in (float("nan"), float("-inf"), np.float32("inf"), np.longdouble("nan"),
+                mpmath.mpf("nan"), mpmath.inf):
+        with pytest.raises(ValueError, match=r"^center\[1\]: expected a finite number"):
+            claims.ball([0, bad], 0.1)
+    with pytest.raises(TypeError, match="expected a list of numbers, found a string"):
+        claims.to_vector("0.5")

@@ -65,6 +65,40 @@ def test_refusals(e, match):
         to_ast(e)
 
 
+def test_symbols_are_plain_or_real_one_per_name_and_boxes_exact_pairs():
+    """The kernel's AST knows a variable by its name, and sympy simplifies by a symbol's facts
+    when the expression is built: a Dummy or a second symbol named x made "x - x" a claim about
+    the difference of two variables (proved over one variable's box), and a positive x made
+    Abs(x) - x the number 0 (proved for x in [-1, 1], where it is 2 at -1). Such symbols are
+    refused, in the expression and as box keys; floats in boxes need allow_float as they do in
+    the expression, and a box is a (lo, hi) pair, not a string of digits."""
+    d, xr, xp = sympy.Dummy("x"), sympy.Symbol("x", real=True), sympy.Symbol("x", positive=True)
+    for e, match in ((d - x, "Dummy"), (xr - x, "two different symbols are named 'x'"),
+                     (sympy.Symbol("A", commutative=False) * x, "commutative"),
+                     (sympy.Symbol("n", integer=True) + x, "integer")):
+        with pytest.raises(BridgeError, match=match):
+            enclosure_claim(e, {"x": (0, 1), "A": (0, 1), "n": (0, 1)}, (-9, 9))
+    assert sympy.Abs(xp) - xp == 0 and sympy.sqrt(xp**2) == xp  # (what sympy did already)
+    for e in (sympy.Abs(xp) - xp, sympy.sqrt(xp**2) - xp):
+        with pytest.raises(BridgeError, match="positive"):
+            enclosure_claim(e, {xp: ("-1", "1")}, ("0", "0"))
+        with pytest.raises(BridgeError, match="positive"):
+            enclose(e, {xp: ("-1", "1")})
+    with pytest.raises(BridgeError, match="another symbol than the expression's 'x'"):
+        enclosure_claim(xr * 2, {x: (0, 1)}, (0, 2))
+    with pytest.raises(BridgeError, match="two boxes for the variable 'x'"):
+        enclosure_claim(x * 2, {x: (0, 1), "x": (0, 1)}, (0, 2))
+    with pytest.raises(BridgeError, match=r"boxes\['x'\].lo: the float 0.1 is not exact"):
+        enclosure_claim(sympy.exp(x), {"x": (0.1, "3/10")}, (1, 2))
+    with pytest.raises(BridgeError, match=r"interval.hi: the float"):
+        enclosure_claim(sympy.exp(x), {"x": (0, 1)}, (1, 2.75))
+    assert enclosure_claim(sympy.exp(x), {"x": (0.5, 1)}, (1, 2.75), allow_float=True)[
+        "vars"] == {"x": ["1/2", "1"]}
+    with pytest.raises(BridgeError, match=r"boxes\['x'\]: expected \(lo, hi\), found '01'"):
+        enclosure_claim(sympy.exp(x), {"x": "01"}, (1, 3))
+    assert to_ast(xr * 2) == to_ast(x * 2)  # a real symbol is a plain one here
+
+
 def test_log_with_a_base_is_a_quotient():
     ast = to_ast(sympy.log(x, 2))  # sympy writes log(x) / log(2)
     assert sympy.simplify(from_ast(ast) - sympy.log(x) / sympy.log(2)) == 0

@@ -1,7 +1,6 @@
 """Build claims in Python. Numbers are converted exactly: a Python or NumPy float becomes the
 binary value it holds, a string is read as the exact decimal or "p/q" it spells."""
 
-from fractions import Fraction
 from numbers import Integral, Rational, Real
 
 import numpy as np
@@ -24,16 +23,24 @@ def to_rational(value, path: str = "value") -> fmpq:
         return fmpq(int(value))
     if isinstance(value, Rational):
         return fmpq(int(value.numerator), int(value.denominator))
-    if isinstance(value, (Real, np.floating)):
-        f = Fraction(float(value))  # exact: float(np.float32) is exact
-        if not np.isfinite(float(value)):
+    if isinstance(value, (Real, np.floating)) and hasattr(value, "_mpf_"):  # sympy, mpmath
+        sign, man, exp, _ = value._mpf_  # (binary: man 2^exp; NaN and infinities have man 0)
+        if not man and exp:
             raise ValueError(f"{path}: expected a finite number, found {value}")
-        return fmpq(f.numerator, f.denominator)
+        return fmpq(-man if sign else man) * fmpq(2) ** exp
+    if isinstance(value, (Real, np.floating)) and hasattr(value, "as_integer_ratio"):
+        try:  # (exact for Python, numpy and long double floats; NaN and infinities raise)
+            num, den = value.as_integer_ratio()
+        except (ValueError, OverflowError):
+            raise ValueError(f"{path}: expected a finite number, found {value}") from None
+        return fmpq(num, den)
     raise TypeError(f"{path}: expected a number, found {type(value).__name__}")
 
 
 def to_vector(values, path: str = "values") -> tuple:
-    flat = np.asarray(values, dtype=object).reshape(-1) if not isinstance(values, str) else None
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{path}: expected a list of numbers, found a string {values!r}")
+    flat = np.asarray(values, dtype=object).reshape(-1)
     return tuple(to_rational(v, f"{path}[{i}]") for i, v in enumerate(flat))
 
 

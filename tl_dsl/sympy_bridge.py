@@ -13,6 +13,7 @@ other functions, symbolic exponents) is refused with a message naming it.
 
 from __future__ import annotations
 
+import numpy as np
 import sympy
 from flint import fmpq
 
@@ -64,9 +65,36 @@ def _number(e: sympy.Expr, allow_float: bool) -> fmpq:
                       "symbolic constants are refused; bound them by rationals)")
 
 
+# the assumptions of a plain and of a real symbol: with others (positive, integer, ...) sympy
+# may already have simplified the expression by facts the boxes need not satisfy (Abs(x) - x
+# to 0 for a positive x, sqrt(x)**2 to x), so the claim would be about another expression
+_PLAIN = (sympy.Symbol("t").assumptions0, sympy.Symbol("t", real=True).assumptions0)
+
+
+def symbols_of(e) -> dict:
+    """The expression's symbols by name: plain or real sympy Symbols (not Dummy or Wild), one
+    per name (the kernel's AST knows a variable by its name alone)."""
+    out: dict = {}
+    for sym in sorted(e.free_symbols if isinstance(e, sympy.Basic) else sympy.sympify(
+            e).free_symbols, key=str):
+        if type(sym) is not sympy.Symbol or sym.assumptions0 not in _PLAIN:
+            facts = getattr(sym, "_assumptions_orig", None) or sym.assumptions0
+            raise BridgeError(f"the symbol {sym} ({type(sym).__name__}, assumptions {facts}) "
+                              "is not a plain or real Symbol: sympy may have simplified the "
+                              "expression by facts its box need not satisfy")
+        if sym.name in out:
+            raise BridgeError(f"two different symbols are named {sym.name!r}")
+        out[sym.name] = sym
+    return out
+
+
 def to_ast(e, allow_float: bool = False) -> dict:
     """A sympy expression to the kernel's expression AST (JSON-ready dict)."""
-    e = sympy.sympify(e)
+    symbols_of(e)
+    return _ast(sympy.sympify(e), allow_float)
+
+
+def _ast(e, allow_float: bool) -> dict:
     if isinstance(e, sympy.Symbol):
         return {"op": "var", "name": e.name}
     if e is sympy.E:
@@ -74,30 +102,30 @@ def to_ast(e, allow_float: bool = False) -> dict:
     if e.is_Number:
         return _const(_number(e, allow_float))
     if isinstance(e, sympy.Add):
-        return {"op": "add", "args": [to_ast(a, allow_float) for a in e.args]}
+        return {"op": "add", "args": [_ast(a, allow_float) for a in e.args]}
     if isinstance(e, sympy.Mul):
         args = list(e.args)
         if args[0] == -1 and len(args) == 2:
-            return {"op": "neg", "arg": to_ast(args[1], allow_float)}
-        return {"op": "mul", "args": [to_ast(a, allow_float) for a in args]}
+            return {"op": "neg", "arg": _ast(args[1], allow_float)}
+        return {"op": "mul", "args": [_ast(a, allow_float) for a in args]}
     if isinstance(e, sympy.Pow):
         base, ex = e.args
         if base is sympy.E:
-            return {"op": "exp", "arg": to_ast(ex, allow_float)}
+            return {"op": "exp", "arg": _ast(ex, allow_float)}
         if ex.is_Integer:
-            return {"op": "pow", "base": to_ast(base, allow_float), "exp": int(ex)}
+            return {"op": "pow", "base": _ast(base, allow_float), "exp": int(ex)}
         if ex.is_Rational and ex.q == 2:
-            root = {"op": "sqrt", "arg": to_ast(base, allow_float)}
+            root = {"op": "sqrt", "arg": _ast(base, allow_float)}
             return root if ex.p == 1 else {"op": "pow", "base": root, "exp": int(ex.p)}
         raise BridgeError(f"the power {e} has exponent {ex}: only integers and halves")
     if isinstance(e, sympy.Abs):
-        return {"op": "abs", "arg": to_ast(e.args[0], allow_float)}
+        return {"op": "abs", "arg": _ast(e.args[0], allow_float)}
     if isinstance(e, sympy.Max) and len(e.args) == 2 and sympy.S.Zero in e.args:
         other = e.args[1] if e.args[0] == 0 else e.args[0]
-        return {"op": "relu", "arg": to_ast(other, allow_float)}
+        return {"op": "relu", "arg": _ast(other, allow_float)}
     for fn, name in _FUNCS.items():
         if isinstance(e, fn):
-            return {"op": name, "arg": to_ast(e.args[0], allow_float)}
+            return {"op": name, "arg": _ast(e.args[0], allow_float)}
     raise BridgeError(f"{e} ({type(e).__name__}) has no kernel expression form; supported: "
                       "+, *, integer and half powers, Abs, Max(0, .), exp, log, sqrt, sin, cos, "
                       "tanh, atan, erf, sigmoid")
@@ -131,11 +159,35 @@ def from_ast(doc: dict):
     return _INVERSE[op](from_ast(doc["arg"]))
 
 
-def _pair(v) -> list[str]:
+def _pair(v, path: str, allow_float: bool) -> list[str]:
     from tl_dsl.claims import to_rational
 
-    lo, hi = v
-    return [encode_rational(to_rational(lo, "lo")), encode_rational(to_rational(hi, "hi"))]
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise BridgeError(f"{path}: expected (lo, hi), found {v!r}")
+    out = []
+    for x, side in zip(v, ("lo", "hi")):
+        if isinstance(x, (float, np.floating, sympy.Float)) and not allow_float:
+            raise BridgeError(f"{path}.{side}: the float {x} is not exact; write a Rational or a "
+                              "decimal string (or pass allow_float=True to read its binary "
+                              "value exactly)")
+        out.append(encode_rational(to_rational(x, f"{path}.{side}")))
+    return out
+
+
+def _vars(e, boxes: dict, allow_float: bool) -> dict:
+    """The boxes by variable name: keys are names or the expression's own symbols."""
+    syms, out = symbols_of(e), {}
+    for k, v in boxes.items():
+        if not isinstance(k, (str, sympy.Symbol)):
+            raise BridgeError(f"boxes: expected variable names or Symbols as keys, found {k!r}")
+        symbols_of(k)  # (a positive x may have left the expression already: Abs(x) - x is 0)
+        name = k if isinstance(k, str) else k.name
+        if isinstance(k, sympy.Symbol) and name in syms and syms[name] != k:
+            raise BridgeError(f"boxes[{k!r}]: another symbol than the expression's {name!r}")
+        if name in out:
+            raise BridgeError(f"boxes: two boxes for the variable {name!r}")
+        out[name] = _pair(v, f"boxes[{name!r}]", allow_float)
+    return out
 
 
 def enclosure_claim(e, boxes: dict, interval, name: str | None = None,
@@ -143,8 +195,9 @@ def enclosure_claim(e, boxes: dict, interval, name: str | None = None,
     """An Enclosure claim document: for all variables in their boxes, e lies in interval
     ([lo, hi] of exact numbers, or an Arb ball {mid, rad, exp})."""
     doc = {"kind": "enclosure", "expr": to_ast(e, allow_float),
-           "vars": {str(k): _pair(v) for k, v in boxes.items()},
-           "interval": interval if isinstance(interval, dict) else _pair(interval)}
+           "vars": _vars(e, boxes, allow_float),
+           "interval": interval if isinstance(interval, dict) else _pair(interval, "interval",
+                                                                        allow_float)}
     if name is not None:
         doc["name"] = name
     parse_enclosure(doc)  # well-formed for the kernel (names boxed, numbers exact)
@@ -153,7 +206,7 @@ def enclosure_claim(e, boxes: dict, interval, name: str | None = None,
 
 def oracle_request(e, boxes: dict, prec_bits: int = 128, allow_float: bool = False) -> dict:
     return {"kind": "expr", "expr": to_ast(e, allow_float),
-            "vars": {str(k): _pair(v) for k, v in boxes.items()}, "prec_bits": prec_bits}
+            "vars": _vars(e, boxes, allow_float), "prec_bits": prec_bits}
 
 
 def enclose(e, boxes: dict, prec_bits: int = 128, name: str | None = None,
