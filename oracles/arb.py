@@ -135,14 +135,26 @@ def _floor_log10(q: fmpq) -> int:
     return k
 
 
-def _exact(x: arb) -> fmpq:
+MAX_BINARY_EXPONENT = 4 * MAX_DECIMAL_EXPONENT  # (> log2(10) times the exchange format's)
+
+
+def _exact(x: arb, radius: bool = False) -> fmpq:
+    """x (an exact arb number) as a rational; a radius below 2^-MAX_BINARY_EXPONENT is
+    rounded up to it (erf(213) is 1 within 2^-65736)."""
     m, e = x.man_exp()
+    top = int(e) + int(m).bit_length()  # |x| < 2^top
+    if radius and top < -MAX_BINARY_EXPONENT:
+        return fmpq(1, 2**MAX_BINARY_EXPONENT)
+    if abs(int(e)) > MAX_BINARY_EXPONENT:  # (2^e as a rational would not fit in memory)
+        raise OracleError(f"overflow: a ball's binary exponent ({e}) puts the result beyond "
+                          f"the exchange format's range (decimal exponents up to "
+                          f"{MAX_DECIMAL_EXPONENT})")
     return fmpq(m) * (fmpq(2) ** int(e))
 
 
 def bounds(x: arb) -> tuple[fmpq, fmpq]:
-    """The exact endpoints mid -+ rad of a finite arb ball."""
-    mid, rad = _exact(_finite(x, "the result").mid()), _exact(x.rad())
+    """The exact endpoints mid -+ rad of a finite arb ball (rad rounded up when tiny)."""
+    mid, rad = _exact(_finite(x, "the result").mid()), _exact(x.rad(), radius=True)
     return mid - rad, mid + rad
 
 
@@ -172,7 +184,10 @@ def decode_ball_fmpq(ball: dict) -> tuple[fmpq, fmpq]:
     return fmpq(m - r) * _pow10(e), fmpq(m + r) * _pow10(e)
 
 
-def eval_expr(doc: Any, boxes: dict, path: str = "expr") -> arb:
+MAX_POW = 1024  # |n| of an integer power, as the kernel's expression AST allows
+
+
+def eval_expr(doc: Any, boxes: dict, path: str = "expr", allow_float: bool = False) -> arb:
     """Ball arithmetic over the kernel's expression AST."""
     if not isinstance(doc, dict) or not isinstance(doc.get("op"), str):
         raise OracleError(f"{path}: expected an expression node with an op")
@@ -182,12 +197,13 @@ def eval_expr(doc: Any, boxes: dict, path: str = "expr") -> arb:
             raise OracleError(f"{path}: no box for variable {doc.get('name')!r}")
         return boxes[doc["name"]]
     if op == "const":
-        return arb(exact_input(doc.get("value"), f"{path}.value"))
+        return arb(exact_input(doc.get("value"), f"{path}.value", allow_float))
     if op in ("add", "sub", "mul", "div"):
         args = doc.get("args")
         if not isinstance(args, list) or len(args) < 2:
             raise OracleError(f"{path}.args: expected at least two arguments")
-        vals = [eval_expr(a, boxes, f"{path}.args[{i}]") for i, a in enumerate(args)]
+        vals = [eval_expr(a, boxes, f"{path}.args[{i}]", allow_float) for i, a in
+                enumerate(args)]
         acc = vals[0]
         for v in vals[1:]:
             if op == "div" and v.contains(0):
@@ -196,13 +212,14 @@ def eval_expr(doc: Any, boxes: dict, path: str = "expr") -> arb:
         return _finite(acc, path)
     if op == "pow":
         n = doc.get("exp")
-        if not isinstance(n, int) or isinstance(n, bool):
-            raise OracleError(f"{path}.exp: expected an integer exponent")
-        base = eval_expr(doc.get("base"), boxes, f"{path}.base")
+        if not isinstance(n, int) or isinstance(n, bool) or abs(n) > MAX_POW:
+            raise OracleError(f"{path}.exp: expected an integer exponent |n| <= {MAX_POW}, "
+                              f"found {n!r}")
+        base = eval_expr(doc.get("base"), boxes, f"{path}.base", allow_float)
         if n < 0 and base.contains(0):
             raise OracleError(f"{path}: negative power of a ball that contains 0")
         return _finite(base ** n, path)
-    x = eval_expr(doc.get("arg"), boxes, f"{path}.arg")
+    x = eval_expr(doc.get("arg"), boxes, f"{path}.arg", allow_float)
     if op == "neg":
         return -x
     if op == "abs":
@@ -311,7 +328,8 @@ def run_request(request: Any, allow_float: bool = False) -> dict:
                         raise OracleError(f"vars.{name}: empty interval")
                     boxes[name] = _ball_of(a, b)
                 return {"status": "ok", **head,
-                        "ball": encode_ball(eval_expr(request.get("expr"), boxes), digits)}
+                        "ball": encode_ball(eval_expr(request.get("expr"), boxes,
+                                                      allow_float=allow_float), digits)}
             if kind == "mlp":
                 return {"status": "ok", **head, "balls": [encode_ball(y, digits) for y in
                                                           eval_mlp(request, allow_float)]}
@@ -320,7 +338,7 @@ def run_request(request: Any, allow_float: bool = False) -> dict:
             ctx.prec = old
     except OracleError as err:
         return {"status": "error", **head, "reason": err.reason}
-    except (RecursionError, ValueError, TypeError, ZeroDivisionError) as err:
+    except (RecursionError, ValueError, TypeError, ZeroDivisionError, OverflowError) as err:
         return {"status": "error", **head, "reason": f"{type(err).__name__}: {err}"}
 
 

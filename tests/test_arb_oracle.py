@@ -137,6 +137,10 @@ def test_exact_inputs_and_floats():
     v = mpmath.exp(mpmath.mpf(3602879701896397) / 2**55)
     assert contains(r["ball"], v, v) and not contains(r["ball"], mpmath.exp(mpmath.mpf("0.1")),
                                                       mpmath.exp(mpmath.mpf("0.1")))
+    const = {"kind": "expr", "expr": {"op": "exp", "arg": {"op": "const", "value": 0.1}},
+             "vars": {}, "prec_bits": 128}  # (a const read the float only without the flag)
+    assert "binary64" in oracle.run_request(const)["reason"]
+    assert contains(oracle.run_request(const, allow_float=True)["ball"], v, v)
     r = oracle.run_request({"kind": "unary", "func": "tanh", "lo": "f32:3dcccccd",
                             "prec_bits": 128})
     v = mpmath.tanh(mpmath.mpf(13421773) / 2**27)
@@ -158,6 +162,13 @@ def test_exact_inputs_and_floats():
                                                      {"op": "var", "name": "x"}]},
       "vars": {"x": ["-1", "1"]}}, "contains 0"),
     ({"kind": "matrix"}, "kind"),
+    # (a review: x**10**12 killed the interpreter with SIGFPE in FLINT; exp(-1e4000) raised
+    # an OverflowError out of run_request, documented never to raise)
+    ({"kind": "expr", "expr": {"op": "pow", "base": {"op": "var", "name": "x"},
+                               "exp": 10**12}, "vars": {"x": ["2", "3"]}}, "|n| <= 1024"),
+    ({"kind": "unary", "func": "exp", "lo": "-1e4000"}, "overflow"),
+    ({"kind": "expr", "expr": {"op": "pow", "base": {"op": "var", "name": "x"}, "exp": 1024},
+      "vars": {"x": ["1e10", "1e10"]}}, "overflow"),
 ])
 def test_errors_are_documents_without_balls(req, reason):
     r = oracle.run_request(req)
