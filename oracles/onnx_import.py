@@ -430,7 +430,12 @@ def import_onnx(model, out_dir: str, *, batch: bool = True, check: bool = True
 
     source = os.path.abspath(model) if isinstance(model, str | os.PathLike) else "<ModelProto>"
     if isinstance(model, str | os.PathLike):
-        model = onnx.load(os.fspath(model))
+        try:
+            model = onnx.load(os.fspath(model))
+        except OSError:
+            raise
+        except Exception as e:  # (protobuf's DecodeError and the like: not an ONNX model)
+            raise ValueError(f"{source}: not an ONNX model ({type(e).__name__}: {e})") from None
     writer, inputs = lower_onnx(model, batch)
     metadata = {"producer": "oracles/onnx_import.py", "onnx": onnx.__version__,
                 "source": source, "producer_name": model.producer_name,

@@ -302,3 +302,30 @@ def _without_theorem(decision):
     that runs under `_until`)."""
     decision.theorem = None
     return decision
+
+
+def test_a_file_that_is_not_onnx_is_unknown_and_no_temporary_model_is_left(tmp_path,
+                                                                           monkeypatch):
+    """A corrupt .onnx answered with a protobuf DecodeError's traceback (exit 1); now `unknown`
+    and the reason. Without --bundle the model is imported into a temporary folder, which was
+    never removed (68 KB per ACAS Xu run): it is removed at the end, whatever the answer."""
+    import io
+    import tempfile
+
+    from tl_dsl.verify import verify
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07 this is no protobuf \xff\xff")
+    head = "".join(f"(declare-const {v} Real)\n" for v in ("X_0", "X_1", "Y_0", "Y_1"))
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text(head + "(assert (>= X_0 -1))\n(assert (<= X_0 1))\n(assert (>= X_1 0))\n"
+                    "(assert (<= X_1 1))\n(assert (<= Y_1 -1))")
+    text = io.StringIO()
+    res = verify(str(bad), str(prop), timeout_s=30, out=text, err=io.StringIO())
+    assert res["result"] == "unknown" and "not an ONNX model" in text.getvalue(), text.getvalue()
+    res = verify(str(_relu_model(tmp_path)), str(prop), timeout_s=60, out=io.StringIO(),
+                 err=io.StringIO())
+    assert res["result"] == "unsat" and list(tmp.iterdir()) == []

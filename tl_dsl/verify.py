@@ -9,6 +9,7 @@ import dataclasses
 import decimal
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -714,7 +715,20 @@ def _until(seconds: float):
 
 def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | None = None,
            cex: str | None = None, jobs: int = 1, out=sys.stdout, err=sys.stderr) -> dict:
-    """Run the whole job; print the result word first, then a summary; return the figures."""
+    """Run the whole job; print the result word first, then a summary; return the figures.
+    The imported model goes beside the bundle (BUNDLE.model/), else to a temporary folder
+    removed at the end."""
+    own = None if bundle else tempfile.mkdtemp(prefix="tl-verify-")
+    try:
+        return _verify(model, prop_path, timeout_s, bundle, cex, jobs, out, err,
+                       os.path.splitext(bundle)[0] + ".model" if bundle else own)
+    finally:
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)
+
+
+def _verify(model: str, prop_path: str, timeout_s: float, bundle: str | None, cex: str | None,
+            jobs: int, out, err, workdir: str) -> dict:
     from rich.console import Console
 
     t0 = time.perf_counter()
@@ -722,7 +736,6 @@ def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | No
     for stale in (bundle, cex):  # (a file of an earlier run must not stand beside this answer)
         if stale and os.path.isfile(stale):
             os.remove(stale)
-    workdir = (os.path.splitext(bundle)[0] + ".model" if bundle else tempfile.mkdtemp())
     try:
         prop = read_vnnlib(prop_path)
         graph_path = load_model(model, workdir)
