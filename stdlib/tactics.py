@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kernel_checker import Claim, Graph, KernelError, Theorem
+from kernel_checker.rules import Context
 from stdlib.robustness import robust
 from tl_dsl import claims, proof
 
@@ -58,8 +59,16 @@ def _attack(graph_path: str, claim: Claim, seed: int):
 def prove_robust(graph: Graph, graph_path: str, x0, eps, label: int, clamp=(0, 1),
                  methods=METHODS, bab_timeout_s: float = 5.0, chain=None, seed: int = 0
                  ) -> Outcome:
-    """Escalate through `methods` until the kernel accepts a certificate or a counterexample."""
+    """Escalate through `methods` until the kernel accepts a certificate or a counterexample.
+    A claim that cannot hold a theorem (x0 of another length, eps < 0, an empty box) raises the
+    kernel's KernelError at once, as an unknown method name raises ValueError: neither is
+    `unknown`, which says the methods ran and decided nothing."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad or isinstance(methods, str):
+        raise ValueError(f"methods: expected names among {list(METHODS)}, found "
+                         f"{bad or methods!r}")
     claim = robust(graph, x0, eps, label, clamp=clamp)
+    Context([graph]).graph_for(claim, "claim")  # well-formed, shaped and exact, or KernelError
     out = Outcome("unknown", claim=claim)
     clock = _Clock(out)
     if "attack" in methods:

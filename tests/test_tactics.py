@@ -82,3 +82,26 @@ def test_counterexample_at_radius_one_half_is_checked(digits):
     for cert in ({"rule": "ibp"}, {"rule": "crown"}):
         with pytest.raises(KernelError):
             proof.check(robust, cert, graph)
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    ({"x0": "short"}, KernelError, r"center: expected \d+ numbers \(the input size\)"),
+    ({"eps": Fraction(-1, 100)}, KernelError, "eps: expected eps >= 0"),
+    ({"clamp": (1, 0)}, KernelError, "clamp: expected lo <= hi"),
+    ({"x0": "outside"}, KernelError, "misses the clamp domain"),
+    ({"methods": ("ibb",)}, ValueError, r"methods: expected names among .* found \['ibb'\]"),
+    ({"methods": "ibp"}, ValueError, "methods: expected names among"),
+])
+def test_a_claim_that_cannot_be_proved_or_an_unknown_method_raises(digits, kw, error, match):
+    """A review found these answered `unknown` with `proved_by {'ibp': False}` (the kernel's
+    refusal swallowed as a failed method, a misspelled method skipped): they raise, naming
+    the field."""
+    graph, _, image, label = digits
+    args = {"x0": image, "eps": Fraction(1, 200), "methods": ("ibp",)} | kw
+    if args["x0"] == "short":
+        args["x0"] = image[:-1]
+    if args["x0"] == "outside":
+        args["x0"] = [3.0] * len(image)
+    with pytest.raises(error, match=match):
+        prove_robust(graph, MLP, args["x0"], args["eps"], label, clamp=args.get("clamp", (0, 1)),
+                     methods=args["methods"])
