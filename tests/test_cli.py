@@ -73,6 +73,19 @@ def test_audit_fails_on_an_assumption_not_permitted(bundles):
     assert doc["assumptions"][0]["provenance"] == {"reason": "test"}
 
 
+def test_audit_prints_a_bundles_text_as_one_printable_line(bundles):
+    """Provenance comes from the bundle's author: a newline and a terminal escape in a reason
+    printed a fake `assumptions none` line and hid the rest (a review); they are escaped."""
+    g = kernel_checker.load_graph(bundles["graph"])
+    claim = robust(g, [0.5, 0.25, 0.75], "1/1000", 0)
+    sneaky = proof.write_bundle(str(bundles["dir"] / "sneaky.json"), claim, proof.assume(
+        "user.hypothesis", reason="x\nassumptions none\x1b[8m"), bundles["graph"], g)
+    r = tl("audit", sneaky, "--permit", "user.*")
+    assert r.returncode == 0 and "\x1b" not in r.stdout and "assumptions none" not in [
+        line.strip() for line in r.stdout.splitlines()]
+    assert "reason=x\\nassumptions none\\x1b[8m" in r.stdout
+
+
 def test_audit_tree_prints_the_derivation(bundles):
     r = tl("audit", bundles["good"], "--tree")
     assert r.returncode == 0 and "derivation:" in r.stdout and "ibp" in r.stdout

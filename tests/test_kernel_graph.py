@@ -535,3 +535,28 @@ def test_weights_parameter_named_like_an_inline_const_is_not_shadowed(kit):
         assert "const:c" in err.message
         return
     assert kit.point(graph, [1, 1, 1])["lin"] == [6, 15]
+
+
+def test_the_builder_stores_parameters_exactly_or_refuses_them():
+    """GraphBuilder rounded what it was given to float32: decimal strings ("0.1"), fractions,
+    16777217 (stored as 16777216) and complex numbers (imaginary part dropped), and `const`
+    made Python floats float32 where `linear` kept them float64 (found by a review). Floats
+    are now stored as given, integers exactly (float32, else float64), anything else refused."""
+    from fractions import Fraction
+
+    g = GraphBuilder()
+    x = g.input([1])
+    for bad, what in (([["0.1"]], "dtype <U3"), ([[Fraction(1, 3)]], "dtype object"),
+                      ([[1 + 2j]], "dtype complex128"), ([[2**70]], "dtype object")):
+        with pytest.raises(ValueError, match=f"expected an array of real floats or integers, "
+                                             f"found {what}"):
+            g.linear(x, bad)
+    with pytest.raises(ValueError, match="integers beyond float64's exact range"):
+        g.linear(x, np.array([[2**62 + 1]], dtype=np.int64))
+    g.linear(x, [[16777217]], name="big")
+    g.linear(x, [[3]], name="small")
+    c = g.const([0.1], name="c")
+    assert g.params["big.weight"].dtype == np.float64 and g.params["big.weight"][0, 0] == 16777217
+    assert g.params["small.weight"].dtype == np.float32
+    assert g.params["c.value"].dtype == np.float64 and g.params["c.value"][0] == 0.1
+    assert c.shape == (1,)

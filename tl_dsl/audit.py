@@ -26,10 +26,17 @@ def audit_bundle(path: str, permit: list[str] | None = None) -> dict:
             "derivation": derivation_to_json(theorem)}
 
 
+def _shown(text: object) -> str:
+    """Text from a bundle as one printable line: control characters (a newline, an escape
+    sequence that hides what follows in a terminal) written as escapes."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def format_audit(report: dict, tree: bool = False) -> str:
     from tl_dsl.printing import format_claim
 
-    lines = [f"bundle     {report['bundle']} (sha256 {report['bundle_sha256'][:16]})",
+    lines = [f"bundle     {_shown(report['bundle'])} (sha256 {report['bundle_sha256'][:16]})",
              f"claim      {format_claim(report['_theorem'].claim)}",
              f"rule       {report['rule']}",
              f"level      {report['level']}"]
@@ -37,12 +44,13 @@ def format_audit(report: dict, tree: bool = False) -> str:
         lines.append(f"assumptions ({len(report['assumptions'])}):")
         for a in report["assumptions"]:
             mark = "permitted" if a["permitted"] else "NOT PERMITTED"
-            prov = ", ".join(f"{k}={v}" for k, v in a["provenance"].items())
-            lines.append(f"  - {a['name']} [{mark}] {prov}")
+            prov = ", ".join(f"{_shown(k)}={_shown(v)}" for k, v in a["provenance"].items())
+            lines.append(f"  - {_shown(a['name'])} [{mark}] {prov}")
     else:
         lines.append("assumptions none")
     arts = report["artifacts"]
-    lines.append(f"graph      {arts['graph']['path']} sha256 {arts['graph']['sha256'][:16]}")
+    lines.append(f"graph      {_shown(arts['graph']['path'])} sha256 "
+                 f"{_shown(arts['graph']['sha256'][:16])}")
     if arts.get("weights"):
         lines.append(f"weights    sha256 {arts['weights']['sha256'][:16]}")
     lines.append(f"spec       sha256 {arts['spec']['sha256'][:16]}")

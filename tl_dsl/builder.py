@@ -39,9 +39,20 @@ class GraphBuilder:
         return f"{op}{self._count}"
 
     def _param(self, name: str, value) -> str:
+        """Floats (16, 32, 64 bits) are stored as they are; integers as float32, or float64
+        when float32 cannot hold them exactly; anything else (decimal strings, fractions,
+        complex numbers) is refused, never rounded."""
         arr = np.ascontiguousarray(value)
-        if arr.dtype not in (np.float32, np.float64, np.float16):
-            arr = arr.astype(np.float32)
+        if arr.dtype.kind in "iub":
+            ints = arr.astype(object)
+            arr = next((f for f in (arr.astype(np.float32), arr.astype(np.float64))
+                        if (f.astype(object) == ints).all()), None)
+            if arr is None:
+                raise ValueError(f"parameter {name}: integers beyond float64's exact range")
+        elif arr.dtype not in (np.float32, np.float64, np.float16):
+            raise ValueError(f"parameter {name}: expected an array of real floats or integers, "
+                             f"found dtype {arr.dtype} (values are stored in binary exactly "
+                             "as given: convert them yourself, e.g. to np.float32)")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"parameter {name}: NaN or Inf values")
         self.params[name] = arr
@@ -58,7 +69,7 @@ class GraphBuilder:
 
     def const(self, value, name: str | None = None) -> Ref:
         nid = name or self._fresh("const")
-        arr = np.asarray(value, dtype=np.float32) if not isinstance(value, np.ndarray) else value
+        arr = np.asarray(value)  # (as linear's weights: a list of Python floats is float64)
         self._param(f"{nid}.value", arr)
         return self._add("const", [], arr.shape, {"value": f"{nid}.value"}, name=nid)
 
