@@ -18,8 +18,10 @@ constant subexpressions uses exact rationals; float tensors keep their dtype in 
 file (bfloat16 graph parameters are widened to float32, which is exact).
 
 Writes DIR/graph.json, DIR/weights.safetensors and DIR/manifest.json (tl.weights_manifest.v1).
-Untrusted producer: the kernel re-checks the graph (`tl graph`), and agreement with PyTorch is
-the named assumption `producer.pytorch.export_agreement` unless a parity check is run.
+Untrusted producer: the kernel re-checks the graph (`tl graph`); that the graph computes what
+the module does is not checked per export (tests/test_torch_export.py compares the ATen table
+with `module.double()`), and the registered assumption `producer.pytorch.export_agreement` is
+not emitted by this module.
 """
 
 from __future__ import annotations
