@@ -798,6 +798,9 @@ def test_composite_bundle_rechecks_in_a_fresh_process_and_audits_its_tree(blockw
     plain = proof.write_bundle(os.path.join(folder, "proofs", "bare.json"), claim, cert, gpath, h)
     ok, text = proof.recheck_in_fresh_process(plain)
     assert not ok and "rejected: context: " in text and "no graph with sha256" in text
+    # a re-check that does not end in time is not held, with the reason (it raised)
+    assert proof.recheck_in_fresh_process(bundle, timeout_s=0.01) == (
+        False, "the re-check did not end within 0.01 s")
     # a premise graph file changed after writing
     with open(bundle) as f:
         doc = json.load(f)

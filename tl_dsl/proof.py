@@ -64,7 +64,11 @@ def write_bundle(path: str, claim: Claim, certificate: dict, graph_path: str,
 
 
 def recheck_in_fresh_process(bundle_path: str, timeout_s: float = 600) -> tuple[bool, str]:
-    """Re-derive a bundle with the kernel alone in a new Python process."""
-    proc = subprocess.run([sys.executable, "-m", "kernel_checker", bundle_path],
-                          capture_output=True, text=True, timeout=timeout_s)
+    """Re-derive a bundle with the kernel alone in a new Python process: (held, its output);
+    not held, with the reason, when it does not end within timeout_s."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "kernel_checker", bundle_path],
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False, f"the re-check did not end within {timeout_s:g} s"
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
