@@ -103,9 +103,9 @@ def check_sha256(data: bytes, expected: object, rule: str, path: str) -> None:
 
 
 def _shape_field(value: object, rule: str, path: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
-        raise refuse(rule, path, f"expected a list of non-negative integers, found {value!r}")
+    if not isinstance(value, list) or not all(  # (below 2^63, as safetensors readers need)
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 63 for d in value):
+        raise refuse(rule, path, f"expected a list of integers in [0, 2^63), found {value!r}")
     return tuple(value)
 
 

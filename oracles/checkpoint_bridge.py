@@ -12,6 +12,7 @@ subprocess layer's contract); on failure prints the reason on stderr and exits w
 import argparse
 import json
 import os
+import re
 import sys
 
 
@@ -48,7 +49,15 @@ def main(argv: list[str] | None = None) -> int:
                                        strip_module_prefix=args.strip_module_prefix,
                                        source=source)
     except Exception as err:  # noqa: BLE001 - weights_only refusals are UnpicklingError, etc.
-        print(f"checkpoint_bridge: {type(err).__name__}: {err}", file=sys.stderr)
+        if type(err).__name__ == "UnpicklingError":  # (torch's text advises weights_only=False)
+            why = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\s*Please use|\n\s*\n\s*Check "
+                            r"the documentation|$)", str(err), re.S)
+            why = " ".join(why.group(1).split()) if why else str(err).strip()[:200]
+            print(f"checkpoint_bridge: UnpicklingError: torch.load(weights_only=True) refused "
+                  f"the checkpoint ({why}): it is not a state dict of tensors and plain "
+                  "containers (save the model's state_dict() instead)", file=sys.stderr)
+        else:
+            print(f"checkpoint_bridge: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     print(json.dumps({"format": "tl.bridge.v1", "weights": written.weights_path,
                       "manifest": written.manifest_path, "sha256": written.sha256,

@@ -24,12 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernel_checker.contracts import MANIFEST_FORMAT, check_state_dict
+from kernel_checker.errors import read_bytes, refuse
+from kernel_checker.exact import load_json
 from oracles.subprocess_layer import Tool
 
 WEIGHTS_NAME = "weights.safetensors"
 MANIFEST_NAME = "manifest.json"
 BRIDGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint_bridge.py")
-PYTHON = Tool("python", sys.executable, "pip install 'tl-verify[torch]' (the bridge needs torch)")
+PYTHON = Tool("python", sys.executable)  # (the bridge says itself when torch is missing)
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict")
 
 _NUMPY_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64",
@@ -154,6 +156,12 @@ def unwrap_checkpoint(obj: object, key: str | None = None) -> tuple[Mapping, str
     else:
         used = next((k for k in CHECKPOINT_KEYS if k in obj), None)
         inner = obj[used] if used else obj
+        nested = [k for k, v in inner.items() if isinstance(v, Mapping)] if isinstance(
+            inner, Mapping) else []
+        if nested:  # e.g. {"model": state_dict, "optimizer": ...}
+            raise StateDictError(f"checkpoint key {nested[0]!r} holds a dict, not a tensor; "
+                                 f"to take the state dict from it, pass --checkpoint-key "
+                                 f"{nested[0]} (tl export) or --key {nested[0]} (the bridge)")
     if not isinstance(inner, Mapping):
         raise StateDictError(f"{used}: expected a dict of tensors, found {type(inner).__name__}")
     return inner, used
@@ -179,12 +187,17 @@ def export_state_dict(state, folder: str, *, strip_module_prefix: bool = False,
 
 
 def _read_manifest(location: str) -> tuple[dict, bytes]:
+    """The manifest (read as the kernel reads JSON) and the weights file's bytes; a missing
+    file or a manifest without weights.path is a KernelError naming it."""
     mpath = os.path.join(location, MANIFEST_NAME) if os.path.isdir(location) else location
-    with open(mpath) as f:
-        manifest = json.load(f)
-    wpath = os.path.join(os.path.dirname(os.path.abspath(mpath)), manifest["weights"]["path"])
-    with open(wpath, "rb") as f:
-        return manifest, f.read()
+    manifest = load_json(read_bytes(mpath, "state_dict", "manifest", "the manifest"),
+                         "state_dict", "manifest")
+    weights = manifest.get("weights") if isinstance(manifest, dict) else None
+    if not isinstance(weights, dict) or not isinstance(weights.get("path"), str):
+        raise refuse("state_dict", "manifest.weights.path", f"expected a manifest object with "
+                     f"weights.path (a string), found {str(manifest)[:80]}")
+    wpath = os.path.join(os.path.dirname(os.path.abspath(mpath)), weights["path"])
+    return manifest, read_bytes(wpath, "state_dict", "manifest.weights.path", "the weights")
 
 
 def check_saved(location: str, expected: Mapping | None = None):

@@ -927,9 +927,11 @@ def lower_exported(ep, batch: bool = True, strip_module_prefix: bool = False
 
 
 def export_module(module, example_inputs, out_dir: str, *, batch: bool = True,
-                  strip_module_prefix: bool = False, check: bool = True) -> ExportResult:
+                  strip_module_prefix: bool = False, check: bool = True,
+                  weights_from: dict | None = None) -> ExportResult:
     """Capture `module` on `example_inputs` (a tensor or a tuple of tensors, leading batch
-    dimension 1), lower it and write out_dir/graph.json + weights.safetensors + manifest.json."""
+    dimension 1), lower it and write out_dir/graph.json + weights.safetensors + manifest.json;
+    `weights_from` (e.g. a checkpoint's path and sha256) goes into the graph's metadata."""
     import torch
 
     if isinstance(example_inputs, torch.Tensor):
@@ -940,4 +942,6 @@ def export_module(module, example_inputs, out_dir: str, *, batch: bool = True,
                 "module": type(module).__qualname__,
                 "example_shapes": [list(t.shape) for t in example_inputs],
                 "batch": "leading batch dimension 1 stripped" if batch else "none"}
+    if weights_from is not None:
+        metadata["weights_from"] = weights_from
     return writer.save(out_dir, metadata, check, inputs)

@@ -204,8 +204,32 @@ def test_bridge_loads_with_weights_only_and_refuses_code(tmp_path):
     torch.save({"state_dict": {"w": Payload()}}, ckpt)
     with pytest.raises(ToolError) as info:
         sd.convert_checkpoint(str(ckpt), str(tmp_path / "out"))
-    assert info.value.exit_code == 2 and "Weights only load failed" in info.value.stderr_tail
+    assert info.value.exit_code == 2 and "torch.load(weights_only=True) refused the checkpoint" \
+        in info.value.stderr_tail and "weights_only` set to `False`" not in info.value.stderr_tail
     assert not (tmp_path / "out").exists()
+
+
+def test_a_manifest_without_its_fields_or_files_is_refused_naming_them(tmp_path):
+    """_read_manifest raised KeyError, TypeError or a bare FileNotFoundError (a review)."""
+    w, manifest, _ = saved(tmp_path / "ok")
+    for doc, where in (({"format": manifest["format"]}, "manifest.weights.path"),
+                       ({**manifest, "weights": "x"}, "manifest.weights.path"),
+                       ([1, 2], "manifest.weights.path"),
+                       ({**manifest, "weights": {**manifest["weights"], "path": "gone.st"}},
+                        "manifest.weights.path")):
+        (tmp_path / "m.json").write_text(json.dumps(doc))
+        with pytest.raises(KernelError) as info:
+            sd.check_saved(str(tmp_path / "m.json"))
+        assert info.value.path == where, info.value
+    with pytest.raises(KernelError, match="cannot read the manifest"):
+        sd.check_saved(str(tmp_path / "none.json"))
+
+
+def test_a_dimension_no_safetensors_reader_takes_is_refused():
+    """[2^70, 0] (zero bytes) passed the kernel, then failed in the safetensors loader."""
+    manifest, data = _raw_file("w", "F32", [2**70, 0], b"")
+    with pytest.raises(KernelError, match=r"integers in \[0, 2\^63\)"):
+        check_state_dict(manifest, data)
 
 
 def test_bridge_refuses_non_tensor_values(tmp_path):

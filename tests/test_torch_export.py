@@ -241,6 +241,51 @@ def test_tl_export_loads_a_checkpoint_through_the_bridge(tmp_path, capsys):
     assert torch.equal(w["weight"], trained.weight.detach())
 
 
+def test_tl_export_checkpoint_is_loaded_bit_for_bit_or_refused(tmp_path, capsys):
+    """A review found two ways to a graph whose weights are not the checkpoint's with exit 0:
+    `--checkpoint ""` (an unset variable) exported the constructor's random weights, and tied
+    parameters given two values in the checkpoint kept one of them. Both are refused now; a
+    {"model": state_dict, ...} checkpoint says which option takes it (--checkpoint-key), and
+    the graph records the checkpoint's path and sha256."""
+    import hashlib
+
+    model = tmp_path / "model.py"
+    model.write_text("import torch.nn as nn\n\ndef make():\n    return nn.Linear(3, 2)\n\n"
+                     "class Tied(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                     "        self.a, self.b = nn.Linear(2, 2, bias=False), nn.Linear(2, 2, "
+                     "bias=False)\n        self.b.weight = self.a.weight\n\n"
+                     "    def forward(self, x):\n        return self.b(self.a(x))\n")
+
+    def export(target, shape, *extra):
+        args = _parser().parse_args(["export", f"{model}:{target}", "--example-shape", shape,
+                                     "-o", str(tmp_path / "o"), *extra])
+        code = args.func(args)
+        return code, capsys.readouterr()
+
+    code, out = export("make", "1,3", "--checkpoint", "")
+    assert code == 1 and "--checkpoint: expected a checkpoint file, found '' (an empty path)" \
+        in out.err
+    torch.save({"a.weight": torch.eye(2), "b.weight": 2 * torch.eye(2)}, tmp_path / "tied.pt")
+    code, out = export("Tied", "1,2", "--checkpoint", str(tmp_path / "tied.pt"))
+    assert code == 1 and "the module's a.weight differs from the checkpoint's" in out.err
+    torch.manual_seed(0)
+    trained = nn.Linear(3, 2)
+    torch.save({"model": trained.state_dict(), "optimizer": {"lr": 0.1}}, tmp_path / "ck.pt")
+    code, out = export("make", "1,3", "--checkpoint", str(tmp_path / "ck.pt"))
+    assert code == 1 and "pass --checkpoint-key model" in out.err and "hint:" not in out.err
+    code, out = export("make", "1,3", "--checkpoint", str(tmp_path / "ck.pt"),
+                       "--checkpoint-key", "model")
+    assert code == 0, out.err
+    digest = hashlib.sha256((tmp_path / "ck.pt").read_bytes()).hexdigest()
+    meta = json.load(open(tmp_path / "o" / "graph.json"))["metadata"]
+    assert meta["weights_from"] == {"checkpoint": str(tmp_path / "ck.pt"), "sha256": digest,
+                                    "key": "model"}
+    from safetensors.torch import load_file
+
+    w = load_file(str(tmp_path / "o" / "weights.safetensors"))
+    assert torch.equal(w["weight"], trained.weight.detach())
+
+
 class _ReluOnAView(torch.nn.Module):
     """h = fc(x); relu_ on a view of h; h read again: in torch h is changed too."""
 

@@ -58,7 +58,6 @@ def cmd_export(args) -> int:
         print(TORCH_HINT, file=sys.stderr)
         return 2
     from kernel_checker import KernelError
-    from oracles.state_dict import expected_from_module, load_state_dict
     from oracles.torch_export import ExportError, export_module
 
     try:
@@ -70,18 +69,21 @@ def cmd_export(args) -> int:
         print(f"{args.target} returned {type(module).__name__}, not a torch.nn.Module",
               file=sys.stderr)
         return 1
-    try:
-        if args.checkpoint:
-            from oracles.state_dict import convert_checkpoint
+    from oracles.subprocess_layer import ToolError
 
-            with tempfile.TemporaryDirectory() as tmp:
-                convert_checkpoint(args.checkpoint, tmp,
-                                   strip_module_prefix=args.strip_module_prefix)
-                state = load_state_dict(tmp, expected_from_module(module))
-            module.load_state_dict(state)
+    weights_from = None
+    try:
+        if args.checkpoint is not None:
+            weights_from = _load_checkpoint(module, args)
         examples = tuple(torch.zeros(shape) for shape in args.example_shape)
         result = export_module(module, examples, args.out, batch=not args.no_batch,
-                               strip_module_prefix=args.strip_module_prefix)
+                               strip_module_prefix=args.strip_module_prefix,
+                               weights_from=weights_from)
+    except ToolError as err:  # the bridge: its own one-line reason first
+        why = [t for t in (err.stderr_tail or "").splitlines() if "checkpoint_bridge:" in t]
+        print(f"checkpoint refused: {why[-1].split('checkpoint_bridge:', 1)[1].strip()}"
+              if why else f"checkpoint conversion failed: {err}", file=sys.stderr)
+        return 1
     except ExportError as err:
         print(f"export refused: {err}", file=sys.stderr)
         return 1
@@ -101,8 +103,45 @@ def cmd_export(args) -> int:
     batch = "" if args.no_batch else " (batch dimension stripped)"
     print(f"inputs {[list(n.shape) for n in graph.input_nodes]} -> outputs "
           f"{[list(graph.by_id[o].shape) for o in graph.outputs]}{batch}")
+    if weights_from is not None:
+        print(f"weights from {weights_from['checkpoint']} (sha256 {weights_from['sha256']}), "
+              "loaded bit for bit")
     print(f"kernel check passed; validate again with: tl graph {result.graph_path}")
     return 0
+
+
+def _load_checkpoint(module, args) -> dict:
+    """Load --checkpoint into `module` through the bridge (a separate process) and the kernel's
+    check of the converted file; every entry of the module's state dict must then equal the
+    checkpoint's bit for bit (tied parameters given two values, or a load hook that changes a
+    value, are refused). What to record of it: path, sha256 and the key used."""
+    import hashlib
+
+    import torch
+
+    from oracles.state_dict import convert_checkpoint, expected_from_module, load_state_dict
+
+    path = args.checkpoint
+    if not path or not os.path.isfile(path):
+        raise ValueError(f"--checkpoint: expected a checkpoint file, found {path!r}" + (
+            " (an empty path)" if not path else " (not a file)" if os.path.exists(path) else
+            " (no such file)"))
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = convert_checkpoint(path, tmp, strip_module_prefix=args.strip_module_prefix,
+                                    key=args.checkpoint_key)
+        state = load_state_dict(tmp, expected_from_module(module))
+    module.load_state_dict(state)
+    for name, got in module.state_dict().items():
+        want = state[name]
+        if (got.dtype, got.shape) != (want.dtype, want.shape) or not torch.equal(*(
+                t.detach().contiguous().reshape(-1).view(torch.uint8) for t in (got, want))):
+            raise ValueError(f"--checkpoint: after loading, the module's {name} differs from "
+                             "the checkpoint's (tied parameters given different values, or a "
+                             "load hook that changes it)")
+    return {"checkpoint": os.path.abspath(path), "sha256": digest,
+            "key": report.get("unwrapped")}
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -117,6 +156,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="strip a leading 'module.' from parameter names (DataParallel)")
     p.add_argument("--checkpoint", default=None, help="load weights from a pickled checkpoint "
                    "first (through the separate-process bridge, kernel-checked)")
+    p.add_argument("--checkpoint-key", default=None, metavar="KEY",
+                   help="the checkpoint's top-level key holding the state dict (default: "
+                   "state_dict or model_state_dict if present, else the whole checkpoint)")
     p.add_argument("--no-batch", action="store_true",
                    help="the example shapes have no batch dimension (keep every dimension)")
     p.set_defaults(func=cmd_export)
