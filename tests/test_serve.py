@@ -5,10 +5,14 @@ without a server, refused requests, and no work left running when a client is ki
 import json
 import os
 import pathlib
+import pty
+import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -38,15 +42,63 @@ def tl(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
     )
 
 
-def start_server(sock: pathlib.Path, workdir: pathlib.Path, *extra: str):
-    """A `tl serve` process and its stderr log, once it says it is listening."""
+# A server of tl_dsl.serve without the preload (a quick start) and with `patch` run first: the
+# patches below stand in for tl_dsl.verify.verify or for what the system does.
+PATCHED_SERVER = """
+import json, os, sys, tempfile, time
+import tl_dsl.verify
+from tl_dsl import serve
+serve.PRELOAD = ()
+os.umask(0o022)  # not the umask of the client in the umask test
+tempfile.gettempdir()  # cached, as after the real preload
+{patch}
+sys.exit(serve.serve(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else None))
+"""
+
+# verify writes what its process sees to MODEL (a path relative to the client's directory),
+# prints a line to stdout and one to stderr, forks a sleeping worker if MODEL starts with
+# "fork", then waits until PROPERTY exists and answers unsat.
+PROBE = """
+def probe(model, prop, *args, **kwargs):
+    worker = os.fork() if os.path.basename(model).startswith("fork") else None
+    if worker == 0:
+        time.sleep(60)
+        os._exit(0)
+    umask = os.umask(0)
+    os.umask(umask)
+    seen = {"pid": os.getpid(), "worker": worker, "umask": umask, "env": dict(os.environ),
+            "tempdir": tempfile.gettempdir()}
+    with open(model, "w") as f:
+        json.dump(seen, f)
+    print("probe: stdout")
+    print("probe: stderr", file=sys.stderr)
+    while not os.path.exists(prop):
+        time.sleep(0.05)
+    return {"result": "unsat"}
+tl_dsl.verify.verify = probe
+"""
+CRASH = """
+def crash(*args, **kwargs):
+    raise RuntimeError("verify crashed")
+tl_dsl.verify.verify = crash
+"""
+
+
+def start_server(sock: pathlib.Path, workdir: pathlib.Path, *extra: str, patch=None, env=None):
+    """A `tl serve` process (or a PATCHED_SERVER with `patch` and `extra` the idle seconds) and
+    its stderr log, once it says it is listening."""
     log = workdir / "serve.log"
+    if patch is None:
+        command = [sys.executable, "-m", "tl_dsl.cli", "serve", "--socket", str(sock), *extra]
+    else:
+        command = [sys.executable, "-c", PATCHED_SERVER.format(patch=patch), str(sock), *extra]
     with open(log, "w") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tl_dsl.cli", "serve", "--socket", str(sock), *extra],
+            command,
             cwd=workdir,
             stdout=subprocess.DEVNULL,
             stderr=f,
+            env={**os.environ, **(env or {})},
         )
     deadline = time.monotonic() + 120
     while "listening on" not in log.read_text():
@@ -75,18 +127,59 @@ def server(tmp_path_factory):
     stop(proc)
 
 
-def raw_request(sock_path: str, doc: dict, pass_fds: bool = True) -> tuple[dict, str, str]:
-    """Send one request by hand; the reply and what the server wrote to the passed stdout and
-    stderr (pipes)."""
+@pytest.fixture(scope="module")
+def probe_server(tmp_path_factory):
+    d = tmp_path_factory.mktemp("probe")
+    (d / "server_tmp").mkdir()
+    proc, log = start_server(d / "sock", d, patch=PROBE, env={"TMPDIR": str(d / "server_tmp")})
+    yield {"sock": str(d / "sock"), "proc": proc, "log": log, "dir": d}
+    stop(proc)
+
+
+def client(sock, *args, cwd, env=None, **popen) -> subprocess.Popen:
+    """`tl verify MODEL PROPERTY --server SOCK` (no --server if `sock` is None)."""
+    server = [] if sock is None else ["--server", str(sock)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "tl_dsl.cli", "verify", *args, *server],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        **({"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True} | popen),
+    )
+
+
+def wait_for(path: pathlib.Path, timeout: float = 30) -> dict:
+    """The probe's report once written."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            assert time.monotonic() < deadline, f"no {path}"
+            time.sleep(0.05)
+
+
+def raw_request(sock_path: str, doc, pass_fds: bool = True) -> tuple[dict, str, str]:
+    """Send one request by hand (a dict completed with this process's umask, environment and
+    code fingerprint, or bytes as they are); the reply and what the server wrote to the passed
+    stdout and stderr (pipes)."""
+    from tl_dsl.serve import code_fingerprint
+
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(sock_path)
-        data = json.dumps(doc).encode() + b"\n"
-        if pass_fds:
-            socket.send_fds(s, [data], [out_w, err_w])
+        if isinstance(doc, dict):
+            base = {"umask": 0o022, "env": dict(os.environ), "code": code_fingerprint()}
+            data = json.dumps(base | doc).encode() + b"\n"
         else:
-            s.sendall(data)
+            data = doc
+        try:
+            if pass_fds:
+                socket.send_fds(s, [data], [out_w, err_w])
+            else:
+                s.sendall(data)
+        except BrokenPipeError:  # a server that answers before reading (fork failed)
+            pass
         os.close(out_w)
         os.close(err_w)
         s.settimeout(60)
@@ -358,3 +451,203 @@ def test_idle_server_exits_and_removes_its_socket(tmp_path):
         assert not sock.exists() and "no connection for 1 s" in log.read_text()
     finally:
         stop(proc)
+
+
+def test_client_refuses_a_socket_served_by_another_user(tmp_path, monkeypatch, capsys):
+    from tl_dsl import serve
+
+    path = str(tmp_path / "sock")
+    got = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as fake:
+        fake.bind(path)
+        fake.listen(1)
+
+        def answer():  # a squatter that reads the request and hangs up
+            conn, _ = fake.accept()
+            with conn:
+                conn.settimeout(10)
+                got.append(socket.recv_fds(conn, 65536, 2))
+
+        t = threading.Thread(target=answer)
+        t.start()
+        uid = os.getuid()
+        monkeypatch.setattr(os, "getuid", lambda: uid + 1)  # the listener is someone else
+        assert serve.run_on_server(path, ["verify", "--", "m.onnx", "p.vnnlib"]) == 4
+        monkeypatch.undo()
+        t.join(10)
+    assert [g[:2] for g in got] == [(b"", [])]  # no request and no fds sent
+    err = capsys.readouterr().err
+    assert f"the socket {path} is served by uid {uid}" in err
+
+
+def test_server_refuses_connections_of_another_user(tmp_path):
+    patch = "_uid = os.getuid()\nos.getuid = lambda: _uid + 1"
+    proc, log = start_server(tmp_path / "sock", tmp_path, patch=patch)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(tmp_path / "sock"))
+            s.settimeout(30)
+            reply = json.loads(s.makefile().readline())  # answered before any request
+        assert reply["exit"] == 3 and f"serves only uid {os.getuid() + 1}" in reply["error"]
+        assert f"refused a connection from uid {os.getuid()}" in log.read_text()
+        assert ": check (cwd /)" not in log.read_text()  # no child ran the request
+    finally:
+        stop(proc)
+
+
+def test_ctrl_c_in_the_client_shows_the_cursor_again(probe_server, tmp_path):
+    master, slave = pty.openpty()
+    c = client(
+        probe_server["sock"], "report.json", "never",
+        cwd=tmp_path, stdin=slave, stdout=slave, stderr=slave, text=False,
+    )
+    os.close(slave)
+    try:
+        wait_for(tmp_path / "report.json")  # the client waits for the answer
+        c.send_signal(signal.SIGINT)
+        assert c.wait(timeout=30) == 130
+        seen = b""
+        while select.select([master], [], [], 1)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: no writer left
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert seen.endswith(b"\x1b[?25h")
+    finally:
+        c.kill()
+        c.wait()
+        os.close(master)
+
+
+def test_uncaught_exception_exits_1_as_in_a_fresh_process(tmp_path):
+    fresh = subprocess.run(
+        [sys.executable, "-c", "import sys\nimport tl_dsl.verify\n" + CRASH
+         + "from tl_dsl.cli import main\nsys.exit(main())", "verify", "m.onnx", "p.vnnlib"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert fresh.returncode == 1 and "RuntimeError: verify crashed" in fresh.stderr
+    proc, log = start_server(tmp_path / "sock", tmp_path, patch=CRASH)
+    try:
+        served = client(tmp_path / "sock", "m.onnx", "p.vnnlib", cwd=tmp_path)
+        out, err = served.communicate(timeout=60)
+        assert served.returncode == 1, err
+        assert "Traceback" in err and err.rstrip().endswith("RuntimeError: verify crashed")
+    finally:
+        stop(proc)
+
+
+@pytest.mark.parametrize("closed", [1, 2])
+def test_client_with_stdout_or_stderr_closed(probe_server, tmp_path, closed):
+    (tmp_path / "go").touch()
+    c = client(probe_server["sock"], "report.json", "go", cwd=tmp_path,
+               preexec_fn=lambda: os.close(closed))
+    out, err = c.communicate(timeout=60)
+    assert c.returncode == 0, err
+    assert (out, err) == (("", "probe: stderr\n") if closed == 1 else ("probe: stdout\n", ""))
+
+
+def test_served_run_has_the_clients_umask_and_environment(probe_server, tmp_path):
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "go").touch()
+    env = {"TMPDIR": str(tmp_path / "tmp"), "TL_SERVER": probe_server["sock"], "TL_PROBE": "1"}
+    c = client(None, "report.json", "go", cwd=tmp_path, env=env,
+               preexec_fn=lambda: os.umask(0o077))
+    out, err = c.communicate(timeout=60)
+    assert c.returncode == 0 and out == "probe: stdout\n", err
+    seen = json.loads((tmp_path / "report.json").read_text())
+    assert seen["pid"] != c.pid and f"pid {seen['pid']}:" in probe_server["log"].read_text()
+    assert seen["umask"] == 0o077
+    assert seen["tempdir"] == str(tmp_path / "tmp")
+    assert seen["env"]["TL_PROBE"] == "1" and "TL_SERVER" not in seen["env"]
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_idle_server_waits_for_a_running_request(tmp_path):
+    proc, log = start_server(tmp_path / "sock", tmp_path, "1", patch=PROBE)
+    try:
+        c = client(tmp_path / "sock", "report.json", "go", cwd=tmp_path)
+        wait_for(tmp_path / "report.json")
+        time.sleep(2.5)  # past --idle while the request runs
+        assert proc.poll() is None and (tmp_path / "sock").exists()
+        (tmp_path / "go").touch()
+        assert c.wait(timeout=30) == 0
+        assert proc.wait(timeout=30) == 0 and not (tmp_path / "sock").exists()
+        lines = log.read_text().splitlines()
+        assert "exit 0 after" in lines[-2] and "no connection for 1 s" in lines[-1]
+    finally:
+        stop(proc)
+
+
+def test_child_killed_while_a_worker_runs_answers_the_client_at_once(probe_server, tmp_path):
+    with open(tmp_path / "err", "w") as err:  # (a file: the worker holds the client's fds)
+        c = client(probe_server["sock"], "fork.json", "never", cwd=tmp_path, stderr=err)
+    seen = wait_for(tmp_path / "fork.json")
+    try:
+        os.kill(seen["pid"], signal.SIGKILL)  # as the OOM killer would
+        assert c.wait(timeout=15) == 3  # not when the worker ends (60 s)
+        err = (tmp_path / "err").read_text()
+        assert "closed the connection before sending an exit code" in err
+    finally:
+        c.kill()
+        c.wait()
+        try:
+            os.kill(seen["worker"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_malformed_requests_get_an_error_reply(server):
+    for data in [b"[1, 2]\n", b'"verify"\n', b"[" * 100000 + b"]" * 100000 + b"\n"]:
+        reply, out, err = raw_request(server["sock"], data)
+        assert reply["exit"] == 3 and reply["error"].startswith("tl serve: bad request:"), data
+    assert server["log"].read_text().count(": bad request: ") >= 3
+    reply, _, _ = raw_request(server["sock"], {"argv": ["verify"], "cwd": "/", "env": []})
+    assert reply["exit"] == 3 and "bad request" in reply["error"]
+
+
+def test_failed_fork_is_answered_and_the_server_goes_on(tmp_path):
+    patch = """
+_fork, _calls = os.fork, []
+def fork():
+    _calls.append(1)
+    if len(_calls) == 1:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    return _fork()
+os.fork = fork
+"""
+    proc, log = start_server(tmp_path / "sock", tmp_path, patch=patch)
+    try:
+        out, err = client(tmp_path / "sock", "m.onnx", "p.vnnlib", cwd=tmp_path).communicate()
+        assert err.startswith("error: tl serve: cannot fork for this request:"), err
+        reply, _, _ = raw_request(str(tmp_path / "sock"), {"argv": ["check"], "cwd": "/"})
+        assert reply["exit"] == 3 and "only `tl verify`" in reply["error"]
+        assert proc.poll() is None
+    finally:
+        stop(proc)
+
+
+def test_client_with_changed_code_is_refused_with_exit_4(probe_server, tmp_path):
+    root = pathlib.Path(__file__).resolve().parents[1]
+    copy = tmp_path / "copy"
+    for package in ("kernel_checker", "tl_dsl", "oracles", "stdlib"):
+        for f in (root / package).rglob("*"):
+            if f.suffix in (".py", ".lark") and "__pycache__" not in f.parts:
+                (copy / f.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, copy / f.relative_to(root))
+    with open(copy / "tl_dsl" / "verify.py", "a") as f:
+        f.write("# an edit after the server started\n")
+    (tmp_path / "go").touch()  # (so that a server that does not check answers at once)
+    c = client(probe_server["sock"], "report.json", "go", cwd=tmp_path,
+               env={"PYTHONPATH": str(copy)})
+    out, err = c.communicate(timeout=60)
+    assert c.returncode == 4 and out == "", err
+    assert err.strip() == (
+        f"error: the tl server at {probe_server['sock']} runs other code than this client "
+        "(files changed since it started): restart it"
+    )
+    assert not (tmp_path / "report.json").exists()
+    reply, _, _ = raw_request(probe_server["sock"], {"argv": ["verify"], "cwd": "/", "code": ""})
+    assert reply["exit"] == 4 and "runs other code" in reply["error"]
