@@ -1,7 +1,9 @@
 """Float32 execution of a graph in the reference order (untrusted; for reporting only): every
 dot product summed left to right, one rounding per multiply and per add (no FMA), bias added
-last, as a plain loop would. Supports the ops of fully connected and convolution-free networks;
-other ops report that the check was not done."""
+last, as a plain loop would. Supports the ops of fully connected and convolution-free networks
+with float32 parameters (a linear node on [..., k] works row by row); other ops, and parameters
+that are not float32 numbers (a Gemm's alpha folded into a float64 weight), report that the
+check was not done."""
 
 import json
 import os
@@ -34,11 +36,23 @@ def forward_float32(graph_path: str, x: np.ndarray) -> np.ndarray | None:
         elif op in ("flatten", "reshape"):
             vals[node["id"]] = v.reshape(node["shape"])
         else:
-            w = params[node["attrs"]["weight"]].astype(np.float32)
-            acc = np.zeros(w.shape[0], dtype=np.float32)
+            w, b = (_float32(params, node["attrs"].get(key)) for key in ("weight", "bias"))
+            if w is None or (b is None and node["attrs"].get("bias")):
+                return None
+            rows = v.reshape(-1, w.shape[1])  # (the IR's linear acts on the last axis)
+            acc = np.zeros((rows.shape[0], w.shape[0]), dtype=np.float32)
             for k in range(w.shape[1]):  # left to right; float32 vector ops round each step
-                acc = acc + w[:, k] * v[k]
-            if node["attrs"].get("bias"):
-                acc = acc + params[node["attrs"]["bias"]].astype(np.float32)
-            vals[node["id"]] = acc
+                acc = acc + rows[:, k:k + 1] * w[:, k]
+            if b is not None:
+                acc = acc + b
+            vals[node["id"]] = acc.reshape(node["shape"])
     return vals[doc["outputs"][0]].reshape(-1)
+
+
+def _float32(params: dict, name) -> np.ndarray | None:
+    """A parameter as float32 when every value is a float32 number, else None."""
+    if not name:
+        return None
+    p = params[name]
+    f = p.astype(np.float32)
+    return f if p.dtype == np.float32 or np.array_equal(f.astype(p.dtype), p) else None

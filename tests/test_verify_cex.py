@@ -115,17 +115,72 @@ class _Claim:
         self.unsafe = [SimpleNamespace(a=rows, b=b)]
 
 
+def _region(n_in=1, rows=1, lo=False, hi=False, strict_rows=None):
+    """The strictness of a region's comparisons (stdlib.vnnlib.Region's flags)."""
+    return SimpleNamespace(strict_lo=(lo,) * n_in, strict_hi=(hi,) * n_in,
+                           strict_rows=(strict_rows or (False,) * rows,))
+
+
 @pytest.mark.parametrize("x32, y32, verdict", [
     ([0.5], [0.25], "also a counterexample"),
     ([0.5], [0.75], "NOT a counterexample (outputs)"),
     ([np.float32(1) + np.float32(2**-23)], [0.25], "NOT a counterexample (the input leaves"),
-    ([0.5], [np.nan], "NOT a counterexample (an output is NaN or infinite)"),
+    ([0.5], [np.nan], "not decided (the float32 execution overflowed"),
+    ([0.5], [np.inf], "not decided (the float32 execution overflowed"),
     ([0.5], None, "not checked"),
 ])
 def test_float32_verdict_is_decided_exactly(x32, y32, verdict):
     claim = _Claim((fmpq(0),), (fmpq(1),), ((fmpq(1),),), (fmpq(1, 2),))  # unsafe: y <= 1/2
     y = None if y32 is None else np.array(y32, dtype=np.float32)
-    assert _float32_verdict(claim, np.array(x32, dtype=np.float32), y).startswith(verdict)
+    assert _float32_verdict(claim, _region(), np.array(x32, dtype=np.float32),
+                            y).startswith(verdict)
+
+
+def test_float32_verdict_and_input_honour_strict_comparisons():
+    """A review found the float32 report reading every comparison non-strictly: with
+    0.5 < X_0 the input 0.5 was taken, and with Y_0 < 1/2 an output 1/2 was called a
+    counterexample. Both now follow the region's flags."""
+    claim = _Claim((fmpq(0),), (fmpq(1),), ((fmpq(1),),), (fmpq(1, 2),))  # y <= 1/2, y < 1/2
+    half = np.array([0.5], dtype=np.float32)
+    assert _float32_verdict(claim, _region(strict_rows=(True,)), half, half).startswith(
+        "NOT a counterexample (outputs)")
+    assert _float32_verdict(claim, _region(), half, half) == "also a counterexample"
+    edge = _Claim((fmpq(1, 2),), (fmpq(1),), ((fmpq(1),),), (fmpq(1),))
+    assert _float32_verdict(edge, _region(lo=True), half, half).startswith(
+        "NOT a counterexample (the input leaves")
+    box = SimpleNamespace(lo=(fmpq(1, 2),), hi=(fmpq(1, 2) + fmpq(1, 10**10),))
+    assert _float32_input((fmpq(1, 2),), box, _region())[0] == np.float32(0.5)
+    assert _float32_input((fmpq(1, 2),), box, _region(lo=True)) is None  # no float32 in it
+    wide = SimpleNamespace(lo=(fmpq(1, 2),), hi=(fmpq(1),))
+    assert _float32_input((fmpq(1, 2),), wide, _region(lo=True))[0] == np.nextafter(
+        np.float32(0.5), np.float32(1))
+    huge = SimpleNamespace(lo=(fmpq(10**39),), hi=(fmpq(2 * 10**39),))  # beyond float32
+    assert _float32_input((fmpq(10**39),), huge, _region()) is None
+    vast = SimpleNamespace(lo=(fmpq(10**400),), hi=(fmpq(2 * 10**400),))  # beyond float64
+    assert _float32_input((fmpq(10**400),), vast, _region()) is None
+
+
+def test_forward_float32_takes_linear_rows_and_refuses_weights_that_are_no_float32(tmp_path):
+    """The IR's linear acts on the last axis of [..., k]: the reference took the first axis
+    of a [2, 2] input as the vector (wrong outputs, or a crash after `sat` was printed). A
+    float64 weight (a Gemm's alpha folded in) was rounded to float32: now not checked."""
+    from oracles.float32_reference import forward_float32
+    from tl_dsl.builder import GraphBuilder
+
+    g = GraphBuilder()
+    x = g.input([2, 2])
+    g.output(g.linear(x, np.array([[1, 2], [3, 4]], np.float32), np.float32([0.5, 0]),
+                      name="fc"))
+    y = forward_float32(g.save(str(tmp_path / "rows")), np.float32([1, 2, 3, 4]))
+    assert y.tolist() == [5.5, 11, 11.5, 25]
+    g = GraphBuilder()
+    x = g.input([1])
+    g.output(g.linear(x, np.array([[3 * (1 + 2.0**-23)]], np.float64), name="fc"))
+    assert forward_float32(g.save(str(tmp_path / "f64")), np.float32([1])) is None
+    g = GraphBuilder()
+    x = g.input([1])
+    g.output(g.linear(x, np.array([[0.5]], np.float64), name="fc"))  # a float32 number
+    assert forward_float32(g.save(str(tmp_path / "f64ok")), np.float32([3])).tolist() == [1.5]
 
 
 def test_float32_input_steps_inwards_when_the_nearest_float32_leaves_the_box():
@@ -134,10 +189,10 @@ def test_float32_input_steps_inwards_when_the_nearest_float32_leaves_the_box():
     lo = fmpq(5 * 2**23 + 2, 5 * 2**23)
     box = SimpleNamespace(lo=(lo,), hi=(fmpq(2),))
     assert _nearest_float32(lo) == np.float32(1.0)
-    assert _float32_input((lo,), box)[0] == np.float32(1 + 2.0**-23)
-    assert _float32_input((fmpq(3, 2),), box)[0] == np.float32(1.5)  # inside: unchanged
+    assert _float32_input((lo,), box, _region())[0] == np.float32(1 + 2.0**-23)
+    assert _float32_input((fmpq(3, 2),), box, _region())[0] == np.float32(1.5)  # unchanged
     thin = SimpleNamespace(lo=(fmpq(2**30 + 1, 2**32),), hi=(fmpq(2**30 + 2, 2**32),))
-    assert _float32_input((thin.lo[0],), thin) is None  # no float32 in [1/4 + 2^-32, ...]
+    assert _float32_input((thin.lo[0],), thin, _region()) is None  # none in [1/4 + 2^-32, ..]
 
 
 def _sigmoid_model(tmp_path) -> pathlib.Path:

@@ -605,36 +605,49 @@ def _nearest_float32(q: fmpq) -> np.float32:
         abs(Fraction(float(f)) - x), int(np.array(f, dtype=np.float32).view(np.uint32)) & 1))
 
 
-def _float32_input(x: tuple, box) -> np.ndarray | None:
-    """Per coordinate the float32 nearest to x inside [lo, hi] (one step inwards where the
-    nearest falls outside); None when a coordinate's interval holds no float32."""
+def _inside(v: fmpq, lo: fmpq, hi: fmpq, strict_lo: bool, strict_hi: bool) -> bool:
+    """lo <= v <= hi, with < where the property's bound was strict."""
+    return (lo < v if strict_lo else lo <= v) and (v < hi if strict_hi else v <= hi)
+
+
+def _float32_input(x: tuple, box, region) -> np.ndarray | None:
+    """Per coordinate the float32 nearest to x inside the region's input interval (one step
+    inwards where the nearest falls outside or on a strict bound); None when a coordinate's
+    interval holds no float32 (also beyond float32's range)."""
     out = []
-    for v, lo, hi in zip(x, box.lo, box.hi):
-        f = _nearest_float32(v)
-        exact = fmpq(*float(f).as_integer_ratio())
-        if exact < lo:
-            f = np.nextafter(f, np.float32(np.inf))
-        elif exact > hi:
-            f = np.nextafter(f, np.float32(-np.inf))
-        if not lo <= fmpq(*float(f).as_integer_ratio()) <= hi:
+    for v, lo, hi, s, t in zip(x, box.lo, box.hi, region.strict_lo, region.strict_hi,
+                               strict=True):
+        try:
+            f = _nearest_float32(v)
+            exact = fmpq(*float(f).as_integer_ratio())
+            if exact < lo or (s and exact == lo):
+                f = np.nextafter(f, np.float32(np.inf))
+            elif exact > hi or (t and exact == hi):
+                f = np.nextafter(f, np.float32(-np.inf))
+            if not _inside(fmpq(*float(f).as_integer_ratio()), lo, hi, s, t):
+                return None
+        except (OverflowError, ValueError):  # (no finite float32 near v)
             return None
         out.append(f)
     return np.array(out, dtype=np.float32)
 
 
-def _float32_verdict(claim: Claim, x32: np.ndarray, y32: np.ndarray | None) -> str:
-    """Whether the float32 input and output form a counterexample, decided exactly."""
+def _float32_verdict(claim: Claim, region, x32: np.ndarray, y32: np.ndarray | None) -> str:
+    """Whether the float32 input and output meet the region's comparisons as written (strict
+    ones strictly), decided exactly."""
     if y32 is None:
-        return "not checked (op outside its set)"
+        return "not checked (an op outside its set, or a parameter that is no float32 number)"
     if not np.all(np.isfinite(y32)):
-        return "NOT a counterexample (an output is NaN or infinite)"
+        return "not decided (the float32 execution overflowed: an output is NaN or infinite)"
     box = claim.input_set.as_box()
     xs = [fmpq(*float(v).as_integer_ratio()) for v in x32]
-    if not all(a <= v <= b for v, a, b in zip(xs, box.lo, box.hi)):
+    if not all(_inside(v, a, b, s, t) for v, a, b, s, t in zip(
+            xs, box.lo, box.hi, region.strict_lo, region.strict_hi, strict=True)):
         return "NOT a counterexample (the input leaves the input box)"
     ys = [fmpq(*float(v).as_integer_ratio()) for v in np.asarray(y32).reshape(-1)]
-    inside = any(all(sum((a * v for a, v in zip(row, ys)), fmpq(0)) <= b
-                     for row, b in zip(p.a, p.b)) for p in claim.unsafe)
+    inside = any(all((lhs < b) if strict else (lhs <= b) for lhs, b, strict in zip(
+        (sum((a * v for a, v in zip(row, ys, strict=True)), fmpq(0)) for row in p.a), p.b,
+        flags, strict=True)) for p, flags in zip(claim.unsafe, region.strict_rows, strict=True))
     return "also a counterexample" if inside else "NOT a counterexample (outputs)"
 
 
@@ -861,12 +874,16 @@ def _verify(model: str, prop_path: str, timeout_s: float, bundle: str | None, ce
               + ("; strict comparisons read as non-strict" if prop.has_strict else ""), file=out)
         from oracles.float32_reference import forward_float32
 
-        x32 = _float32_input(x, claim.input_set.as_box())
-        y32 = forward_float32(graph_path, x32) if x32 is not None else None
+        region = next(r for c, r in zip(claims, prop.regions) if c is claim)
+        try:  # (a report outside the kernel: its failure must not end the run after `sat`)
+            x32 = _float32_input(x, claim.input_set.as_box(), region)
+            y32 = forward_float32(graph_path, x32) if x32 is not None else None
+            f32 = _float32_verdict(claim, region, x32, y32) if x32 is not None else \
+                "no float32 input inside the box"
+        except Exception as e:  # noqa: BLE001
+            f32 = f"not checked ({type(e).__name__}: {e})"
         print("float32 reference execution (the nearest float32 input inside the box, "
-              "left-to-right sums, no FMA): " + (_float32_verdict(claim, x32, y32) if x32 is not
-                                                 None else "no float32 input inside the box"),
-              file=out)
+              "left-to-right sums, no FMA): " + f32, file=out)
         if cex:
             how = "every value written exactly" if cex_exact else \
                 "values that are no finite decimal rounded to 40 significant digits"
