@@ -423,7 +423,7 @@ def test_inline_tensor_with_nan_element_names_the_index():
     (lambda d: d.update(b64="!!not base64!!"), "t.b64", "base64"),
     (lambda d: d.update(sha256="abc"), "t.sha256", "64-hex-digit"),
     (lambda d: d.update(shape=[4]), "t", "expected 16 bytes"),
-    (lambda d: d.update(shape=[-1]), "t.shape", "non-negative"),
+    (lambda d: d.update(shape=[-1]), "t.shape", "integers in [0, 2^63)"),
     (lambda d: d.pop("sha256"), "t", "expected keys"),
 ])
 def test_inline_tensor_malformed(mutate, path, fragment):

@@ -497,28 +497,37 @@ def test_server_refuses_connections_of_another_user(tmp_path):
 
 def test_ctrl_c_in_the_client_shows_the_cursor_again(probe_server, tmp_path):
     master, slave = pty.openpty()
-    c = client(
+    c = client(  # (SIGINT as a terminal's process has it: a shell's background job, as a
+        # test runner may be, starts with SIGINT ignored, and Ctrl-C would never arrive)
         probe_server["sock"], "report.json", "never",
         cwd=tmp_path, stdin=slave, stdout=slave, stderr=slave, text=False,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     os.close(slave)
-    try:
-        wait_for(tmp_path / "report.json")  # the client waits for the answer
-        c.send_signal(signal.SIGINT)
-        assert c.wait(timeout=30) == 130
-        seen = b""
-        while select.select([master], [], [], 1)[0]:
+    seen = bytearray()
+
+    def drain():  # (read as a terminal does: a full pty buffer would block the writers)
+        while select.select([master], [], [], 0.2)[0] or c.poll() is None:
             try:
                 chunk = os.read(master, 4096)
             except OSError:  # EIO: no writer left
                 break
             if not chunk:
                 break
-            seen += chunk
-        assert seen.endswith(b"\x1b[?25h")
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        wait_for(tmp_path / "report.json")  # the client waits for the answer
+        c.send_signal(signal.SIGINT)
+        assert c.wait(timeout=30) == 130
+        reader.join(timeout=10)
+        assert bytes(seen).endswith(b"\x1b[?25h")
     finally:
         c.kill()
         c.wait()
+        reader.join(timeout=10)
         os.close(master)
 
 
