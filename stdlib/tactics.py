@@ -27,6 +27,7 @@ class Outcome:
     kernel_s: float = 0.0
     proved_by: dict = field(default_factory=dict)  # method tried -> kernel accepted?
     leaves: int = 0
+    notes: list = field(default_factory=list)  # e.g. a producer that cannot take the graph
 
 
 class _Clock:
@@ -88,33 +89,47 @@ def prove_robust(graph: Graph, graph_path: str, x0, eps, label: int, clamp=(0, 1
     for method in ("ibp", "crown", "alpha", "bab"):
         if method not in methods:
             continue
-        if method == "ibp":
-            cert = proof.ibp()
-        elif method in ("crown", "alpha"):
-            from oracles.bounds_torch import crown_certificate
-
-            kw = {"chain": chain} if chain is not None else {}
-            cert, lows = clock.produce(crown_certificate, graph_path, claim, method, **kw)
-        else:
-            from oracles.bab import prove_with_bab
-
-            res = clock.produce(prove_with_bab, graph_path, claim, bab_timeout_s, method="alpha")
-            if res.status == "counterexample" and res.point is not None:
-                cex = claims.counterexample(claim, claims.clamp_into(
-                    np.asarray(res.point).reshape(-1), claim.input_set.as_box()))
-                thm = clock.check(cex, proof.counterexample_cert(), graph)
-                if thm is not None:
-                    out.status, out.method, out.claim, out.theorem = ("counterexample", "bab",
-                                                                      cex, thm)
-                    out.certificate = proof.counterexample_cert()
-                    return out
-            if res.status != "proved":
-                continue
-            cert = res.certificate
-            out.leaves = res.stats.get("leaves", 0) if hasattr(res, "stats") else 0
+        try:
+            cert = _propose(method, graph, graph_path, claim, chain, bab_timeout_s, clock, out)
+        except ValueError as e:  # a producer that cannot take this graph (tanh for CROWN, ...)
+            out.proved_by[method] = False
+            out.notes.append(f"{method}: {e}")
+            continue
+        if out.status == "counterexample":
+            return out
+        if cert is None:
+            continue
         thm = clock.check(claim, cert, graph)
         out.proved_by[method] = thm is not None
         if thm is not None:
             out.status, out.method, out.theorem, out.certificate = "certified", method, thm, cert
             break
     return out
+
+
+def _propose(method: str, graph: Graph, graph_path: str, claim: Claim, chain, bab_timeout_s,
+             clock: "_Clock", out: Outcome) -> dict | None:
+    """A certificate from `method`'s producer, or None (then nothing to check); a kernel-checked
+    counterexample from branch and bound goes into `out` (status counterexample)."""
+    if method == "ibp":
+        return proof.ibp()
+    if method in ("crown", "alpha"):
+        from oracles.bounds_torch import crown_certificate
+
+        kw = {"chain": chain} if chain is not None else {}
+        return clock.produce(crown_certificate, graph_path, claim, method, **kw)[0]
+    from oracles.bab import prove_with_bab
+
+    res = clock.produce(prove_with_bab, graph_path, claim, bab_timeout_s, method="alpha")
+    if res.status == "counterexample" and res.point is not None:
+        cex = claims.counterexample(claim, claims.clamp_into(
+            np.asarray(res.point).reshape(-1), claim.input_set.as_box()))
+        thm = clock.check(cex, proof.counterexample_cert(), graph)
+        if thm is not None:
+            out.status, out.method, out.claim, out.theorem = "counterexample", "bab", cex, thm
+            out.certificate = proof.counterexample_cert()
+            return None
+    if res.status != "proved":
+        return None
+    out.leaves = res.stats.get("leaves", 0) if hasattr(res, "stats") else 0
+    return res.certificate

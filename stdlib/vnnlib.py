@@ -143,18 +143,34 @@ class _ToLinear(Transformer):
         return ("declare", str(name))
 
 
+def _readable(terminals) -> list[str]:
+    """The grammar's terminal names as a reader writes them: "(" for LPAR, "declare-const"
+    for an anonymous keyword; a name or a number for the patterns."""
+    out = set()
+    for name in terminals:
+        try:
+            pattern = _parser().get_terminal(name).pattern
+        except KeyError:
+            out.add(name)
+            continue
+        out.add(repr(pattern.value) if pattern.type == "str" else
+                {"NAME": "a name", "NUMBER": "a number", "CMP": "a comparison"}.get(name, name))
+    return sorted(out)
+
+
 def parse_vnnlib(text: str, max_disjuncts: int = 100_000) -> Property:
     """A VNN-LIB document to exact input regions and unsafe output polytopes."""
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as err:
-        expected = sorted(getattr(err, "expected", None) or getattr(err, "allowed", None) or [])
+        expected = _readable(getattr(err, "expected", None) or getattr(err, "allowed", None)
+                             or [])
         found = getattr(err, "token", None)
         raise VnnlibError(f"line {err.line}, column {err.column}: syntax error"
                           + (f", found {str(found)!r}" if isinstance(found, Token) and str(found)
                              else ", found the end of the input" if isinstance(found, Token)
                              else "")
-                          + (f"; expected one of {expected}" if expected else "")
+                          + ("; expected one of " + ", ".join(expected) if expected else "")
                           + "\n" + err.get_context(text)) from None
     t = _ToLinear()
     try:

@@ -105,3 +105,25 @@ def test_a_claim_that_cannot_be_proved_or_an_unknown_method_raises(digits, kw, e
     with pytest.raises(error, match=match):
         prove_robust(graph, MLP, args["x0"], args["eps"], label, clamp=args.get("clamp", (0, 1)),
                      methods=args["methods"])
+
+
+def test_a_graph_the_bound_producers_cannot_take_is_unknown_with_the_reason(tmp_path):
+    """On a tanh network the CROWN producer raises ValueError (tanh is outside its set); the
+    tactic crashed there instead of going on: it now records the reason and answers unknown
+    (a new user's trial found it)."""
+    import numpy as np
+
+    from tl_dsl.builder import GraphBuilder
+
+    rng = np.random.default_rng(0)
+    g = GraphBuilder()
+    x = g.input([4])
+    h = g._add("tanh", [g.linear(x, rng.normal(0, 1, (16, 4)).astype(np.float32), name="a")],
+               (16,))
+    g.output(g.linear(h, rng.normal(0, 1, (3, 16)).astype(np.float32), name="b"))
+    path = g.save(str(tmp_path / "tanh"))
+    graph = load_graph(path)
+    out = prove_robust(graph, path, ["0.5"] * 4, "1/5", 1, methods=("ibp", "crown", "alpha"))
+    assert out.status == "unknown" and out.proved_by == {"ibp": False, "crown": False,
+                                                         "alpha": False}
+    assert any(n.startswith("crown: ") and "tanh" in n for n in out.notes), out.notes

@@ -384,3 +384,53 @@ def test_a_file_that_is_not_onnx_is_unknown_and_no_temporary_model_is_left(tmp_p
     res = verify(str(_relu_model(tmp_path)), str(prop), timeout_s=60, out=io.StringIO(),
                  err=io.StringIO())
     assert res["result"] == "unsat" and list(tmp.iterdir()) == []
+
+
+def test_a_model_through_an_op_the_kernel_does_not_evaluate_is_unknown_at_once(tmp_path):
+    """Softmax is imported, but the kernel's exact semantics does not evaluate it, so no answer
+    could be checked: `tl verify` ran the whole attack budget and then said unknown (a new
+    user's trial); it now says so before producing anything, naming the node and the op."""
+    import io
+    import time
+
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from tl_dsl.verify import verify
+
+    graph = helper.make_graph([helper.make_node("Softmax", ["X"], ["Y"], name="sm", axis=1)],
+                              "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 2])])
+    model = tmp_path / "softmax.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    head = "".join(f"(declare-const {v} Real)\n" for v in ("X_0", "X_1", "Y_0", "Y_1"))
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text(head + "(assert (>= X_0 0))\n(assert (<= X_0 1))\n(assert (>= X_1 0))\n"
+                    "(assert (<= X_1 1))\n(assert (>= Y_0 0.4))")
+    text, t0 = io.StringIO(), time.perf_counter()
+    res = verify(str(model), str(prop), timeout_s=60, out=text, err=io.StringIO())
+    assert res["result"] == "unknown" and time.perf_counter() - t0 < 20
+    assert "node 'sm' (op softmax) is not evaluated by the kernel's exact semantics" in \
+        text.getvalue()
+
+
+def test_the_model_folder_beside_a_bundle_stays_only_with_the_bundle(tmp_path):
+    """--bundle B.json imports the model into B.model/, which the bundle's paths name; when no
+    bundle is written (sat, unknown) that folder was left behind alone (a new user's trial)."""
+    import io
+
+    from tl_dsl.verify import verify
+
+    head = "".join(f"(declare-const {v} Real)\n" for v in ("X_0", "X_1", "Y_0", "Y_1"))
+    box = "(assert (>= X_0 -1))\n(assert (<= X_0 1))\n(assert (>= X_1 0))\n(assert (<= X_1 1))\n"
+    model = _relu_model(tmp_path)
+    for name, out, word in (("sat", "(assert (>= Y_1 0.5))", "sat"),
+                            ("unsat", "(assert (<= Y_1 -1))", "unsat")):
+        prop = tmp_path / f"{name}.vnnlib"
+        prop.write_text(head + box + out)
+        bundle = tmp_path / "out" / f"{name}.json"
+        res = verify(str(model), str(prop), timeout_s=60, bundle=str(bundle), out=io.StringIO(),
+                     err=io.StringIO())
+        assert res["result"] == word
+        assert bundle.is_file() == (word == "unsat")
+        assert (tmp_path / "out" / f"{name}.model").is_dir() == (word == "unsat")

@@ -78,7 +78,7 @@ def test_syntax_error_names_line_and_column():
 
 def test_a_document_cut_short_says_the_input_ended():
     with pytest.raises(VnnlibError, match=r"line 5, column 20: syntax error, found the end of "
-                       r"the input; expected one of \['LPAR', 'RPAR'\]"):
+                       r"the input; expected one of '\(', '\)'"):
         parse_vnnlib(HEAD + "(assert (<= X_0 0.5)")
 
 

@@ -25,6 +25,7 @@ import kernel_checker
 from kernel_checker import inference
 from kernel_checker import pool as kernel_pool
 from kernel_checker.claims import Box, Claim
+from kernel_checker.ops import OPS
 from kernel_checker.tensor import numel
 from stdlib.vnnlib import VnnlibError, read_vnnlib
 from tl_dsl import claims as dsl_claims
@@ -729,14 +730,17 @@ def _until(seconds: float):
 def verify(model: str, prop_path: str, timeout_s: float = 60.0, bundle: str | None = None,
            cex: str | None = None, jobs: int = 1, out=sys.stdout, err=sys.stderr) -> dict:
     """Run the whole job; print the result word first, then a summary; return the figures.
-    The imported model goes beside the bundle (BUNDLE.model/), else to a temporary folder
-    removed at the end."""
+    The imported model goes beside the bundle (BUNDLE.model/, which the bundle's paths name),
+    else to a temporary folder; a folder made here is removed at the end unless a bundle was
+    written."""
     own = None if bundle else tempfile.mkdtemp(prefix="tl-verify-")
+    workdir = os.path.splitext(bundle)[0] + ".model" if bundle else own
+    if bundle and not os.path.exists(workdir):  # (made here: removed unless a bundle uses it)
+        own = workdir
     try:
-        return _verify(model, prop_path, timeout_s, bundle, cex, jobs, out, err,
-                       os.path.splitext(bundle)[0] + ".model" if bundle else own)
+        return _verify(model, prop_path, timeout_s, bundle, cex, jobs, out, err, workdir)
     finally:
-        if own is not None:
+        if own is not None and not (bundle and os.path.isfile(bundle)):
             shutil.rmtree(own, ignore_errors=True)
 
 
@@ -760,6 +764,17 @@ def _verify(model: str, prop_path: str, timeout_s: float, bundle: str | None, ce
                              f"{prop.n_outputs} outputs Y; the model has {sizes[0]} input "
                              f"values and {len(graph.outputs)} output(s), the first of "
                              f"{sizes[1]} values (one output, sizes equal, expected)")
+        need, stack = {graph.outputs[0]}, [graph.outputs[0]]  # the output and its ancestors
+        while stack:
+            fresh = [i for i in graph.by_id[stack.pop()].inputs if i not in need]
+            need.update(fresh)
+            stack += fresh
+        not_evaluated = [n for n in graph.nodes if n.id in need and not OPS[n.op].evaluated]
+        if not_evaluated:  # (nothing the kernel could check: no unsat, no sat)
+            n = not_evaluated[0]
+            raise ValueError(f"node {n.id!r} (op {n.op}) is not evaluated by the kernel's exact "
+                             "semantics, so no answer about this model can be checked; "
+                             f"evaluated ops: {sorted(o for o, s in OPS.items() if s.evaluated)}")
     except (VnnlibError, kernel_checker.KernelError, ValueError, OSError) as e:
         print("unknown", file=out)
         print(f"error: {e}", file=out)
