@@ -840,9 +840,10 @@ def chain_lower_bounds(state: dict, nid: str, values: dict, box: Interval, rows,
 
 def _route(graph: Graph, nodes: list[Node], cert: dict, entries: list) -> dict | None:
     """A chain without split multipliers, its entries on linear nodes, takes the affine-block
-    route: its (empty) state."""
-    if _chain(graph, nodes) is None or cert.get("beta") or any(
-            e.get("beta") or graph.by_id[e["node"]].op != "linear" for e in entries):
+    route: its (empty) state. (Any beta but an empty list goes the general route, which reads
+    it: a malformed one is refused there, not ignored.)"""
+    if _chain(graph, nodes) is None or any(d.get("beta", []) != [] for d in (cert, *entries)) or (
+            any(graph.by_id[e["node"]].op != "linear" for e in entries)):
         return None
     return {"paths": {}, "unstable": {}, "rows": {}, "memo": {}, "relu": _chain(graph, nodes)}
 
@@ -1067,6 +1068,10 @@ def check_split(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
                 raise refuse(e.rule, f"claim.unsafe[{i}]", f"{path}.children[{i}]: " + e.message
                              .replace("polytope 0", f"polytope {i}", 1)) from None
         return
+    if kind in ("input", "relu") and set(spec) != {"kind", *(
+            ("dim", "pieces") if kind == "input" else ("node", "index"))}:
+        raise refuse("split", f"{path}.split", f"unexpected or missing keys for a {kind} split: "
+                     f"found {sorted(spec)}")
     if kind == "input":
         dim = spec.get("dim")
         n = len(dom.box.lo)

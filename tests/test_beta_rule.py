@@ -147,10 +147,13 @@ def test_malformed_beta_entries_are_rejected(setup, entry, path, fragment):
              contains=fragment)
 
 
-def test_beta_must_be_a_list(setup):
+@pytest.mark.parametrize("beta", [{"fc1": 1}, {}, ""])
+def test_beta_must_be_a_list(setup, beta):
+    """(An empty dict or string took the affine-block route, which reads no beta, and was
+    ignored; a review found it.)"""
     built, box, j = setup
     g = built.graph
     split = {"rule": "split", "split": {"kind": "relu", "node": "fc1", "index": j},
-             "children": [{"rule": "crown"}, {"rule": "crown", "beta": {"fc1": 1}}]}
+             "children": [{"rule": "crown"}, {"rule": "crown", "beta": beta}]}
     rejected(claims.bounds(g, box, [-100, -100], [100, 100]), split, g, rule="crown",
              path="certificate.children[1].beta", contains="expected a list")

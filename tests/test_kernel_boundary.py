@@ -65,7 +65,9 @@ FORBIDDEN = {"numpy", "torch", "tl_dsl", "oracles", "gpu", "stdlib", "math", "cm
 # busy for hours; about 8 lines), and 3,700 until a derivation nested past Python's recursion
 # limit was refused with the reason (it crashed with a RecursionError) and an enclosure's ball
 # too narrow at a corner of its box was refuted by exact evaluation there (64 pieces of
-# bisection could not isolate it, so a false ball stood on the oracle's word; about 20 lines).
+# bisection could not isolate it, so a false ball stood on the oracle's word; about 20 lines;
+# then input and relu split specs with keys of no kind, and a beta that is no list on the
+# affine-block route, were refused instead of ignored: about 5 lines).
 MAX_KERNEL_LINES = 3720
 
 

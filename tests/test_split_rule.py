@@ -177,6 +177,21 @@ def test_hand_built_input_split_into_three_pieces(net):
     accepted(claim, wide, g)
 
 
+@pytest.mark.parametrize("extra", [{"sign": 1}, {"pieces": []}])
+def test_split_specs_with_keys_of_no_kind_are_refused(net, extra):
+    """An input or relu split ignored keys it does not read ({"kind": "relu", ..., "sign": 1}
+    was accepted with sign unread), where a polytope split refused them (a review)."""
+    g, claim = net.graph, net.alpha_claim
+    cert = net.input_split(claim, 1, [Fraction(1, 4), Fraction(5, 8)])
+    for spec in (dict(cert["split"], **extra), {"kind": "relu", "node": "fc1", "index": 0,
+                                                **extra}):
+        if spec["kind"] == "input" and "pieces" in extra:
+            spec = {k: v for k, v in spec.items() if k != "dim"}  # (a missing key instead)
+        bad = dict(cert, split=spec)
+        rejected(claim, bad, g, rule="split", path="certificate.split",
+                 contains=f"keys for a {spec['kind']} split")
+
+
 def test_nested_splits_and_ibp_leaves(net):
     """An input split whose second piece is split again along another dim; some leaves ibp."""
     g, claim = net.graph, net.alpha_claim
