@@ -611,6 +611,21 @@ def _inside(v: fmpq, lo: fmpq, hi: fmpq, strict_lo: bool, strict_hi: bool) -> bo
     return (lo < v if strict_lo else lo <= v) and (v < hi if strict_hi else v <= hi)
 
 
+def _as_written(claim: Claim, region, x: list, y_lo: list, y_hi: list) -> tuple[bool, bool]:
+    """Whether x meets the region's input bounds, and whether every output in [y_lo, y_hi]
+    lies in one unsafe polytope, as the property wrote them (strict comparisons strictly; the
+    claim reads them as non-strict)."""
+    box = claim.input_set.as_box()
+    x_ok = all(_inside(v, a, b, s, t) for v, a, b, s, t in zip(
+        x, box.lo, box.hi, region.strict_lo, region.strict_hi, strict=True))
+    sups = [[sum((c * (h if c > 0 else a) for c, a, h in zip(row, y_lo, y_hi, strict=True)),
+                 fmpq(0)) for row in p.a] for p in claim.unsafe]
+    y_ok = any(all((sup < b) if strict else (sup <= b) for sup, b, strict in zip(
+        row_sups, p.b, flags, strict=True)) for row_sups, p, flags in zip(
+        sups, claim.unsafe, region.strict_rows, strict=True))
+    return x_ok, y_ok
+
+
 def _float32_input(x: tuple, box, region) -> np.ndarray | None:
     """Per coordinate the float32 nearest to x inside the region's input interval (one step
     inwards where the nearest falls outside or on a strict bound); None when a coordinate's
@@ -640,16 +655,12 @@ def _float32_verdict(claim: Claim, region, x32: np.ndarray, y32: np.ndarray | No
         return "not checked (an op outside its set, or a parameter that is no float32 number)"
     if not np.all(np.isfinite(y32)):
         return "not decided (the float32 execution overflowed: an output is NaN or infinite)"
-    box = claim.input_set.as_box()
     xs = [fmpq(*float(v).as_integer_ratio()) for v in x32]
-    if not all(_inside(v, a, b, s, t) for v, a, b, s, t in zip(
-            xs, box.lo, box.hi, region.strict_lo, region.strict_hi, strict=True)):
-        return "NOT a counterexample (the input leaves the input box)"
     ys = [fmpq(*float(v).as_integer_ratio()) for v in np.asarray(y32).reshape(-1)]
-    inside = any(all((lhs < b) if strict else (lhs <= b) for lhs, b, strict in zip(
-        (sum((a * v for a, v in zip(row, ys, strict=True)), fmpq(0)) for row in p.a), p.b,
-        flags, strict=True)) for p, flags in zip(claim.unsafe, region.strict_rows, strict=True))
-    return "also a counterexample" if inside else "NOT a counterexample (outputs)"
+    x_ok, y_ok = _as_written(claim, region, xs, ys, ys)
+    if not x_ok:
+        return "NOT a counterexample (the input leaves the input box)"
+    return "also a counterexample" if y_ok else "NOT a counterexample (outputs)"
 
 
 def _dyadic_inside(point: tuple, box: Box, bits: int = 64) -> tuple:
@@ -677,15 +688,9 @@ def _strictly_violates(graph, claim: Claim, point: tuple, region) -> bool:
     non-strict): whether the point and its exact output enclosure meet the region's
     comparisons as written, strict ones strictly (an input bound, then every row of one unsafe
     polytope)."""
-    box = claim.input_set.as_box()
-    if not all((lo < v if s else lo <= v) and (v < hi if t else v <= hi) for v, lo, hi, s, t in
-               zip(point, box.lo, box.hi, region.strict_lo, region.strict_hi, strict=True)):
-        return False
     iv = _output_enclosure(graph, claim, point)
     lo, hi = [fmpq(a, iv.den) for a in iv.lo], [fmpq(b, iv.den) for b in iv.hi]
-    return any(all((sup < b) if strict else (sup <= b) for sup, b, strict in zip(
-        (sum(c * (h if c > 0 else a) for c, a, h in zip(row, lo, hi)) for row in p.a), p.b,
-        flags, strict=True)) for p, flags in zip(claim.unsafe, region.strict_rows, strict=True))
+    return all(_as_written(claim, region, list(point), lo, hi))
 
 
 def write_cex(path: str, x: tuple, y: list) -> bool:
