@@ -698,6 +698,20 @@ def _keys(cert, rule, path, allowed):
         raise refuse(rule, path, f"unexpected keys {sorted(extra)}")
 
 
+def _relu_keys(graph: Graph, claim: Claim, cert: dict, path: str) -> None:
+    """alpha and upper are keyed by relu node ids of the claim's ancestors (a key naming any
+    other node would be read by nothing)."""
+    relus = graph._cache.get(("relus", claim.node))
+    if relus is None:
+        relus = graph._cache[("relus", claim.node)] = {
+            n.id for n in ancestors(graph, claim.node, "crown") if n.op == "relu"}
+    for key in ("alpha", "upper"):
+        extra = set(cert[key]) - relus if isinstance(cert.get(key), dict) else set()
+        if extra:
+            raise refuse("crown", f"{path}.{key}", f"expected relu node ids among "
+                         f"{sorted(relus)}, found {sorted(extra)}")
+
+
 def _chain(graph: Graph, nodes: list[Node]) -> dict | None:
     """For nodes [flatten | reshape]* linear (relu linear)*, each fed by the one before, the
     input no wider than any hidden linear (the blocks are hidden width x input width): each
@@ -929,6 +943,7 @@ def _entries(graph: Graph, claim: Claim, inter, order: dict, path: str) -> dict:
     for i, entry in enumerate(inter):
         p = f"{path}.intermediate[{i}]"
         _keys(entry, "crown", p, {"node", "indices", "den", "lo", "hi", "alpha", "upper", "beta"})
+        _relu_keys(graph, claim, entry, p)
         nid = entry.get("node")
         if not isinstance(nid, str) or nid not in order or order[nid] < last or (
                 nid == claim.node):
@@ -953,6 +968,7 @@ def check_crown(graph: Graph, claim: Claim, cert: dict, dom: Domain, path: str,
     """Check a crown certificate on a domain; False means the domain is empty (vacuous). With
     `batch`, the conclusion may be left there for `_flush`."""
     _keys(cert, "crown", path, {"intermediate", "alpha", "upper", "beta"})
+    _relu_keys(graph, claim, cert, path)
     done = _replay(graph, claim, cert, dom, path)
     if done is not None:
         lower, nodes = done[1:]

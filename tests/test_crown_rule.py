@@ -581,6 +581,20 @@ def test_alpha_of_the_wrong_length_rejected(net, value, path, fragment):
              contains=fragment)
 
 
+@pytest.mark.parametrize("key", ["alpha", "upper"])
+def test_slopes_keyed_by_a_node_that_is_no_relu_ancestor_are_refused(net, key):
+    """alpha and upper keyed by a linear node's id (or any id no relu of the claim has) were
+    read by nothing and accepted (a review): refused now, at the top and in an entry."""
+    g = net.graph
+    claim = claims.bounds(g, ball_box(X0, Fraction(1, 4)), [-50, -50], [50, 50], node="fc3")
+    for where in ("fc2", "nope"):
+        rejected(claim, {"rule": "crown", key: {where: ["1"] * 8}}, g, rule="crown",
+                 path=f"certificate.{key}", contains=(f"found ['{where}']", "relu1"))
+    entry = {"node": "fc2", "lo": [None] * 8, "hi": ["50"] * 8, key: {"fc1": ["1"] * 8}}
+    rejected(claim, {"rule": "crown", "intermediate": [entry]}, g, rule="crown",
+             path=f"certificate.intermediate[0].{key}", contains="found ['fc1']")
+
+
 @pytest.mark.parametrize("end", ["l", "u"])
 def test_upper_line_dipping_below_relu_at_one_endpoint_rejected(net, end):
     g = net.graph
