@@ -769,11 +769,7 @@ def _verify(model: str, prop_path: str, timeout_s: float, bundle: str | None, ce
                              f"{prop.n_outputs} outputs Y; the model has {sizes[0]} input "
                              f"values and {len(graph.outputs)} output(s), the first of "
                              f"{sizes[1]} values (one output, sizes equal, expected)")
-        need, stack = {graph.outputs[0]}, [graph.outputs[0]]  # the output and its ancestors
-        while stack:
-            fresh = [i for i in graph.by_id[stack.pop()].inputs if i not in need]
-            need.update(fresh)
-            stack += fresh
+        need = kernel_checker.semantics._ancestors(graph, graph.outputs[0])  # (with the output)
         not_evaluated = [n for n in graph.nodes if n.id in need and not OPS[n.op].evaluated]
         if not_evaluated:  # (nothing the kernel could check: no unsat, no sat)
             n = not_evaluated[0]
