@@ -182,3 +182,43 @@ def test_the_process_exits_when_stopped_while_a_worker_sends_its_reply(tmp_path)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=120, cwd=root)
     assert r.returncode == 0 and r.stdout == "closed\n", r.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_busy_workers_end_when_their_parent_is_killed():
+    """A parent killed outright (SIGKILL, as the OOM killer does to a `tl serve` child) leaves
+    no worker running on: each busy worker gets SIGKILL with it."""
+    script = textwrap.dedent("""
+        import time
+        from tl_dsl.workers import Workers
+        pool = Workers(2)
+        pool.submit(time.sleep, 120)
+        pool.submit(time.sleep, 120)
+        print(*pool.pids, flush=True)
+        time.sleep(120)
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=root)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    time.sleep(0.5)  # both workers are in their jobs
+    for pid in pids:
+        os.kill(pid, 0)  # (alive)
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in pids if _running(p)]
+    assert not alive, f"workers {alive} outlived their killed parent"
+
+
+def _running(pid: int) -> bool:
+    """pid exists and is not a zombie (an orphan is reaped by init; until then it is 'Z')."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

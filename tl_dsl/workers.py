@@ -12,9 +12,13 @@ and nothing waits for it; no thread is started.
 """
 
 import collections
+import ctypes
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
+import signal
+import sys
 
 
 class WorkerDiedError(Exception):
@@ -39,7 +43,24 @@ class Job:
         return self.value
 
 
-def _serve(conn, others: list, init, initargs: tuple) -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent: int) -> None:
+    """On Linux, this worker gets SIGKILL when its parent ends, however it ends (the OOM
+    killer's SIGKILL included: without this a busy worker ran on until its job finished);
+    a parent already gone by now ends it at once."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # (no prctl: the EOF on the pipe still ends it)
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _serve(conn, others: list, init, initargs: tuple, parent: int) -> None:
+    _die_with(parent)
     for end in others:  # this process's copies of the parent's ends: only the parent holds them
         end.close()
     if init is not None:
@@ -94,7 +115,8 @@ class Workers:
             for _ in range(n):
                 mine, theirs = fork.Pipe()
                 proc = fork.Process(target=_serve, daemon=True,
-                                    args=(theirs, [*self._conns, mine], init, initargs))
+                                    args=(theirs, [*self._conns, mine], init, initargs,
+                                          os.getpid()))
                 proc.start()
                 theirs.close()
                 self._conns.append(mine)
