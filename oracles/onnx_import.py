@@ -105,8 +105,10 @@ def _gemm(w: IRWriter, node: _Node, ins: list):
     node.check_attrs({"alpha", "beta", "transA", "transB"})
     a = _act(node, ins[0], "A")
     b = _const(node, ins[1], "B")
-    if node.get("transA", 0):
-        raise node.fail("transA=1 on a batched input mixes the batch dimension")
+    if len(a.shape) != 2:
+        raise node.fail(f"expected A of rank 2, found shape {list(a.shape)}")
+    if node.get("transA", 0):  # A^T: a transpose node (with a batch of 1 first, a reshape)
+        a = w.transpose(a, [1, 0], f"{node.name}.transA")
     weight = b if node.get("transB", 0) else Const(
         b.value.T, b.transposed_name or (f"{b.name}.T" if b.name else None), b.name)
     alpha, beta = node.get("alpha", 1.0), node.get("beta", 1.0)

@@ -576,6 +576,11 @@ def _n(op, ins, out="Y", **attrs):
 ONNX_CASES = {
     "gemm_transB": ([_n("Gemm", ["X", "W", "B"], transB=1)], (1, 6), (1, 4),
                     [("W", _r(4, 6)), ("B", _r(4))]),
+    "gemm_transA": ([_n("Gemm", ["X", "W", "B"], transA=1, transB=1)], (1, 6), (6, 4),
+                    [("W", _r(4, 1)), ("B", _r(4))]),
+    "gemm_transA_relu_gemm": ([_n("Relu", ["X"], "R"), _n("Gemm", ["R", "W"], "H", transA=1),
+                               _n("Gemm", ["H", "V"], transA=1)], (1, 3), (2, 3),
+                              [("W", _r(1, 2)), ("V", _r(3, 3))]),
     "gemm_alpha_beta": ([_n("Gemm", ["X", "W", "B"], alpha=0.1, beta=3.0)], (1, 6), (1, 4),
                         [("W", _r(6, 4)), ("B", _r(1, 4))]),
     "gemm_float64_alpha": ([_n("Gemm", ["X", "W", "B"], alpha=0.1, beta=0.5, transB=1)],
