@@ -1,11 +1,15 @@
 """Judgment forms (DESIGN.md, "Claims") and their JSON encoding.
 
 Every claim names a graph by the sha256 of its file, an input set over the graph's single input
-node, a semantics ("real" for now) and an output node (flattened row-major):
+node, a semantics and an output node (flattened row-major):
 - Bounds:          for all x in S, lo <= G(x)[node] <= hi elementwise.
 - LinearBound:     for all x in S, rows . G(x)[node] >= rhs, row by row.
 - Unsat:           no x in S has G(x)[node] in the union of polytopes {y : A y <= b}.
 - Counterexample:  the point x* is in S and G(x*)[node] lies in one of those polytopes.
+These are in "real" semantics (exact arithmetic). One judgment is in "float32" semantics:
+- Agreement:       the values y a runtime ("cuda" or "cpu") returned for node at the point x (S is
+                   the box [x, x]) lie inside the enclosure of every binary32 evaluation of G at x
+                   (kernel_checker/float32.py).
 """
 
 import hashlib
@@ -18,7 +22,8 @@ from kernel_checker.errors import refuse
 from kernel_checker.exact import decode_rational, decode_vector, encode_rational
 
 RULE = "claim"
-SEMANTICS = ("real",)
+SEMANTICS = ("real", "float32")  # float32: the agreement judgment only
+RUNTIMES = ("cuda", "cpu")
 Vec = tuple  # of fmpq
 
 
@@ -85,6 +90,8 @@ class Claim:
     rhs: Vec = ()
     unsafe: tuple = ()  # of Polytope
     point: Vec = ()
+    values: Vec = ()  # agreement: the runtime's outputs
+    runtime: str | None = None  # agreement: which runtime returned them
     name: str | None = None
     parts: tuple = ()  # of Claim, for kind "all" (a conjunction on one graph and input set)
 
@@ -99,6 +106,8 @@ class Claim:
             doc.update(lo=_enc(self.lo), hi=_enc(self.hi))
         elif self.kind == "linear_bound":
             doc.update(rows=[_enc(r) for r in self.rows], rhs=_enc(self.rhs))
+        elif self.kind == "agreement":
+            doc.update(point=_enc(self.point), values=_enc(self.values), runtime=self.runtime)
         else:
             doc["unsafe"] = [p.to_json() for p in self.unsafe]
             if self.kind == "counterexample":
@@ -198,7 +207,8 @@ def _parse_polytopes(doc: object, path: str) -> tuple:
 
 
 _FIELDS = {"bounds": {"lo", "hi"}, "linear_bound": {"rows", "rhs"}, "unsat": {"unsafe"},
-           "counterexample": {"unsafe", "point"}, "all": {"parts"}}
+           "counterexample": {"unsafe", "point"}, "all": {"parts"},
+           "agreement": {"point", "values", "runtime"}}
 
 
 def parse_claim(doc: object, path: str = "claim") -> Claim:
@@ -212,9 +222,7 @@ def parse_claim(doc: object, path: str = "claim") -> Claim:
     _obj(doc, path, common | fields[kind], {"name"})
     if not isinstance(doc["graph"], str) or len(doc["graph"]) != 64:
         raise refuse(RULE, f"{path}.graph", f"expected the graph's sha256, found {doc['graph']!r}")
-    if doc["semantics"] not in SEMANTICS:
-        raise refuse(RULE, f"{path}.semantics", f"expected one of {list(SEMANTICS)} (float32 "
-                     f"semantics is not yet supported by the kernel), found {doc['semantics']!r}")
+    _semantics(kind, doc["semantics"], f"{path}.semantics")
     if not isinstance(doc["node"], str):
         raise refuse(RULE, f"{path}.node", "expected a node id")
     name = doc.get("name")
@@ -246,6 +254,13 @@ def parse_claim(doc: object, path: str = "claim") -> Claim:
                      for i, r in enumerate(doc["rows"]))
         rhs = decode_vector(doc["rhs"], f"{path}.rhs", RULE, len(rows))
         return Claim(rows=rows, rhs=tuple(rhs), **base)
+    if kind == "agreement":
+        if doc["runtime"] not in RUNTIMES:
+            raise refuse(RULE, f"{path}.runtime", f"expected one of {list(RUNTIMES)}, found "
+                         f"{doc['runtime']!r}")
+        return Claim(point=tuple(decode_vector(doc["point"], f"{path}.point", RULE)),
+                     values=tuple(decode_vector(doc["values"], f"{path}.values", RULE)),
+                     runtime=doc["runtime"], **base)
     unsafe = _parse_polytopes(doc["unsafe"], f"{path}.unsafe")
     if kind == "unsat":
         return Claim(unsafe=unsafe, **base)
@@ -253,25 +268,40 @@ def parse_claim(doc: object, path: str = "claim") -> Claim:
     return Claim(unsafe=unsafe, point=tuple(point), **base)
 
 
+def _semantics(kind: str, semantics: object, path: str) -> None:
+    """Agreement is in float32 semantics, every other judgment in real semantics, and a
+    conjunction in its parts' (checked where its parts are)."""
+    want = "float32" if kind == "agreement" else "real"
+    if semantics != want and not (kind == "all" and semantics in SEMANTICS):
+        raise refuse(RULE, path, f"expected {want!r} for a claim of kind {kind!r} (of "
+                     f"{list(SEMANTICS)}), found {semantics!r}")
+
+
 def check_claim_shapes(claim: Claim, graph, path: str = "claim") -> None:
     """Every vector in the claim has the length the graph says (input and output node sizes)."""
     from kernel_checker.tensor import numel
 
-    if claim.semantics not in SEMANTICS:
-        raise refuse(RULE, f"{path}.semantics", f"expected one of {list(SEMANTICS)}, found "
-                     f"{claim.semantics!r}")
     # (what parse_claim refuses in a document, for claims built in Python)
     if claim.kind not in _FIELDS:
         raise refuse(RULE, f"{path}.kind", f"expected one of {sorted(_FIELDS)}, found "
                      f"{claim.kind!r}")
-    field = {"all": "parts", "linear_bound": "rows", "bounds": "lo"}.get(claim.kind, "unsafe")
+    _semantics(claim.kind, claim.semantics, f"{path}.semantics")
+    if claim.kind == "agreement" and claim.runtime not in RUNTIMES:
+        raise refuse(RULE, f"{path}.runtime", f"expected one of {list(RUNTIMES)}, found "
+                     f"{claim.runtime!r}")
+    if claim.kind == "agreement" and (not isinstance(claim.input_set, Box) or not (
+            claim.input_set.lo == claim.input_set.hi == claim.point)):
+        raise refuse(RULE, f"{path}.input_set", "expected the box [point, point]: an agreement "
+                     "is about one input")
+    field = {"all": "parts", "linear_bound": "rows", "bounds": "lo",
+             "agreement": "values"}.get(claim.kind, "unsafe")
     if not getattr(claim, field):
         raise refuse(RULE, f"{path}.{field}", "expected at least one")
     if claim.kind == "linear_bound" and len(claim.rhs) != len(claim.rows):
         raise refuse(RULE, f"{path}.rhs", f"expected {len(claim.rows)} numbers (one per row), "
                      f"found {len(claim.rhs)}")
     check_input_set(claim.input_set, f"{path}.input_set")
-    for key in ("lo", "hi", "rhs", "point"):
+    for key in ("lo", "hi", "rhs", "point", "values"):
         _exact(getattr(claim, key), f"{path}.{key}")
     for i, row in enumerate(claim.rows):
         _exact(row, f"{path}.rows[{i}]")
@@ -309,6 +339,8 @@ def check_claim_shapes(claim: Claim, graph, path: str = "claim") -> None:
     vectors = []
     if claim.kind == "bounds":
         vectors = [("lo", claim.lo), ("hi", claim.hi)]
+    elif claim.kind == "agreement":
+        vectors = [("values", claim.values)]
     elif claim.kind == "linear_bound":
         vectors = [(f"rows[{i}]", r) for i, r in enumerate(claim.rows)]
     else:
@@ -318,6 +350,6 @@ def check_claim_shapes(claim: Claim, graph, path: str = "claim") -> None:
         if len(vec) != n_out:
             raise refuse(RULE, f"{path}.{key}", f"expected {n_out} numbers (the size of node "
                          f"{claim.node!r}), found {len(vec)}")
-    if claim.kind == "counterexample" and len(claim.point) != n_in:
+    if claim.kind in ("counterexample", "agreement") and len(claim.point) != n_in:
         raise refuse(RULE, f"{path}.point", f"expected {n_in} numbers (the input size), found "
                      f"{len(claim.point)}")

@@ -1,14 +1,15 @@
 """The kernel's rules: each checks a certificate against a claim exactly and makes a Theorem.
 
-Registry: `RULES[name](ctx, claim, certificate, path) -> Theorem`. This issue's rules are `ibp`,
-`counterexample` and `assume`; later rules (crown, split, enclosure) plug in with one entry.
+Registry: `RULES[name](ctx, claim, certificate, path) -> Theorem`: `ibp`, `counterexample`,
+`assume`, `agreement`, `crown`, `split` and the inference rules; a new rule plugs in with one
+entry.
 """
 
 from collections.abc import Callable
 
 from flint import fmpq
 
-from kernel_checker import crown, inference
+from kernel_checker import crown, float32, inference
 from kernel_checker.claims import Box, Claim, check_claim_shapes, parse_claim
 from kernel_checker.errors import refuse
 from kernel_checker.exact import approx_text, common_denominator
@@ -123,6 +124,25 @@ def rule_counterexample(ctx: Context, claim: Claim, cert: dict, path: str) -> Th
                  "polytope: " + "; ".join(reasons))
 
 
+def rule_agreement(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
+    """The runtime's values lie in the kernel's enclosure of every binary32 evaluation
+    (kernel_checker/float32.py); that they are what the runtime returned is the assumption
+    runtime.<runtime>.outputs, with the certificate's provenance (device, sources, command)."""
+    _cert_keys(cert, "agreement", path, {"provenance"})
+    if claim.kind != "agreement":
+        raise refuse("agreement", "claim.kind", f"expected 'agreement', found {claim.kind!r}")
+    evidence = cert["provenance"]
+    if not isinstance(evidence, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in evidence.items()):
+        raise refuse("agreement", f"{path}.provenance", "expected an object of strings (device, "
+                     "driver, sources' sha256, command)")
+    where = path[:-len("certificate")] + "claim"  # (a premise's claim, in a derivation)
+    float32.check_agreement(ctx.graph_for(claim, where), claim, where)
+    assumption = Assumption(f"runtime.{claim.runtime}.outputs", tuple(sorted(evidence.items())),
+                            claim.spec_sha256())
+    return _derive(claim, "agreement", {assumption})
+
+
 def rule_assume(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
     """An explicit named assumption: the claim is shape-checked, not proved."""
     _cert_keys(cert, "assume", path, {"name", "evidence"})
@@ -217,6 +237,7 @@ RULES: dict[str, Callable[[Context, Claim, dict, str], Theorem]] = {
     "crown": rule_crown,
     "split": rule_split,
     "counterexample": rule_counterexample,
+    "agreement": rule_agreement,
     "assume": rule_assume,
 }
 

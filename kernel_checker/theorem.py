@@ -32,6 +32,10 @@ ASSUMPTIONS: dict[str, str] = {
     "user.hypothesis": "a claim the user states without proof, with the user's reason as evidence",
     "oracle.arb.enclosure": "an Arb (python-flint) ball encloses the true value of a function",
     "runtime.cuda.ieee_binary32": "the CUDA device computes binary32 operations as IEEE 754 says",
+    "runtime.cuda.outputs": "an agreement's values are what the CUDA runtime named in its "
+                            "provenance returned for its input",
+    "runtime.cpu.outputs": "an agreement's values are what the CPU runtime named in its "
+                           "provenance returned for its input",
     "producer.pytorch.export_agreement": "the exported graph computes what the PyTorch module does",
 }
 

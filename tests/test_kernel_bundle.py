@@ -276,7 +276,7 @@ def test_claim_name_is_part_of_the_spec(setup):
      "expected an object with a sha256"),
     (lambda d: d.update(producer=[]), "bundle", "producer", "expected an object"),
     (lambda d: d["claim"].update(semantics="float32"), "claim", "claim.semantics",
-     "not yet supported"),
+     "expected 'real' for a claim of kind"),
 ])
 def test_malformed_bundles(setup, mutate, rule, path, fragment):
     doc = setup.doc()

@@ -493,7 +493,8 @@ def test_json_nan_token_in_a_claim_document_is_rejected(mlp, setting, which, key
 
 @pytest.mark.parametrize("mutate, path, fragment", [
     (lambda d: d.update(kind="maybe"), "claim.kind", "expected one of"),
-    (lambda d: d.update(semantics="float32"), "claim.semantics", "not yet supported"),
+    (lambda d: d.update(semantics="float32"), "claim.semantics",
+     "expected 'real' for a claim of kind 'bounds'"),
     (lambda d: d.update(graph="abc"), "claim.graph", "expected the graph's sha256"),
     (lambda d: d.update(extra=1), "claim", "unexpected keys ['extra']"),
     (lambda d: d.pop("node"), "claim", "missing keys ['node']"),

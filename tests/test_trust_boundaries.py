@@ -1,6 +1,7 @@
 """TRUST_BOUNDARIES.md and the code must agree: assumption names, oracles, native sources, and
 the kernel's size."""
 
+import json
 import pathlib
 import re
 
@@ -40,8 +41,11 @@ def test_every_oracle_module_is_listed():
 
 def test_native_sources_match_the_gpu_source_map():
     listed = first_column_names(section("Native sources"))
-    sources = {f"gpu/{p.name}" for p in (ROOT / "gpu").glob("*.cu")}
+    sources = {f"gpu/{p.relative_to(ROOT / 'gpu')}" for p in (ROOT / "gpu").rglob("*.cu")}
     assert listed == sources
+    mapped = {f"gpu/{v['source']}" for v in json.loads(
+        (ROOT / "gpu" / "NATIVE_SOURCES").read_text())["ops"].values() if v["source"]}
+    assert mapped == sources  # every source is one NATIVE_SOURCES names, and no other
 
 
 def test_kernel_size_is_stated_correctly():

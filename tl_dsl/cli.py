@@ -1,4 +1,4 @@
-"""The `tl` command: demo, check, audit, graph, verify, serve.
+"""The `tl` command: demo, check, audit, graph, verify, serve, export, oracle, run.
 
 The kernel and the producers are imported inside the commands that use them, so that
 `tl verify --server` (a client of `tl serve`) starts without torch, numpy or the kernel."""
@@ -142,9 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
     from tl_dsl.cli_export import register
     from tl_dsl.cli_oracle import register as register_oracle
+    from tl_dsl.cli_run import register as register_run
 
     register(sub)
     register_oracle(sub)
+    register_run(sub)
     return p
 
 

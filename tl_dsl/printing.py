@@ -194,6 +194,14 @@ def _fmt_property(claim: Claim, names: _Names, max_inline: int) -> str:
     raise ValueError(f"no text form for claim kind {claim.kind!r}")
 
 
+def _fmt_agreement(claim: Claim, names: _Names, max_inline: int) -> str:
+    """(no text syntax: printed for reading)"""
+    return (f"{claim.runtime} returned {names.output(claim)} = "
+            f"{fmt_vector(claim.values, names, max_inline)} at x = "
+            f"{fmt_vector(claim.point, names, max_inline)}, inside every binary32 evaluation's "
+            "enclosure")
+
+
 def _comment(claim: Claim, names: _Names) -> str:
     note = f"# {names.graph_name}: graph {claim.graph[:12]}"
     if claim.semantics != "real":
@@ -207,9 +215,12 @@ def format_claim(claim: Claim, env: dict | None = None, *, graph_name: str | Non
     names = _Names(claim, env, graph_name)
     head = "claim" if claim.name is None else f"claim {_ident_or_string(claim.name)}"
     if claim.kind == "all":  # (no text syntax for a conjunction: printed for reading)
-        parts = "; ".join(f"forall x in {_fmt_set(p.input_set, names, max_inline)}: "
+        parts = "; ".join(_fmt_agreement(p, names, max_inline) if p.kind == "agreement" else
+                          f"forall x in {_fmt_set(p.input_set, names, max_inline)}: "
                           f"{_fmt_property(p, names, max_inline)}" for p in claim.parts)
         return f"{head}: all of {len(claim.parts)} parts: {parts}  {_comment(claim, names)}"
+    if claim.kind == "agreement":
+        return f"{head}: {_fmt_agreement(claim, names, max_inline)}  {_comment(claim, names)}"
     s = _fmt_set(claim.input_set, names, max_inline)
     if claim.kind == "counterexample":
         point = fmt_vector(claim.point, names, max_inline)

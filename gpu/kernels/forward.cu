@@ -1,0 +1,121 @@
+// tl-verify: binary32 forward and directed-rounding interval forward of the IR ops a checked
+// graph runs on (gpu/NATIVE_SOURCES names each op's kernel). Row-major throughout; a batch of
+// B inputs is B rows. No fast-math: every operation is an IEEE 754 binary32 operation, fused
+// multiply-adds written out (fmaf) and the interval kernels' products and sums in directed
+// rounding (__fmul_rd/__fmul_ru, __fadd_rd/__fadd_ru), which the compiler never contracts.
+
+#define TILE 16
+
+// Y[r, j] = sum_i X[r, i] W[j, i] (+ b[j]): X is B x k, W is m x k (the graph's weight), Y B x m.
+// The sum runs over i in tiles of TILE, each a chain of fmaf; the bias is added last.
+extern "C" __global__ void linear_f32(const float* __restrict__ X, const float* __restrict__ W,
+                                      const float* __restrict__ b, float* __restrict__ Y,
+                                      int B, int k, int m, int has_bias)
+{
+    __shared__ float xs[TILE][TILE];
+    __shared__ float ws[TILE][TILE + 1];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int r = blockIdx.x * TILE + ty;  // batch row this thread writes (grid x: rows)
+    const int j = blockIdx.y * TILE + tx;  // output this thread writes (grid y: outputs)
+    const int jw = blockIdx.y * TILE + ty; // weight row this thread loads
+    float s = 0.0f;
+    for (int t = 0; t < k; t += TILE) {
+        const int i = t + tx;
+        xs[ty][tx] = (r < B && i < k) ? X[(size_t)r * k + i] : 0.0f;
+        ws[ty][tx] = (jw < m && i < k) ? W[(size_t)jw * k + i] : 0.0f;
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < TILE; ++u)
+            s = fmaf(xs[ty][u], ws[tx][u], s);
+        __syncthreads();
+    }
+    if (r < B && j < m)
+        Y[(size_t)r * m + j] = has_bias ? __fadd_rn(s, b[j]) : s;
+}
+
+// The same sums over boxes [Xlo, Xhi]: W exact, each product and partial sum rounded down for
+// the lower end and up for the upper one, so [Ylo, Yhi] holds W x + b for every x in the box.
+extern "C" __global__ void linear_interval(const float* __restrict__ Xlo,
+                                           const float* __restrict__ Xhi,
+                                           const float* __restrict__ W,
+                                           const float* __restrict__ b,
+                                           float* __restrict__ Ylo, float* __restrict__ Yhi,
+                                           int B, int k, int m, int has_bias)
+{
+    __shared__ float ls[TILE][TILE];
+    __shared__ float hs[TILE][TILE];
+    __shared__ float ws[TILE][TILE + 1];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int r = blockIdx.x * TILE + ty;
+    const int j = blockIdx.y * TILE + tx;
+    const int jw = blockIdx.y * TILE + ty;
+    float lo = 0.0f, hi = 0.0f;
+    for (int t = 0; t < k; t += TILE) {
+        const int i = t + tx;
+        const bool in = r < B && i < k;
+        ls[ty][tx] = in ? Xlo[(size_t)r * k + i] : 0.0f;
+        hs[ty][tx] = in ? Xhi[(size_t)r * k + i] : 0.0f;
+        ws[ty][tx] = (jw < m && i < k) ? W[(size_t)jw * k + i] : 0.0f;
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < TILE; ++u) {
+            const float w = ws[tx][u];
+            const float a = w >= 0.0f ? ls[ty][u] : hs[ty][u];
+            const float c = w >= 0.0f ? hs[ty][u] : ls[ty][u];
+            lo = __fadd_rd(lo, __fmul_rd(w, a));
+            hi = __fadd_ru(hi, __fmul_ru(w, c));
+        }
+        __syncthreads();
+    }
+    if (r < B && j < m) {
+        Ylo[(size_t)r * m + j] = has_bias ? __fadd_rd(lo, b[j]) : lo;
+        Yhi[(size_t)r * m + j] = has_bias ? __fadd_ru(hi, b[j]) : hi;
+    }
+}
+
+// max(x, 0), NaN kept (fmaxf would turn a NaN into 0 and hide it).
+__device__ __forceinline__ float relu1(float x)
+{
+    return x != x ? x : (x > 0.0f ? x : 0.0f);
+}
+
+extern "C" __global__ void relu_f32(const float* __restrict__ X, float* __restrict__ Y, size_t n)
+{
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        Y[i] = relu1(X[i]);
+}
+
+extern "C" __global__ void relu_interval(const float* __restrict__ Xlo,
+                                         const float* __restrict__ Xhi,
+                                         float* __restrict__ Ylo, float* __restrict__ Yhi,
+                                         size_t n)
+{
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        Ylo[i] = relu1(Xlo[i]);
+        Yhi[i] = relu1(Xhi[i]);
+    }
+}
+
+extern "C" __global__ void add_f32(const float* __restrict__ A, const float* __restrict__ C,
+                                   float* __restrict__ Y, size_t n)
+{
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        Y[i] = __fadd_rn(A[i], C[i]);
+}
+
+extern "C" __global__ void add_interval(const float* __restrict__ Alo,
+                                        const float* __restrict__ Ahi,
+                                        const float* __restrict__ Clo,
+                                        const float* __restrict__ Chi,
+                                        float* __restrict__ Ylo, float* __restrict__ Yhi,
+                                        size_t n)
+{
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        Ylo[i] = __fadd_rd(Alo[i], Clo[i]);
+        Yhi[i] = __fadd_ru(Ahi[i], Chi[i]);
+    }
+}
