@@ -23,9 +23,10 @@ from kernel_checker.semantics import _ancestors
 from kernel_checker.tensor import numel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SUPPORTED = ("input", "linear", "relu", "add", "flatten", "reshape")
+SUPPORTED = ("input", "linear", "conv2d", "relu", "add", "flatten", "reshape")
 BLOCK = 256  # threads of an elementwise kernel's block
 TILE = 16  # forward.cu's tile
+CHUNK_BYTES = 2 << 30  # device memory for one chunk of rows' values (a batch runs in chunks)
 
 
 class NoDeviceError(RuntimeError):
@@ -58,8 +59,10 @@ class Step:
     op: str
     id: str
     inputs: tuple
-    weight: np.ndarray | None = None  # linear: m x k, binary32
+    weight: np.ndarray | None = None  # linear: m x k; conv2d: O x C/groups x KH x KW; binary32
     bias: np.ndarray | None = None
+    geometry: tuple = ()  # conv2d: (C, H, W), (O, OH, OW), stride, padding, dilation, groups
+    width: int = 0  # values a row
 
 
 @dataclass
@@ -95,7 +98,7 @@ def plan(graph: kernel_checker.Graph, output: str | None = None) -> Plan:
         if node.op not in SUPPORTED:
             raise UnsupportedGraphError(f"node {node.id!r}: op {node.op!r} is not run here "
                                         f"(supported: {', '.join(SUPPORTED)})")
-        step = Step(node.op, node.id, node.inputs)
+        step = Step(node.op, node.id, node.inputs, width=numel(node.shape))
         if node.op == "linear":
             src = graph.by_id[node.inputs[0]].shape
             if len(src) != 1:
@@ -104,6 +107,13 @@ def plan(graph: kernel_checker.Graph, output: str | None = None) -> Plan:
             step.weight = _binary32_array(graph, node, "weight")
             if node.attrs.get("bias"):
                 step.bias = _binary32_array(graph, node, "bias")
+        elif node.op == "conv2d":
+            a = node.attrs
+            step.weight = _binary32_array(graph, node, "weight")
+            if a.get("bias"):
+                step.bias = _binary32_array(graph, node, "bias")
+            step.geometry = (graph.by_id[node.inputs[0]].shape, node.shape, tuple(a["stride"]),
+                             tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
         elif node.op == "add":
             a, b = (graph.by_id[i].shape for i in node.inputs)
             if a != b:
@@ -145,6 +155,8 @@ class CpuRunner:
             if s.op == "linear":
                 y = a @ s.weight.T
                 vals[s.id] = y + s.bias if s.bias is not None else y
+            elif s.op == "conv2d":
+                vals[s.id] = _conv_cpu(a, s)
             elif s.op == "relu":
                 vals[s.id] = np.where(a > 0, a, np.where(np.isnan(a), a, np.float32(0)))
             elif s.op == "add":
@@ -161,6 +173,28 @@ def _cpu_model() -> str | None:
                          if line.startswith("model name")), None)
     except OSError:
         return None
+
+
+def _conv_cpu(x: np.ndarray, s: Step) -> np.ndarray:
+    """conv2d in binary32 by columns and matrix products (numpy's BLAS), rows flat."""
+    (c, h, w), (o, oh, ow), (sh, sw), (ph, pw), (dh, dw), g = s.geometry
+    _, cg, kh, kw = s.weight.shape
+    rows = len(x)
+    xp = np.pad(x.reshape(rows, c, h, w), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = np.empty((rows, c, kh, kw, oh, ow), np.float32)
+    for ky in range(kh):
+        for kx in range(kw):
+            y0, x0 = ky * dh, kx * dw
+            y1, x1 = y0 + sh * (oh - 1) + 1, x0 + sw * (ow - 1) + 1
+            cols[:, :, ky, kx] = xp[:, :, y0:y1:sh, x0:x1:sw]
+    og, out = o // g, np.empty((rows, o, oh * ow), np.float32)
+    for gi in range(g):
+        part = cols[:, gi * cg:(gi + 1) * cg].reshape(rows, cg * kh * kw, oh * ow)
+        out[:, gi * og:(gi + 1) * og] = np.matmul(
+            s.weight[gi * og:(gi + 1) * og].reshape(og, cg * kh * kw), part)
+    if s.bias is not None:
+        out += s.bias[None, :, None]
+    return out.reshape(rows, -1)
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -210,7 +244,7 @@ class CudaRunner:
             self.w = {s.id: (gpuarray.to_gpu(np.ascontiguousarray(s.weight)),
                              gpuarray.to_gpu(s.bias if s.bias is not None else
                                              np.zeros(1, np.float32)))
-                      for s in p.steps if s.op == "linear"}
+                      for s in p.steps if s.op in ("linear", "conv2d")}
         finally:
             self.context.pop()
 
@@ -252,6 +286,18 @@ class CudaRunner:
                                   np.int32(s.bias is not None), block=(TILE, TILE, 1), grid=grid)
         return outs
 
+    def _conv(self, kind, s, args, rows):
+        (c, h, w), (o, oh, ow), (sh, sw), (ph, pw), (dh, dw), g = s.geometry
+        _, _, kh, kw = s.weight.shape
+        wt, b = self.w[s.id]
+        outs = [self.gpuarray.empty((rows, o * oh * ow), np.float32) for _ in args]
+        n = rows * o * oh * ow
+        dims = [np.int32(v) for v in (rows, c, h, w, o, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw,
+                                      g, s.bias is not None)]
+        self.fn[("conv2d", kind)](*args, wt, b, *outs, *dims, block=(BLOCK, 1, 1),
+                                  grid=((n + BLOCK - 1) // BLOCK, 1))
+        return outs
+
     def _elementwise(self, op, kind, args):
         n = args[0].size
         outs = [self.gpuarray.empty_like(args[0]) for _ in range(1 if kind == "float32" else 2)]
@@ -260,11 +306,16 @@ class CudaRunner:
         return outs
 
     def _run(self, kind: str, inputs: list) -> list:
+        """The rows in chunks whose activations fit CHUNK_BYTES, results joined on the host."""
+        live = 4 * len(inputs) * sum(s.width for s in self.plan.steps)  # bytes a row, all kept
+        rows = max(1, CHUNK_BYTES // live)
         self.context.push()
         try:
-            return self._steps(kind, inputs)
+            parts = [self._steps(kind, [a[i:i + rows] for a in inputs])
+                     for i in range(0, len(inputs[0]), rows)]
         finally:
             self.context.pop()
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
     def _steps(self, kind: str, inputs: list) -> list:
         rows = inputs[0].shape[0]
@@ -273,6 +324,8 @@ class CudaRunner:
             a = vals[s.inputs[0]]
             if s.op == "linear":
                 vals[s.id] = self._linear(kind, s, a, rows)
+            elif s.op == "conv2d":
+                vals[s.id] = self._conv(kind, s, a, rows)
             elif s.op == "relu":
                 vals[s.id] = self._elementwise("relu", kind, a)
             elif s.op == "add":

@@ -4,7 +4,8 @@ G at x.
 
 The enclosure is built node by node from x, in exact rationals. An evaluation may sum in any
 order (a GPU's or a BLAS's), with or without fused multiply-adds, in IEEE 754 binary32 with round
-to nearest and gradual underflow. A linear node's y_j = sum_i W_ji v_i + b_j of k products then
+to nearest and gradual underflow. A linear (or conv2d) node's y_j = sum_i W_ji v_i + b_j of k
+products (k = in_channels / groups x kernel height x width for conv2d) then
 differs from its exact value on the binary32 input v the evaluation read by at most
     gamma_{k+1} (sum_i |W_ji| |v_i| + |b_j|) + k 2^-149,   gamma_n = n u / (1 - n u), u = 2^-24
 (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed., sections 2.1 and 3.1: each of
@@ -17,7 +18,7 @@ reading rounded copies computes another function), and every sum stays below hal
 binary32 in magnitude, so nothing overflows. Then the check is exact: lo_j <= y_j <= hi_j.
 """
 
-from flint import fmpq, fmpz_mat
+from flint import fmpq
 
 from kernel_checker import semantics
 from kernel_checker.claims import Claim
@@ -28,7 +29,7 @@ from kernel_checker.semantics import Interval
 from kernel_checker.tensor import Tensor, numel
 
 RULE = "agreement"
-F32_OPS = ("input", "linear", "relu", "add", "flatten", "reshape")
+F32_OPS = ("input", "linear", "conv2d", "relu", "add", "flatten", "reshape")
 U = fmpq(1, 1 << 24)
 ETA = fmpq(1, 1 << 149)
 HALF_MAX = fmpq(((1 << 24) - 1) << 103)  # half the largest binary32, (2^24 - 1) 2^104
@@ -90,25 +91,28 @@ def _magnitudes(x: Interval) -> list:
     return [max(abs(a), abs(b)) for a, b in zip(x.lo, x.hi, strict=True)]
 
 
-def _linear(x: Interval, node: Node, graph: Graph) -> Interval:
+def _affine(x: Interval, node: Node, graph: Graph) -> Interval:
+    """linear or conv2d: the exact hull, widened by the bound for its k-product sums. The sums
+    of magnitudes sum_i |W_ji| max|v_i| are the radii of the node on [-max|v|, max|v|]."""
     _binary32_params(graph, node)
-    y = semantics.linear(x, node, graph)
-    m, k = graph.param(node.attrs["weight"]).shape
-    n = numel(x.shape[:-1])  # rows of x, each times W^T
-    _, w_abs, w_den = semantics._weight_matrix(graph, node.attrs["weight"], m, k)
-    mags = fmpz_mat(k, n, semantics._transpose_2d(_magnitudes(x), n, k))
-    sums = (w_abs * mags).entries()  # m x n: sum_i |W_ji| |v_i| over w_den x.den
+    ev = semantics.linear if node.op == "linear" else semantics.conv2d
+    y = ev(x, node, graph)
+    mags = _magnitudes(x)
+    spread = ev(Interval(x.shape, [-v for v in mags], mags, x.den), node, graph)
+    shape = graph.param(node.attrs["weight"]).shape
+    k = shape[-1] if node.op == "linear" else shape[1] * shape[2] * shape[3]
     b = graph.param(node.attrs["bias"]) if node.attrs.get("bias") else None
+    per = numel(node.shape[1:]) if node.op == "conv2d" else 1  # outputs per bias entry
     g, err = _gamma(k + 1, node), []
-    for r in range(n):
-        for j in range(m):
-            total = fmpq(int(sums[j * n + r]), w_den * x.den) + (
-                fmpq(abs(b.nums[j]), b.den) if b is not None else 0)
-            if total > HALF_MAX:
-                raise refuse(RULE, f"graph.{node.id}", f"sum_i |W_ji| |v_i| + |b_j| reaches "
-                             f"{approx_text(total)} at output {r * m + j}: a binary32 "
-                             "evaluation may overflow")
-            err.append(g * total + k * ETA)
+    for i in range(len(y.lo)):
+        j = i // per if node.op == "conv2d" else i % shape[0]
+        total = fmpq(spread.hi[i] - spread.lo[i], 2 * spread.den) + (
+            fmpq(abs(b.nums[j]), b.den) if b is not None else 0)
+        if total > HALF_MAX:
+            raise refuse(RULE, f"graph.{node.id}", f"sum_i |W_ji| |v_i| + |b_j| reaches "
+                         f"{approx_text(total)} at output {i}: a binary32 evaluation may "
+                         "overflow")
+        err.append(g * total + k * ETA)
     return _widen(y, err)
 
 
@@ -144,8 +148,8 @@ def enclosure(graph: Graph, x: tuple, node: str, path: str = "claim") -> Interva
         if n.op == "input":
             nums, den = common_denominator(list(x))
             values[n.id] = semantics.point(Tensor(inp.shape, [int(v) for v in nums], int(den)))
-        elif n.op == "linear":
-            values[n.id] = _linear(args[0], n, graph)
+        elif n.op in ("linear", "conv2d"):
+            values[n.id] = _affine(args[0], n, graph)
         elif n.op == "add":
             values[n.id] = _add(args[0], args[1], n)
         else:  # relu, flatten, reshape: exact

@@ -57,8 +57,14 @@ def _nets(tmp_path) -> list:
     h = g.relu(g.linear(f, randn(rng, 33, 10), randn(rng, 33, scale=0.1)))
     r = g.add(h, g.relu(g.linear(h, randn(rng, 33, 33), None)))
     g.output(g.linear(r, randn(rng, 7, 33), randn(rng, 7)))
+    c = GraphBuilder()
+    x = c.input([3, 12, 12])
+    h = c.relu(c.conv2d(x, randn(rng, 8, 3, 3, 3), randn(rng, 8, scale=0.1), stride=(2, 2),
+                        padding=(1, 1)))
+    h = c.relu(c.conv2d(h, randn(rng, 8, 2, 3, 3), None, dilation=(2, 1), groups=4))
+    c.output(c.linear(c.flatten(h), randn(rng, 6, 8 * 2 * 4, scale=0.2), randn(rng, 6)))
     paths = [build_mlp(5, (20, 100, 100, 5)).save(str(tmp_path / "mlp")),
-             g.save(str(tmp_path / "res"))]
+             g.save(str(tmp_path / "res")), c.save(str(tmp_path / "cnn"))]
     for i, onnx_path in enumerate(ONNX):
         import onnx
 
@@ -143,3 +149,17 @@ def test_cuda_runs_batches_past_the_grid_limit_of_one_axis(tmp_path):
         ys = run.forward(xs)
         prov = run.provenance()
     audit_rows(graph, graph.outputs[0], xs, ys, [0, 1_048_576, 1_099_999], "cuda", prov)
+
+
+@needs_cuda
+def test_cuda_batches_run_in_chunks_with_the_same_results(tmp_path, monkeypatch):
+    from gpu import runtime
+
+    _path, graph = _nets(tmp_path)[2]
+    xs = np.random.default_rng(6).uniform(-1, 1, (3000, 3 * 12 * 12)).astype(np.float32)
+    with CudaRunner(plan(graph)) as run:
+        whole, box = run.forward(xs), run.interval(xs - 0.01, xs + 0.01)
+        monkeypatch.setattr(runtime, "CHUNK_BYTES", 1 << 20)  # 1 MiB: several chunks
+        assert np.array_equal(run.forward(xs), whole)
+        lo, hi = run.interval(xs - 0.01, xs + 0.01)
+    assert np.array_equal(lo, box[0]) and np.array_equal(hi, box[1])

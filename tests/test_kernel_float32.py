@@ -170,8 +170,8 @@ def test_ops_without_an_enclosure_are_refused_naming_node_op_and_set(tmp_path):
     graph = kernel_checker.load_graph(g.save(str(tmp_path / "t")))
     c = _claim(graph, np.zeros(3, np.float32), np.zeros(3, np.float32))
     err = rejected(c, CERT, graph, rule="agreement", path=f"graph.{graph.outputs[0]}")
-    assert "has no binary32 enclosure" in err.message and "linear, relu, add" in err.message
-    with pytest.raises(UnsupportedGraphError, match="supported: input, linear, relu, add"):
+    assert "has no binary32 enclosure" in err.message and "linear, conv2d, relu" in err.message
+    with pytest.raises(UnsupportedGraphError, match="supported: input, linear, conv2d, relu"):
         plan(graph)
 
 
@@ -251,3 +251,40 @@ def test_tl_run_cuda_without_a_device_says_so(mlp):
     r = subprocess.run([sys.executable, "-m", "tl_dsl.cli", "run", path, "--device", "cuda",
                         "--random", "3"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "tl run: no CUDA device:" in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    """conv2d with padding, stride, dilation and groups, relu, a second conv, flatten, linear."""
+    rng = np.random.default_rng(9)
+    g = GraphBuilder()
+    x = g.input([4, 9, 9])
+    h = g.relu(g.conv2d(x, randn(rng, 6, 2, 3, 3), randn(rng, 6, scale=0.1), stride=(2, 1),
+                        padding=(1, 2), dilation=(1, 2), groups=2))
+    h = g.relu(g.conv2d(h, randn(rng, 3, 6, 2, 2), None))
+    g.output(g.linear(g.flatten(h), randn(rng, 5, 3 * 4 * 8, scale=0.2), randn(rng, 5)))
+    path = g.save(str(tmp_path_factory.mktemp("cnn")))
+    return path, kernel_checker.load_graph(path)
+
+
+def test_conv_nets_agree_and_a_flipped_conv_weight_is_refused(cnn):
+    import torch
+
+    from gpu.runtime import _conv_cpu
+
+    path, graph = cnn
+    run = CpuRunner(plan(graph))
+    xs = np.random.default_rng(1).uniform(-1, 1, (5, 4 * 9 * 9)).astype(np.float32)
+    conv = run.plan.steps[1]
+    ref = torch.nn.functional.conv2d(torch.from_numpy(xs.reshape(5, 4, 9, 9)),
+                                     torch.from_numpy(conv.weight), torch.from_numpy(conv.bias),
+                                     stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+    assert np.allclose(ref.numpy().reshape(5, -1), _conv_cpu(xs, conv), atol=1e-5)
+    ys = run.forward(xs)
+    _, _, thm = audit_rows(graph, graph.outputs[0], xs, ys, list(range(5)), "cpu", {"r": "t"})
+    assert thm.claim.kind == "all"
+    w = conv.weight.copy()
+    w.view(np.uint32)[0, 0, 1, 1] ^= np.uint32(1 << 22)  # the top mantissa bit of one weight
+    conv.weight = w
+    with pytest.raises(KernelError, match="outside the enclosure"):
+        audit_rows(graph, graph.outputs[0], xs, run.forward(xs), list(range(5)), "cpu", {})

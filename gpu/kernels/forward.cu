@@ -119,3 +119,79 @@ extern "C" __global__ void add_interval(const float* __restrict__ Alo,
         Yhi[i] = __fadd_ru(Ahi[i], Chi[i]);
     }
 }
+
+// Direct convolution, one thread per output: X is B x C x H x W, Wt is O x (C/G) x KH x KW (the
+// graph's weight), Y is B x O x OH x OW; padding (zeros) symmetric, stride, dilation, groups as
+// in the IR. The sum over (channel, ky, kx) is one chain of fmaf; the bias is added last.
+struct ConvGeometry {
+    int B, C, H, W, O, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, G, has_bias;
+};
+
+template <bool INTERVAL>
+__device__ __forceinline__ void conv2d_body(const float* __restrict__ Xlo,
+                                            const float* __restrict__ Xhi,
+                                            const float* __restrict__ Wt,
+                                            const float* __restrict__ b,
+                                            float* __restrict__ Ylo, float* __restrict__ Yhi,
+                                            const ConvGeometry& q)
+{
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const size_t plane = (size_t)q.OH * q.OW;
+    if (idx >= (size_t)q.B * q.O * plane)
+        return;
+    const int ox = idx % q.OW, oy = (idx / q.OW) % q.OH;
+    const int oc = (idx / plane) % q.O;
+    const size_t r = idx / (plane * q.O);
+    const int cg = q.C / q.G, g = oc / (q.O / q.G);
+    float lo = 0.0f, hi = 0.0f;
+    for (int ci = 0; ci < cg; ++ci) {
+        const size_t chan = (r * q.C + g * cg + ci) * q.H;
+        for (int ky = 0; ky < q.KH; ++ky) {
+            const int iy = oy * q.SH - q.PH + ky * q.DH;
+            if (iy < 0 || iy >= q.H)
+                continue;
+            for (int kx = 0; kx < q.KW; ++kx) {
+                const int ix = ox * q.SW - q.PW + kx * q.DW;
+                if (ix < 0 || ix >= q.W)
+                    continue;
+                const float w = Wt[((oc * cg + ci) * q.KH + ky) * q.KW + kx];
+                const size_t at = (chan + iy) * q.W + ix;
+                if (INTERVAL) {
+                    lo = __fadd_rd(lo, __fmul_rd(w, w >= 0.0f ? Xlo[at] : Xhi[at]));
+                    hi = __fadd_ru(hi, __fmul_ru(w, w >= 0.0f ? Xhi[at] : Xlo[at]));
+                } else {
+                    lo = fmaf(w, Xlo[at], lo);
+                }
+            }
+        }
+    }
+    if (INTERVAL) {
+        Ylo[idx] = q.has_bias ? __fadd_rd(lo, b[oc]) : lo;
+        Yhi[idx] = q.has_bias ? __fadd_ru(hi, b[oc]) : hi;
+    } else {
+        Ylo[idx] = q.has_bias ? __fadd_rn(lo, b[oc]) : lo;
+    }
+}
+
+#define CONV_ARGS int B, int C, int H, int W, int O, int OH, int OW, int KH, int KW, int SH, \
+                  int SW, int PH, int PW, int DH, int DW, int G, int has_bias
+#define CONV_GEOMETRY {B, C, H, W, O, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, G, has_bias}
+
+extern "C" __global__ void conv2d_f32(const float* __restrict__ X, const float* __restrict__ Wt,
+                                      const float* __restrict__ b, float* __restrict__ Y,
+                                      CONV_ARGS)
+{
+    const ConvGeometry q = CONV_GEOMETRY;
+    conv2d_body<false>(X, X, Wt, b, Y, Y, q);
+}
+
+extern "C" __global__ void conv2d_interval(const float* __restrict__ Xlo,
+                                           const float* __restrict__ Xhi,
+                                           const float* __restrict__ Wt,
+                                           const float* __restrict__ b,
+                                           float* __restrict__ Ylo, float* __restrict__ Yhi,
+                                           CONV_ARGS)
+{
+    const ConvGeometry q = CONV_GEOMETRY;
+    conv2d_body<true>(Xlo, Xhi, Wt, b, Ylo, Yhi, q);
+}
