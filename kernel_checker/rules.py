@@ -11,12 +11,12 @@ from flint import fmpq
 
 from kernel_checker import crown, float32, inference
 from kernel_checker.claims import Box, Claim, check_claim_shapes, parse_claim
-from kernel_checker.errors import refuse
+from kernel_checker.errors import KernelError, refuse
 from kernel_checker.exact import approx_text, common_denominator
 from kernel_checker.graph import Graph
 from kernel_checker.semantics import Interval, evaluate
 from kernel_checker.tensor import lcm
-from kernel_checker.theorem import ASSUMPTIONS, Assumption, Level, Theorem, _derive
+from kernel_checker.theorem import ASSUMABLE, ASSUMPTIONS, Assumption, Level, Theorem, _derive
 
 
 class Context:
@@ -150,6 +150,11 @@ def rule_assume(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
     if not isinstance(name, str) or name not in ASSUMPTIONS:
         raise refuse("assume", f"{path}.name", f"expected a registered assumption name "
                      f"{sorted(ASSUMPTIONS)}, found {name!r}")
+    if name not in ASSUMABLE:  # (else a permit for an oracle's or a runtime's name would admit
+        # any claim a bundle's author chose to assume under it)
+        raise refuse("assume", f"{path}.name", f"{name!r} is not assumed by hand: only the "
+                     f"kernel rule that checks its oracle or runtime emits it (assume takes "
+                     f"{list(ASSUMABLE)})")
     evidence = cert["evidence"]
     if not isinstance(evidence, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in evidence.items()):
@@ -250,8 +255,13 @@ def derive(ctx: Context, claim: Claim, cert: object, path: str = "certificate") 
         raise refuse("derive", f"{path}.rule", f"expected one of {sorted(RULES)}, found {found!r}")
     claim_path = path[:-len("certificate")] + "claim" if path.endswith("certificate") else "claim"
     ctx.graph_for(claim, claim_path)  # every conclusion is well-formed, shaped and exact
-    if path != "certificate":  # a premise's
-        return RULES[cert["rule"]](ctx, claim, cert, path)
+    if path != "certificate":  # a premise's: refusals of its claim's fields name them there
+        try:
+            return RULES[cert["rule"]](ctx, claim, cert, path)
+        except KernelError as err:
+            if err.path == "claim" or err.path.startswith(("claim.", "claim[")):
+                raise refuse(err.rule, claim_path + err.path[len("claim"):], err.message) from None
+            raise
     try:
         return RULES[cert["rule"]](ctx, claim, cert, path)
     except RecursionError:  # (premises nest by recursion: about five frames a level)

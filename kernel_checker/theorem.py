@@ -38,6 +38,8 @@ ASSUMPTIONS: dict[str, str] = {
                            "provenance returned for its input",
     "producer.pytorch.export_agreement": "the exported graph computes what the PyTorch module does",
 }
+ASSUMABLE = ("user.hypothesis",)  # the names the `assume` rule takes; the others come only
+# from the rules that check their oracle or runtime (enclosure, agreement), or are reserved
 
 
 @dataclass(frozen=True, order=True)

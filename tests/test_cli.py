@@ -1,6 +1,7 @@
 """The `tl` commands end to end, in fresh processes as a user runs them: check, audit, graph,
 verify (a handful of quick VNN-COMP instances) and demo."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -182,3 +183,16 @@ def test_demo_runs_on_a_few_images(tmp_path):
     summary = json.load(open(tmp_path / "demo" / "summary.json"))
     assert summary["images"] == 3 and len(summary["rows"]) == 8
     assert os.path.exists(tmp_path / "demo" / "mlp" / "graph.json")
+
+
+def test_check_prints_a_bundles_claim_name_as_one_printable_line(bundles):
+    """A name with a newline and a terminal escape made `tl check` print a fake summary and hide
+    the real one (a review); escaped as `tl audit` does."""
+    g = kernel_checker.load_graph(bundles["graph"])
+    claim = dataclasses.replace(robust(g, [0.5, 0.25, 0.75], "1/1000", 0),
+                                name="x by crown; level proved\n\x1b[8m")
+    path = proof.write_bundle(str(bundles["dir"] / "named.json"), claim, proof.assume(
+        "user.hypothesis", reason="r"), bundles["graph"], g)
+    r = tl("check", path)
+    assert r.returncode == 0 and "\x1b" not in r.stdout and len(r.stdout.splitlines()) == 1
+    assert "by assume; level shape-checked" in r.stdout

@@ -446,12 +446,13 @@ def test_levels_union_of_assumptions_and_minimum_level(s):
     thm = proof.check(looser, proof.by_rule("weaken", premise=prem(s.c, HYP)), s.g)
     assert (thm.rule, thm.level) == ("weaken", Level.SHAPE_CHECKED)
     assert thm.assumptions == assumed.assumptions
-    arb = proof.assume("oracle.arb.enclosure", tool="arb", reason="test")
+    other = proof.assume("user.hypothesis", tool="arb", reason="test")
     conj = Claim("all", s.g.sha256, s.box, "fc3", parts=(s.c, s.lb))
-    thm = proof.check(conj, proof.by_rule("conjoin", premises=[prem(s.c, HYP), prem(s.lb, arb)]),
-                      s.g)
+    thm = proof.check(conj, proof.by_rule("conjoin", premises=[prem(s.c, HYP),
+                                                               prem(s.lb, other)]), s.g)
     assert thm.level == Level.SHAPE_CHECKED
-    assert sorted(a.name for a in thm.assumptions) == ["oracle.arb.enclosure", "user.hypothesis"]
+    assert sorted(a.statement for a in thm.assumptions) == sorted(
+        [s.c.spec_sha256(), s.lb.spec_sha256()])
     thm = proof.check(conj, proof.by_rule("conjoin", premises=[prem(s.c, s.crown),
                                                                prem(s.lb, HYP)]), s.g)
     assert thm.level == Level.SHAPE_CHECKED and len(thm.assumptions) == 1
@@ -499,12 +500,12 @@ def test_discharge_with_a_proof_of_another_claim_is_refused(s):
 
 def test_discharge_one_of_two_assumptions_keeps_the_other(s):
     conj = Claim("all", s.g.sha256, s.box, "fc3", parts=(s.c, s.lb))
-    arb = proof.assume("oracle.arb.enclosure", tool="arb")
-    premise = prem(conj, proof.by_rule("conjoin", premises=[prem(s.c, HYP), prem(s.lb, arb)]))
+    other = proof.assume("user.hypothesis", tool="arb")
+    premise = prem(conj, proof.by_rule("conjoin", premises=[prem(s.c, HYP), prem(s.lb, other)]))
     cert = proof.by_rule("discharge", premise=premise, proof=prem(s.c, s.crown))
     thm = proof.check(conj, cert, s.g)
     assert thm.level == Level.SHAPE_CHECKED
-    assert [a.name for a in thm.assumptions] == ["oracle.arb.enclosure"]
+    assert [a.statement for a in thm.assumptions] == [s.lb.spec_sha256()]
 
 
 @pytest.mark.parametrize("wrap", [False, True])
@@ -845,3 +846,16 @@ def test_discharge_bundle_audit_tree_lists_every_rule_and_assumption(s, net, kit
     assert out.returncode == 0 and "[permitted]" in out.stdout
     ok, text = proof.recheck_in_fresh_process(bundle)
     assert ok and text == "holds: bounds by weaken, level shape-checked, 1 assumption(s)", text
+
+
+def test_a_premise_claims_refusal_names_the_premise_claims_field(s):
+    """Premises' claims are refused at their place in the document (certificate.premise.claim
+    ...), not at `claim`, which names the conclusion (a review)."""
+    false = claims.bounds(s.g, s.box, [0, 0], [0, 0], name="false")
+    looser = claims.bounds(s.g, s.box, [-1, -1], [1, 1], name="looser")
+    rejected(looser, proof.by_rule("weaken", premise=prem(false, s.crown)), s.g, rule="crown",
+             path="certificate.premise.claim.lo[0]")
+    nested = proof.by_rule("weaken", premise=prem(looser, proof.by_rule(
+        "weaken", premise=prem(false, s.crown))))
+    rejected(looser, nested, s.g, rule="crown",
+             path="certificate.premise.certificate.premise.claim.lo[0]")

@@ -274,12 +274,16 @@ def test_assume_registered_name(mlp, setting):
                                                   "version": "1"}}]
 
 
-def test_assume_every_registered_name_is_usable(mlp, setting):
+def test_assume_takes_user_hypothesis_and_refuses_the_names_rules_emit(mlp, setting):
+    """A bundle's author could otherwise assume any claim under an oracle's or a runtime's name,
+    and `tl audit --permit 'runtime.*'` would admit it (a review: a false robustness claim)."""
     claim = robustness.robust(mlp.graph, setting["x0"], "1/8", setting["label"])
-    for name in ASSUMPTIONS:
-        thm = proof.check(claim, proof.assume(name, tool="t"), mlp.graph)
-        assert [a.name for a in thm.assumptions] == [name]
-        assert thm.level is Level.SHAPE_CHECKED
+    thm = proof.check(claim, proof.assume("user.hypothesis", tool="t"), mlp.graph)
+    assert [a.name for a in thm.assumptions] == ["user.hypothesis"]
+    assert thm.level is Level.SHAPE_CHECKED
+    for name in set(ASSUMPTIONS) - {"user.hypothesis"}:
+        rejected(claim, proof.assume(name, tool="t"), mlp.graph, rule="assume",
+                 path="certificate.name", contains=f"{name!r} is not assumed by hand")
 
 
 def test_assume_unregistered_name_rejected(mlp, setting):

@@ -24,7 +24,9 @@ def cmd_check(args) -> int:
     except kernel_checker.KernelError as err:
         print(f"rejected: rule {err.rule}: {err.path}: {err.message}", file=sys.stderr)
         return 1
-    name = f" {theorem.claim.name}" if theorem.claim.name else ""
+    from tl_dsl.audit import _shown
+
+    name = f" {_shown(theorem.claim.name)}" if theorem.claim.name else ""
     print(f"holds:{name} {theorem.claim.kind} on graph {theorem.claim.graph[:12]} by "
           f"{theorem.rule}; level {theorem.level.label}; {len(theorem.assumptions)} assumption(s)")
     return 0
