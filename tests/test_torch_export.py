@@ -278,8 +278,13 @@ def test_tl_export_checkpoint_is_loaded_bit_for_bit_or_refused(tmp_path, capsys)
     assert code == 0, out.err
     digest = hashlib.sha256((tmp_path / "ck.pt").read_bytes()).hexdigest()
     meta = json.load(open(tmp_path / "o" / "graph.json"))["metadata"]
-    assert meta["weights_from"] == {"checkpoint": str(tmp_path / "ck.pt"), "sha256": digest,
-                                    "key": "model"}
+    assert meta["weights_from"] == {"checkpoint": "ck.pt", "sha256": digest, "key": "model"}
+    sha = kernel_checker.load_graph(str(tmp_path / "o" / "graph.json")).sha256
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "ck.pt").write_bytes((tmp_path / "ck.pt").read_bytes())
+    code, out = export("make", "1,3", "--checkpoint", str(tmp_path / "elsewhere" / "ck.pt"),
+                       "--checkpoint-key", "model")  # (the same file elsewhere: the same graph)
+    assert code == 0 and kernel_checker.load_graph(str(tmp_path / "o" / "graph.json")).sha256 == sha
     from safetensors.torch import load_file
 
     w = load_file(str(tmp_path / "o" / "weights.safetensors"))

@@ -104,7 +104,7 @@ def cmd_export(args) -> int:
     print(f"inputs {[list(n.shape) for n in graph.input_nodes]} -> outputs "
           f"{[list(graph.by_id[o].shape) for o in graph.outputs]}{batch}")
     if weights_from is not None:
-        print(f"weights from {weights_from['checkpoint']} (sha256 {weights_from['sha256']}), "
+        print(f"weights from {args.checkpoint} (sha256 {weights_from['sha256']}), "
               "loaded bit for bit")
     print(f"kernel check passed; validate again with: tl graph {result.graph_path}")
     return 0
@@ -140,7 +140,8 @@ def _load_checkpoint(module, args) -> dict:
             raise ValueError(f"--checkpoint: after loading, the module's {name} differs from "
                              "the checkpoint's (tied parameters given different values, or a "
                              "load hook that changes it)")
-    return {"checkpoint": os.path.abspath(path), "sha256": digest,
+    # (the file's name, not its path: the graph's hash must not depend on where it sits)
+    return {"checkpoint": os.path.basename(path), "sha256": digest,
             "key": report.get("unwrapped")}
 
 
