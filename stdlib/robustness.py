@@ -27,9 +27,16 @@ def misclassification_polytopes(n_classes: int, label: int) -> tuple[Polytope, .
     return tuple(polys)
 
 
+def _output(graph: Graph, node) -> str:
+    out = node or graph.outputs[0]
+    if out not in graph.by_id:
+        raise ValueError(f"node {out!r} is not in the graph (outputs: {list(graph.outputs)})")
+    return out
+
+
 def robust(graph: Graph, x0, eps, label: int, clamp=(0, 1), node=None, name=None) -> Claim:
     """For all x in ball(x0, eps) (clamped): argmax G(x) = label (ties count as unsafe)."""
-    out = node or graph.outputs[0]
+    out = _output(graph, node)
     n = numel(graph.by_id[out].shape)
     return claims.unsat(graph, claims.ball(x0, eps, clamp), misclassification_polytopes(n, label),
                         node=out, name=name)
@@ -37,7 +44,7 @@ def robust(graph: Graph, x0, eps, label: int, clamp=(0, 1), node=None, name=None
 
 def margin(graph: Graph, x0, eps, label: int, m, clamp=(0, 1), node=None, name=None) -> Claim:
     """For all x in the ball: y_label - y_j >= m for every j != label."""
-    out = node or graph.outputs[0]
+    out = _output(graph, node)
     n = numel(graph.by_id[out].shape)
     _check_label(n, label)
     rows = []

@@ -54,3 +54,16 @@ def test_user_numbers_are_read_exactly_and_non_finite_ones_refused_at_their_path
             claims.ball([0, bad], 0.1)
     with pytest.raises(TypeError, match="expected a list of numbers, found a string"):
         claims.to_vector("0.5")
+
+
+def test_an_unknown_node_and_an_empty_builder_are_named_errors(tmp_path):
+    import kernel_checker
+    from tl_dsl.builder import GraphBuilder
+
+    with pytest.raises(ValueError, match="the graph has no nodes"):
+        GraphBuilder().save(str(tmp_path / "empty"))
+    g = GraphBuilder()
+    g.output(g.relu(g.input([2])))
+    graph = kernel_checker.load_graph(g.save(str(tmp_path / "g")))
+    with pytest.raises(ValueError, match="node 'nope' is not in the graph"):
+        robustness.robust(graph, [0.5, 0.5], "1/10", 0, node="nope")

@@ -180,6 +180,8 @@ class GraphBuilder:
 
     def save(self, folder: str, weights_name: str = "weights.safetensors") -> str:
         """Write graph.json and the weights file; return the graph file's path."""
+        if not self.nodes:
+            raise ValueError("the graph has no nodes: add an input and at least one op first")
         os.makedirs(folder, exist_ok=True)
         doc = {"format": "tl.graph.v1", "nodes": self.nodes,
                "outputs": self.outputs or [self.nodes[-1]["id"]]}

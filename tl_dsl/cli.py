@@ -104,13 +104,21 @@ def cmd_serve(args) -> int:
     return serve(args.socket, args.idle)
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, found {text}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tl", description="tl-verify: claims about neural networks, "
                                 "checked by a small exact kernel")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the main example end to end on built-in data")
     d.add_argument("--out", default="tl-out/demo", help="folder for graphs and bundles")
-    d.add_argument("--images", type=int, default=100, help="test images per model and radius")
+    d.add_argument("--images", type=_positive, default=100,
+                   help="test images per model and radius")
     d.set_defaults(func=cmd_demo)
     c = sub.add_parser("check", help="re-derive a bundle's theorem with the kernel")
     c.add_argument("bundle")
