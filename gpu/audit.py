@@ -14,8 +14,11 @@ from tl_dsl import proof
 
 
 def _exact(values: np.ndarray, what: str) -> tuple:
+    values = np.asarray(values)
+    if values.dtype != np.float32:  # (a cast would round other values silently)
+        raise ValueError(f"expected binary32 {what}s (float32), found {values.dtype}")
     out = []
-    for i, v in enumerate(np.asarray(values, dtype=np.float32).reshape(-1)):
+    for i, v in enumerate(values.reshape(-1)):
         if not np.isfinite(v):
             raise ValueError(f"{what}[{i}] is {v}: not a number the kernel can check")
         p, q = Fraction(float(v)).as_integer_ratio()
@@ -37,7 +40,8 @@ def audit_rows(graph: kernel_checker.Graph, node: str, x: np.ndarray, y: np.ndar
     """Check the rows' agreements with the kernel and join them: (claim, certificate, theorem).
     Raises KernelError naming the first row the kernel refuses (its field path says which)."""
     parts, premises = [], []
-    cert = {"rule": "agreement", "provenance": {k: str(v) for k, v in provenance.items()}}
+    prov = {"runtime": runtime, **{k: str(v) for k, v in provenance.items()}}
+    cert = {"rule": "agreement", "provenance": prov}
     for r in rows:
         c = agreement(graph, node, x[r], y[r], runtime)
         parts.append(c)

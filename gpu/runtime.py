@@ -105,12 +105,12 @@ def plan(graph: kernel_checker.Graph, output: str | None = None) -> Plan:
                 raise UnsupportedGraphError(f"node {node.id!r}: linear on an input of shape "
                                             f"{list(src)}; only vectors are run here")
             step.weight = _binary32_array(graph, node, "weight")
-            if node.attrs.get("bias"):
+            if node.attrs.get("bias") is not None:
                 step.bias = _binary32_array(graph, node, "bias")
         elif node.op == "conv2d":
             a = node.attrs
             step.weight = _binary32_array(graph, node, "weight")
-            if a.get("bias"):
+            if a.get("bias") is not None:
                 step.bias = _binary32_array(graph, node, "bias")
             step.geometry = (graph.by_id[node.inputs[0]].shape, node.shape, tuple(a["stride"]),
                              tuple(a["padding"]), tuple(a["dilation"]), a["groups"])

@@ -153,7 +153,7 @@ def _affine(graph: Graph, node: Node, in_shape: tuple) -> tuple:
         return graph._cache[key]
     a = node.attrs
     n_in, n_out = numel(in_shape), numel(node.shape)
-    bias = graph.param(a["bias"]) if a.get("bias") else None
+    bias = graph.param(a["bias"]) if a.get("bias") is not None else None
     w_abs = None
     if node.op == "linear":  # the matrices interval replay uses
         w, w_abs, w_den = semantics._weight_matrix(graph, a["weight"], n_out, n_in)

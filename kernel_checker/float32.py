@@ -52,7 +52,7 @@ def is_binary32(num: int, den: int) -> bool:
 def _binary32_params(graph: Graph, node: Node) -> None:
     for key in ("weight", "bias"):
         name = node.attrs.get(key)
-        if name is None or graph._cache.get(("binary32", key, node.id)):
+        if name is None or graph._cache.get(("binary32", key, node.id)):  # (never "": graph.py)
             continue
         t = graph.param(name)
         bad = next((i for i, v in enumerate(t.nums) if not is_binary32(v, t.den)), None)
@@ -101,7 +101,7 @@ def _affine(x: Interval, node: Node, graph: Graph) -> Interval:
     spread = ev(Interval(x.shape, [-v for v in mags], mags, x.den), node, graph)
     shape = graph.param(node.attrs["weight"]).shape
     k = shape[-1] if node.op == "linear" else shape[1] * shape[2] * shape[3]
-    b = graph.param(node.attrs["bias"]) if node.attrs.get("bias") else None
+    b = graph.param(node.attrs["bias"]) if node.attrs.get("bias") is not None else None
     per = numel(node.shape[1:]) if node.op == "conv2d" else 1  # outputs per bias entry
     g, err = _gamma(k + 1, node), []
     for i in range(len(y.lo)):
@@ -161,6 +161,9 @@ def check_agreement(graph: Graph, claim: Claim, path: str = "claim") -> None:
     """Refuse unless every claimed value lies in the enclosure of `claim.node` at claim.point."""
     y = enclosure(graph, claim.point, claim.node, path)
     for j, v in enumerate(claim.values):
+        if not is_binary32(int(v.p), int(v.q)):
+            raise refuse(RULE, f"{path}.values[{j}]", f"expected a binary32 value (what a "
+                         f"runtime returns), found {v}")
         lo, hi = y.bounds(j)
         if not lo <= v <= hi:
             raise refuse(RULE, f"{path}.values[{j}]", f"{approx_text(v, 9)} is outside the "

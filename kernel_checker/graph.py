@@ -82,8 +82,8 @@ def _attr(node: dict, spec_kind: str, value: object, path: str, params: Safetens
         return isinstance(v, int) and not isinstance(v, bool)
 
     if spec_kind == "param":
-        if not isinstance(value, str):
-            raise bad("a parameter name (string)")
+        if not isinstance(value, str) or not value:  # ("" is falsy: readers testing a bias by
+            raise bad("a parameter name (non-empty string)")  # truth would skip it)
         if params is None or value not in params.entries:
             raise refuse(RULE, path, f"parameter {value!r} not found in the weights file")
         return value

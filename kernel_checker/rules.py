@@ -136,6 +136,9 @@ def rule_agreement(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem
             isinstance(k, str) and isinstance(v, str) for k, v in evidence.items()):
         raise refuse("agreement", f"{path}.provenance", "expected an object of strings (device, "
                      "driver, sources' sha256, command)")
+    if evidence.get("runtime") != claim.runtime:
+        raise refuse("agreement", f"{path}.provenance.runtime", f"expected the claim's runtime "
+                     f"{claim.runtime!r}, found {evidence.get('runtime')!r}")
     where = path[:-len("certificate")] + "claim"  # (a premise's claim, in a derivation)
     float32.check_agreement(ctx.graph_for(claim, where), claim, where)
     assumption = Assumption(f"runtime.{claim.runtime}.outputs", tuple(sorted(evidence.items())),

@@ -71,8 +71,10 @@ FORBIDDEN = {"numpy", "torch", "tl_dsl", "oracles", "gpu", "stdlib", "math", "cm
 # keyed by a node that is no relu ancestor of the claim, read by nothing, were refused: about
 # 15 lines), and 3,730 until the `agreement` judgment (kernel_checker/float32.py: the enclosure
 # of every binary32 evaluation of a graph at a point, against which `tl run` audits a CPU's or a
-# GPU's outputs; the claim kind, its checks and the rule: about 190 lines).
-MAX_KERNEL_LINES = 3930
+# GPU's outputs; the claim kind, its checks and the rule: about 190 lines; then `assume` kept to
+# user.hypothesis, premises' refusals named at their claims, values held to binary32 and the
+# runtime to its provenance: about 15 lines).
+MAX_KERNEL_LINES = 3940
 
 
 def _tree(name: str) -> ast.Module:

@@ -23,7 +23,7 @@ from kernel_checker.errors import KernelError
 from tl_dsl import proof
 from tl_dsl.builder import GraphBuilder
 
-CERT = {"rule": "agreement", "provenance": {"runtime": "test"}}
+CERT = {"rule": "agreement", "provenance": {"runtime": "cpu", "test": "yes"}}
 
 
 def q(v) -> fmpq:
@@ -112,17 +112,27 @@ def test_the_enclosure_is_tight_enough_to_matter(mlp):
         assert hi - lo < fmpq(1, 1000) * (1 + abs(v))
 
 
-def test_a_value_just_outside_is_refused(mlp):
+def test_the_last_binary32_inside_is_accepted_and_the_next_refused(mlp):
+    """Values are binary32 (a runtime's); the largest one below the enclosure's upper end is
+    accepted, the next one up refused, and a value that is no binary32 refused as such."""
     _, graph = mlp
     x = np.linspace(-1, 1, 12).astype(np.float32)
-    enc = float32.enclosure(graph, tuple(q(v) for v in x), graph.outputs[0])
-    y = list(_claim(graph, x, CpuRunner(plan(graph)).forward(x)[0]).values)
-    y[2] = enc.bounds(2)[1] + fmpq(1, 2**60)
-    claim = dataclasses.replace(_claim(graph, x, np.zeros(4, np.float32)), values=tuple(y))
-    rejected(claim, CERT, graph, rule="agreement", path="claim.values[2]",
-             contains="outside the enclosure")
-    y[2] = enc.bounds(2)[1]  # the end itself is inside
+    claim = _claim(graph, x, CpuRunner(plan(graph)).forward(x)[0])
+    hi = float32.enclosure(graph, claim.point, graph.outputs[0]).bounds(2)[1]
+    f = np.float32(float(hi))
+    while q(f) > hi:
+        f = np.nextafter(f, np.float32(-np.inf))
+    while q(np.nextafter(f, np.float32(np.inf))) <= hi:
+        f = np.nextafter(f, np.float32(np.inf))
+    y = list(claim.values)
+    y[2] = q(f)
     proof.check(dataclasses.replace(claim, values=tuple(y)), CERT, graph)
+    y[2] = q(np.nextafter(f, np.float32(np.inf)))
+    rejected(dataclasses.replace(claim, values=tuple(y)), CERT, graph, rule="agreement",
+             path="claim.values[2]", contains="outside the enclosure")
+    y[2] = q(f) - fmpq(1, 2**60)
+    rejected(dataclasses.replace(claim, values=tuple(y)), CERT, graph, rule="agreement",
+             path="claim.values[2]", contains="expected a binary32 value")
 
 
 def test_a_runtime_with_one_weight_bit_flipped_is_refused(mlp):
@@ -139,7 +149,7 @@ def test_a_runtime_with_one_weight_bit_flipped_is_refused(mlp):
     step.weight = w
     ys = run.forward(xs)
     with pytest.raises(KernelError) as info:
-        audit_rows(graph, graph.outputs[0], xs, ys, list(range(8)), "cpu", {"runtime": "t"})
+        audit_rows(graph, graph.outputs[0], xs, ys, list(range(8)), "cpu", {"tool": "t"})
     assert info.value.rule == "agreement" and "outside the enclosure" in info.value.message
     assert info.value.path == "certificate.premises[0].claim.values[0]"
 
@@ -208,6 +218,8 @@ def test_claim_forms_are_checked(mlp):
              contains="provenance")
     rejected(c, {"rule": "agreement", "provenance": {"x": 1}}, graph, rule="agreement",
              path="certificate.provenance", contains="strings")
+    rejected(c, {"rule": "agreement", "provenance": {"runtime": "cuda"}}, graph,
+             rule="agreement", path="certificate.provenance.runtime", contains="'cpu'")
     doc = c.to_json()
     assert kernel_checker.parse_claim(doc) == c
     doc["runtime"] = None

@@ -560,3 +560,29 @@ def test_the_builder_stores_parameters_exactly_or_refuses_them():
     assert g.params["small.weight"].dtype == np.float32
     assert g.params["c.value"].dtype == np.float64 and g.params["c.value"][0] == 0.1
     assert c.shape == (1,)
+
+
+def test_an_empty_parameter_name_is_refused(tmp_path):
+    """A bias named "" (a legal safetensors key) was falsy to crown's reader and truthy to the
+    exact semantics: crown proved x + 1000 in [-3, 3] on [-1, 1] at level proved (a review).
+    Parameter names are non-empty; the same graph with the bias named "b" holds its bias."""
+    from safetensors.numpy import save as st_save
+
+    for name in ("b", ""):
+        data = st_save({"w": np.array([[1.0]], np.float32),
+                        name: np.array([1000.0], np.float32)})
+        (tmp_path / "w.safetensors").write_bytes(data)
+        doc = {"format": "tl.graph.v1",
+               "weights": {"path": "w.safetensors", "sha256": hashlib.sha256(data).hexdigest()},
+               "nodes": [{"id": "x", "op": "input", "inputs": [], "shape": [1], "attrs": {}},
+                         {"id": "fc", "op": "linear", "inputs": ["x"], "shape": [1],
+                          "attrs": {"weight": "w", "bias": name}}],
+               "outputs": ["fc"]}
+        (tmp_path / "graph.json").write_text(json.dumps(doc))
+        if name:
+            assert load_graph(str(tmp_path / "graph.json")).by_id["fc"].attrs["bias"] == "b"
+            continue
+        with pytest.raises(KernelError) as info:
+            load_graph(str(tmp_path / "graph.json"))
+        assert info.value.path == "nodes[1] (id 'fc', op linear).attrs.bias"
+        assert "non-empty" in info.value.message
