@@ -2,6 +2,7 @@
 previous block's proven box, and compose the blocks with the kernel's `compose` rule, so a large
 network is verified block by block. Untrusted: it only builds certificates; the kernel checks."""
 
+import hashlib
 import json
 import os
 
@@ -23,18 +24,26 @@ def _round_out(lo: fmpq, hi: fmpq) -> tuple[fmpq, fmpq]:
     return fmpq((lo * s).floor(), s), fmpq((hi * s).ceil(), s)
 
 
-def _write(doc: dict, nodes: list, outputs: list, path: str) -> str:
+def _write(doc: dict, nodes: list, outputs: list, stem: str, kind: str) -> str:
+    """Write a sub-graph named by its content's hash (`stem.kind-HASH.json`): another split of
+    the same graph writes other files, so bundles of an earlier split stay checkable."""
     sub = {"format": "tl.graph.v1", "nodes": nodes, "outputs": outputs}
     if doc.get("weights"):
         sub["weights"] = doc["weights"]
+    text = json.dumps(sub, indent=1)
+    path = f"{stem}.{kind}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     with open(path, "w") as f:
-        json.dump(sub, f, indent=1)
+        f.write(text)
     return path
 
 
 def split_graph(graph_path: str, cuts: list[str]) -> tuple[list[str], list[str]]:
     """Write block graphs and prefix graphs beside the graph (sharing its weights file).
     Returns (block paths, prefix paths); the last prefix is the original graph."""
+    if isinstance(cuts, str) or not all(isinstance(c, str) for c in cuts):
+        raise ValueError(f"cuts: expected a list of node ids, found {cuts!r}")
+    if len(set(cuts)) != len(cuts):
+        raise ValueError(f"cuts: a node is cut twice in {cuts!r}")
     with open(graph_path) as f:
         doc = json.load(f)
     nodes = doc["nodes"]
@@ -59,10 +68,10 @@ def split_graph(graph_path: str, cuts: list[str]) -> tuple[list[str], list[str]]
             seg = [{"id": cut["id"], "op": "input", "inputs": [], "shape": cut["shape"],
                     "attrs": {}}] + seg
         out = [nodes[end]["id"]] if k < len(bounds) else doc["outputs"]
-        blocks.append(_write(doc, seg, out, f"{stem}.block{k}.json"))
+        blocks.append(_write(doc, seg, out, stem, f"block{k}"))
         if k < len(bounds):
-            prefixes.append(_write(doc, nodes[:end + 1], [nodes[end]["id"]],
-                                   f"{stem}.prefix{k}.json"))
+            prefixes.append(_write(doc, nodes[:end + 1], [nodes[end]["id"]], stem,
+                                   f"prefix{k}"))
         start = end + 1
     prefixes.append(graph_path)
     return blocks, prefixes

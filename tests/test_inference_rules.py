@@ -859,3 +859,30 @@ def test_a_premise_claims_refusal_names_the_premise_claims_field(s):
         "weaken", premise=prem(false, s.crown))))
     rejected(looser, nested, s.g, rule="crown",
              path="certificate.premise.certificate.premise.claim.lo[0]")
+
+
+def test_a_second_split_keeps_the_first_bundles_checkable(tmp_path):
+    """prove_blockwise wrote graph.block0.json ... under fixed names: a second call with other
+    cuts overwrote them and the first bundle failed its sha256 (a review). Sub-graphs are named
+    by their content's hash now; a string of cuts and a repeated cut are refused."""
+    rng = np.random.default_rng(4)
+    g = GraphBuilder()
+    h = g.input([3])
+    for i in range(3):
+        h = g.relu(g.linear(h, rng.standard_normal((4, 3 if i == 0 else 4)).astype(np.float32),
+                            None, name=f"fc{i}"))
+    path = g.save(str(tmp_path / "net"))
+    box = claims.box([-1, -1, -1], [1, 1, 1])
+    graph = load_graph(path)
+    relus = [n.id for n in graph.nodes if n.op == "relu"]
+    _, claim, cert, extra = prove_blockwise(path, [relus[0]], box)
+    bundle = proof.write_bundle(str(tmp_path / "first.json"), claim, cert, path, graph,
+                                premise_graphs=extra)
+    prove_blockwise(path, [relus[1]], box)
+    from kernel_checker import check_bundle
+
+    check_bundle(bundle)
+    with pytest.raises(ValueError, match="expected a list of node ids"):
+        split_graph(path, relus[0])
+    with pytest.raises(ValueError, match="cut twice"):
+        split_graph(path, [relus[0], relus[0]])
