@@ -295,6 +295,11 @@ def _precision(request: dict) -> tuple[int, int]:
     return prec, digits
 
 
+KEYS = {"unary": {"kind", "func", "lo", "hi", "prec_bits", "digits"},
+        "expr": {"kind", "expr", "vars", "prec_bits", "digits"},
+        "mlp": {"kind", "layers", "input", "prec_bits", "digits"}}
+
+
 def run_request(request: Any, allow_float: bool = False) -> dict:
     """Answer one request in-process; never raises for a bad request (an error document)."""
     head: dict = {"kind": request.get("kind") if isinstance(request, dict) else None}
@@ -304,6 +309,10 @@ def run_request(request: Any, allow_float: bool = False) -> dict:
         kind = request.get("kind")
         if kind == "unary":
             head["func"] = request.get("func")
+        extra = set(request) - KEYS.get(kind, set(request))
+        if extra:  # (a misspelt "prec_bits" fell back to the default)
+            raise OracleError(f"unexpected keys {sorted(extra)} in a {kind} request (expected "
+                              f"{sorted(KEYS[kind])})")
         prec, digits = _precision(request)
         head.update(prec_bits=prec, digits=digits, flint_version=flint.__version__,
                     request_sha256=request_sha256(request))

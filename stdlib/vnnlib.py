@@ -120,14 +120,27 @@ class _ToLinear(Transformer):
             return [[(le.scale(fmpq(-1)), meta, strict)]]
         return [[(le, meta, False), (le.scale(fmpq(-1)), meta, False)]]  # "="
 
+    def __init__(self, max_disjuncts: int):
+        super().__init__()
+        self.max_disjuncts = max_disjuncts
+
+    def _bounded(self, dnf: list, meta) -> list:
+        if len(dnf) > self.max_disjuncts:  # (checked as it grows: one assert of k nested
+            # (or a b) doubles it k times)
+            raise VnnlibError(f"line {meta.line}, column {meta.column}: more than "
+                              f"{self.max_disjuncts} disjuncts in normal form")
+        return dnf
+
     def conj(self, meta, items):
         out = [[]]
         for dnf in items:
+            if len(out) * len(dnf) > self.max_disjuncts:
+                self._bounded(range(len(out) * len(dnf)), meta)
             out = [a + b for a, b in product(out, dnf)]
         return out
 
     def disj(self, meta, items):
-        return [term for dnf in items for term in dnf]
+        return self._bounded([term for dnf in items for term in dnf], meta)
 
     def assertion(self, meta, items):
         return items[0]
@@ -154,12 +167,36 @@ def _readable(terminals) -> list[str]:
             out.add(name)
             continue
         out.add(repr(pattern.value) if pattern.type == "str" else
-                {"NAME": "a name", "NUMBER": "a number", "CMP": "a comparison"}.get(name, name))
+                {"NAME": "a name", "NUMBER": "a number", "CMP": "a comparison", "_PLUS": "'+'",
+                 "_MINUS": "'-'", "_TIMES": "'*'"}.get(name, name))
     return sorted(out)
+
+
+MAX_DEPTH = 200  # parentheses nested deeper are refused (VNN-COMP's files nest a few levels)
+
+
+def _check_depth(text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before the parser and the transformer, which
+    recurse, meet it (about 490 levels raised a RecursionError)."""
+    depth, line, col, comment = 0, 1, 0, False
+    for ch in text:
+        col += 1
+        if ch == "\n":
+            line, col, comment = line + 1, 0, False
+        elif comment or ch == ";":
+            comment = True
+        elif ch == "(":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise VnnlibError(f"line {line}, column {col}: parentheses nested deeper than "
+                                  f"{MAX_DEPTH} levels")
+        elif ch == ")":
+            depth -= 1
 
 
 def parse_vnnlib(text: str, max_disjuncts: int = 100_000) -> Property:
     """A VNN-LIB document to exact input regions and unsafe output polytopes."""
+    _check_depth(text)
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as err:
@@ -172,7 +209,7 @@ def parse_vnnlib(text: str, max_disjuncts: int = 100_000) -> Property:
                              else "")
                           + ("; expected one of " + ", ".join(expected) if expected else "")
                           + "\n" + err.get_context(text)) from None
-    t = _ToLinear()
+    t = _ToLinear(max_disjuncts)
     try:
         items = t.transform(tree).children
     except VisitError as err:  # lark wraps what the transformer raises

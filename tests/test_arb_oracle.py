@@ -268,3 +268,13 @@ def test_mlp_requests_and_their_kernel_check():
             act = layer["activation"]
             x = [max(v, 0) if act == "relu" else true_f(act, v) for v in z]
         assert mp(lo) <= x[0] <= mp(hi)
+
+
+def test_a_request_with_a_key_it_does_not_read_is_an_error_document():
+    """"prec_bitz" fell back to 128 bits silently (a review)."""
+    from oracles.arb import run_request
+
+    out = run_request({"kind": "unary", "func": "exp", "lo": "1", "prec_bitz": 256})
+    assert out["status"] == "error" and "unexpected keys ['prec_bitz']" in out["reason"]
+    assert run_request({"kind": "unary", "func": "exp", "lo": "1", "prec_bits": 256})[
+        "status"] == "ok"

@@ -107,3 +107,26 @@ def test_vnncomp_properties_parse():
     assert len(prop6.regions) == 2
     mnist = read_vnnlib(str(SHARED / "mnistfc" / "prop_0_0.03.vnnlib"))
     assert (mnist.n_inputs, mnist.n_outputs, len(mnist.regions[0].unsafe)) == (784, 10, 9)
+
+
+@pytest.mark.parametrize("text", ["(assert (<= 0X_0 1))", "(assert (<= Y_0-1 0))",
+                                  "(assert (<= (-1 2) Y_0))", "(assert (<= 1.5.5 Y_0))"])
+def test_tokens_run_together_are_refused(text):
+    """SMT-LIB separates tokens: "0X_0" read as 0 <= X_0 and "(-1 2)" as (- 1 2), so a typo
+    could change the property silently (a review)."""
+    head = "(declare-const X_0 Real)(declare-const Y_0 Real)"
+    with pytest.raises(VnnlibError, match="syntax error"):
+        parse_vnnlib(head + "(assert (>= X_0 0))(assert (<= X_0 1))" + text)
+
+
+def test_one_assert_of_nested_ors_is_bounded_as_it_grows():
+    """(and (or a b) ... k times) doubled k times before the limit was checked (21: 14 s and
+    1.1 GiB); the limit holds inside an assert now."""
+    import time
+
+    head = "(declare-const X_0 Real)(declare-const Y_0 Real)(assert (>= X_0 0))(assert (<= X_0 1))"
+    body = "(assert (and " + "(or (<= Y_0 0) (>= Y_0 1)) " * 30 + "))"
+    t = time.perf_counter()
+    with pytest.raises(VnnlibError, match="more than 100000 disjuncts"):
+        parse_vnnlib(head + body)
+    assert time.perf_counter() - t < 10
