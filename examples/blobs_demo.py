@@ -54,7 +54,7 @@ def train_mlp(seed: int = 0, steps: int = 400) -> list[np.ndarray]:
     return [a.astype(np.float32) for pair in zip(ws, bs) for a in pair]
 
 
-def run_demo(out_dir: str = "tl-out/demo") -> int:
+def run_demo(out_dir: str = "tl-out/blobs") -> int:
     t0 = time.perf_counter()
     w1, b1, w2, b2, w3, b3 = train_mlp()
     graph_path = Sequential([Linear(w1, b1), ReLU(), Linear(w2, b2), ReLU(), Linear(w3, b3)]

@@ -159,10 +159,10 @@ def rule_assume(ctx: Context, claim: Claim, cert: dict, path: str) -> Theorem:
                      f"kernel rule that checks its oracle or runtime emits it (assume takes "
                      f"{list(ASSUMABLE)})")
     evidence = cert["evidence"]
-    if not isinstance(evidence, dict) or not all(
+    if not isinstance(evidence, dict) or not evidence or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in evidence.items()):
-        raise refuse("assume", f"{path}.evidence", "expected an object of strings (provenance: "
-                     "tool, version, command, input hash, reason)")
+        raise refuse("assume", f"{path}.evidence", "expected a non-empty object of strings "
+                     "(provenance: tool, version, command, input hash, the user's reason)")
     ctx.graph_for(claim, "claim")
     assumption = Assumption(name, tuple(sorted(evidence.items())), claim.spec_sha256())
     return _derive(claim, "assume", {assumption}, level=Level.SHAPE_CHECKED)

@@ -296,7 +296,7 @@ def test_assume_unregistered_name_rejected(mlp, setting):
 
 @pytest.mark.parametrize("cert, path, fragment", [
     ({"rule": "assume", "name": "user.hypothesis", "evidence": {"tool": 3}},
-     "certificate.evidence", "expected an object of strings"),
+     "certificate.evidence", "expected a non-empty object of strings"),
     ({"rule": "assume", "name": "user.hypothesis", "evidence": ["t"]}, "certificate.evidence",
      "object of strings"),
     ({"rule": "assume", "name": "user.hypothesis"}, "certificate", "missing keys ['evidence']"),
@@ -611,3 +611,10 @@ def test_in_process_claim_with_python_floats_is_a_kernel_error(mlp):
     with pytest.raises(KernelError) as info:
         proof.check(claim, proof.ibp(), mlp.graph)
     assert info.value.path.startswith("claim.lo")
+
+
+def test_assume_needs_its_evidence(mlp, setting):
+    """TRUST_BOUNDARIES: a hypothesis comes with the user's reason; an empty one was accepted."""
+    claim = robustness.robust(mlp.graph, setting["x0"], "1/8", setting["label"])
+    rejected(claim, proof.assume("user.hypothesis"), mlp.graph, rule="assume",
+             path="certificate.evidence", contains="non-empty")

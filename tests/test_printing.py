@@ -178,7 +178,13 @@ def test_latex(net, env, small):
     assert claim_to_latex(b, env).endswith(
         ":\\ -\\tfrac{7}{2} \\le f_{\\mathrm{h1}}(x) \\le (1, 2, 3, 4, 5, 6)")
     s = parse_claim("claim s: forall x in box(0, 1): g(x) in box(-1, 1)", {"g": small})
-    assert claim_to_latex(s) == "\\forall x \\in [0, 1]^{2}:\\ f(x) \\in [-1, 1]^{3}"
+    assert claim_to_latex(s, {"g": small}) == (
+        "\\forall x \\in [0, 1]^{2}:\\ f(x) \\in [-1, 1]^{3}")
+    # without env the node is always named (a hidden layer's bound read as the output's: a
+    # review), its LaTeX specials escaped
+    name = s.node.replace("_", "\\_")
+    assert claim_to_latex(s) == (
+        "\\forall x \\in [0, 1]^{2}:\\ f_{\\mathrm{" + name + "}}(x) \\in [-1, 1]^{3}")
 
 
 # ---- property-based round trip ------------------------------------------------------------------

@@ -326,13 +326,24 @@ def _latex_union(claim: Claim, ref, lat: dict) -> str:
     return " \\vee ".join(polys)
 
 
+def _latex_text(text: str) -> str:
+    """text with LaTeX's special characters escaped (node ids hold _ and .)."""
+    out = []
+    for ch in text:
+        out.append({"\\": "\\textbackslash{}", "~": "\\textasciitilde{}",
+                    "^": "\\textasciicircum{}"}.get(ch, "\\" + ch if ch in "_#$%&{}" else ch))
+    return "".join(out)
+
+
 def claim_to_latex(claim: Claim, env: dict | None = None) -> str:
     """The claim as a LaTeX formula (math mode, without delimiters), e.g.
     `\\forall x \\in B_\\infty(x_0, \\tfrac{1}{50}) \\cap [0,1]^{784}:\\ \\arg\\max_i f(x)_i = 7`.
-    `f` is the graph's first output; another node is shown as a subscript when `env` names the
-    graph (without `env` the node is not shown)."""
+    `f` is the graph's first output when `env` names the graph; any other node, and every node
+    when no graph is named, is a subscript (a bound on a hidden layer must not read as one on
+    the output)."""
     names = _Names(claim, env, None)
-    f = "f" if names.node_is_default(claim) else f"f_{{\\mathrm{{{claim.node}}}}}"
+    f = "f" if names.graph is not None and names.node_is_default(claim) else \
+        f"f_{{\\mathrm{{{_latex_text(claim.node)}}}}}"
 
     def ref(i):
         return f"{f}(x)_{{{i}}}"
