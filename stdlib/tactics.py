@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kernel_checker import Claim, Graph, KernelError, Theorem
+from kernel_checker.errors import read_bytes
 from kernel_checker.rules import Context
+from kernel_checker.tensor import sha256_hex
 from stdlib.robustness import robust
 from tl_dsl import claims, proof
 
@@ -70,6 +72,13 @@ def prove_robust(graph: Graph, graph_path: str, x0, eps, label: int, clamp=(0, 1
                          f"{bad or methods!r}")
     claim = robust(graph, x0, eps, label, clamp=clamp)
     Context([graph]).graph_for(claim, "claim")  # well-formed, shaped and exact, or KernelError
+    try:  # (the producers read graph_path: another graph gave tracebacks or a silent unknown)
+        on_disk = sha256_hex(read_bytes(graph_path, "prove_robust", "graph_path", "graph"))
+    except KernelError as err:
+        raise ValueError(f"graph_path: {err.message}") from None
+    if on_disk != graph.sha256:
+        raise ValueError(f"graph_path: {graph_path} is not the graph given (sha256 {on_disk[:12]}"
+                         f", the graph's {graph.sha256[:12]})")
     out = Outcome("unknown", claim=claim)
     clock = _Clock(out)
     if "attack" in methods:

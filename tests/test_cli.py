@@ -196,3 +196,8 @@ def test_check_prints_a_bundles_claim_name_as_one_printable_line(bundles):
     r = tl("check", path)
     assert r.returncode == 0 and "\x1b" not in r.stdout and len(r.stdout.splitlines()) == 1
     assert "by assume; level shape-checked" in r.stdout
+
+
+def test_options_are_taken_only_as_written(bundles):
+    r = tl("audit", bundles["good"], "--tre")
+    assert r.returncode == 2 and "unrecognized arguments: --tre" in r.stderr

@@ -127,3 +127,20 @@ def test_a_graph_the_bound_producers_cannot_take_is_unknown_with_the_reason(tmp_
     assert out.status == "unknown" and out.proved_by == {"ibp": False, "crown": False,
                                                          "alpha": False}
     assert any(n.startswith("crown: ") and "tanh" in n for n in out.notes), out.notes
+
+
+def test_a_graph_path_of_another_graph_or_none_is_refused(digits, tmp_path):
+    """The producers read graph_path: another graph's gave a StopIteration traceback or a silent
+    `unknown` (a review); it must be the graph given."""
+    graph, _, image, label = digits
+    other = str(tmp_path / "other.json")
+    with open(MLP) as f:
+        doc = json.load(f)
+    doc["nodes"][-1]["id"] += "_renamed"
+    doc["outputs"] = [doc["nodes"][-1]["id"]]
+    with open(other, "w") as f:
+        json.dump(doc, f)
+    for path, match in ((other, "is not the graph given"), (str(tmp_path / "nope.json"),
+                                                              "cannot read graph")):
+        with pytest.raises(ValueError, match=f"graph_path: .*{match}"):
+            prove_robust(graph, path, image, Fraction(1, 200), label, methods=("ibp",))

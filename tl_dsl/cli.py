@@ -113,7 +113,7 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tl", description="tl-verify: claims about neural networks, "
-                                "checked by a small exact kernel")
+                                "checked by a small exact kernel", allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the main example end to end on built-in data")
     d.add_argument("--out", default="tl-out/demo", help="folder for graphs and bundles")
@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print the audit as JSON")
     a.add_argument("--tree", action="store_true", help="print the derivation tree")
     a.add_argument("--permit", nargs="*", default=[], metavar="PATTERN",
-                   help="assumption name patterns that are allowed (fnmatch, e.g. 'oracle.arb.*')")
+                   help="assumption name patterns that are allowed (fnmatch, e.g. "
+                   "'runtime.cuda.*'); after the bundle, as it takes every word that follows")
     a.set_defaults(func=cmd_audit)
     g = sub.add_parser("graph", help="validate a tl.graph.v1 file and its weights, and summarise")
     g.add_argument("graph")
@@ -157,7 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     register(sub)
     register_oracle(sub)
     register_run(sub)
+    _no_abbreviations(p)
     return p
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Options only as written, in every subcommand (`--tre` was taken as `--tree`)."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
