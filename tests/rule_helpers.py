@@ -101,3 +101,15 @@ def build_mlp(seed=1, sizes=(3, 8, 8, 2)) -> GraphBuilder:
             h = g.relu(h)
     g.output(h)
     return g
+
+
+def build_residual(seed: int, in_shape, width: int, n_out: int) -> GraphBuilder:
+    """flatten, linear, relu, a residual add of relu(linear), linear: float32 weights."""
+    rng = np.random.default_rng(seed)
+    g = GraphBuilder()
+    f = g.flatten(g.input(list(in_shape)))
+    n = int(np.prod(in_shape))
+    h = g.relu(g.linear(f, randn(rng, width, n), randn(rng, width, scale=0.1)))
+    r = g.add(h, g.relu(g.linear(h, randn(rng, width, width), None)))
+    g.output(g.linear(r, randn(rng, n_out, width), randn(rng, n_out)))
+    return g

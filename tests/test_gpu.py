@@ -13,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from flint import fmpq
-from rule_helpers import build_mlp, randn
+from rule_helpers import build_mlp, build_residual, randn
 
 import kernel_checker
 from gpu import SUPPORTED, CudaRunner, cuda_status, native_sources, plan, runner
@@ -51,12 +51,7 @@ def test_without_cuda_the_package_imports_and_says_why(tmp_path):
 
 def _nets(tmp_path) -> list:
     rng = np.random.default_rng(3)
-    g = GraphBuilder()
-    x = g.input([2, 5])
-    f = g.flatten(x)
-    h = g.relu(g.linear(f, randn(rng, 33, 10), randn(rng, 33, scale=0.1)))
-    r = g.add(h, g.relu(g.linear(h, randn(rng, 33, 33), None)))
-    g.output(g.linear(r, randn(rng, 7, 33), randn(rng, 7)))
+    g = build_residual(3, (2, 5), 33, 7)
     c = GraphBuilder()
     x = c.input([3, 12, 12])
     h = c.relu(c.conv2d(x, randn(rng, 8, 3, 3, 3), randn(rng, 8, scale=0.1), stride=(2, 2),

@@ -12,7 +12,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from flint import fmpq
-from rule_helpers import build_mlp, randn, rejected
+from rule_helpers import build_mlp, build_residual, randn, rejected
 
 import kernel_checker
 from gpu import CpuRunner, UnsupportedGraphError, plan
@@ -41,14 +41,7 @@ def mlp(tmp_path_factory):
 @pytest.fixture(scope="module")
 def residual(tmp_path_factory):
     """flatten, linear, relu, a residual add, linear: every op the rule encloses."""
-    rng = np.random.default_rng(3)
-    g = GraphBuilder()
-    x = g.input([2, 3])
-    f = g.flatten(x)
-    h = g.relu(g.linear(f, randn(rng, 6, 6), randn(rng, 6, scale=0.1)))
-    r = g.add(h, g.relu(g.linear(h, randn(rng, 6, 6), None)))
-    g.output(g.linear(r, randn(rng, 3, 6), randn(rng, 3)))
-    path = g.save(str(tmp_path_factory.mktemp("res")))
+    path = build_residual(3, (2, 3), 6, 3).save(str(tmp_path_factory.mktemp("res")))
     return path, kernel_checker.load_graph(path)
 
 
