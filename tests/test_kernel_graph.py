@@ -586,3 +586,21 @@ def test_an_empty_parameter_name_is_refused(tmp_path):
             load_graph(str(tmp_path / "graph.json"))
         assert info.value.path == "nodes[1] (id 'fc', op linear).attrs.bias"
         assert "non-empty" in info.value.message
+
+
+def test_the_builder_writes_the_smooth_ops(tmp_path):
+    """tanh, sigmoid, exp, log, sin and cos had no builder methods (an example used the private
+    _add); each writes its op and the kernel evaluates the chain at a point."""
+    from flint import fmpq
+
+    from kernel_checker.rules import point_interval
+
+    g = GraphBuilder()
+    x = g.input([1])
+    g.output(g.cos(g.sin(g.log(g.exp(g.sigmoid(g.tanh(x)))))))
+    graph = load_graph(g.save(str(tmp_path)))
+    assert [n.op for n in graph.nodes][1:] == ["tanh", "sigmoid", "exp", "log", "sin", "cos"]
+    y = evaluate(graph, point_interval((fmpq(1, 2),), (1,)))[graph.outputs[0]]
+    v = np.cos(np.sin(np.log(np.exp(1 / (1 + np.exp(-np.tanh(0.5)))))))
+    lo, hi = y.bounds(0)
+    assert float(lo) - 1e-12 <= v <= float(hi) + 1e-12

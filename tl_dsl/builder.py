@@ -127,6 +127,24 @@ class GraphBuilder:
     def abs(self, x: Ref) -> Ref:
         return self._add("abs", [x], x.shape)
 
+    def tanh(self, x: Ref) -> Ref:
+        return self._add("tanh", [x], x.shape)
+
+    def sigmoid(self, x: Ref) -> Ref:
+        return self._add("sigmoid", [x], x.shape)
+
+    def exp(self, x: Ref) -> Ref:
+        return self._add("exp", [x], x.shape)
+
+    def log(self, x: Ref) -> Ref:
+        return self._add("log", [x], x.shape)
+
+    def sin(self, x: Ref) -> Ref:
+        return self._add("sin", [x], x.shape)
+
+    def cos(self, x: Ref) -> Ref:
+        return self._add("cos", [x], x.shape)
+
     def _binary(self, op, a: Ref, b: Ref) -> Ref:
         return self._add(op, [a, b], np.broadcast_shapes(a.shape, b.shape))
 
