@@ -23,7 +23,8 @@ from kernel_checker.semantics import _ancestors
 from kernel_checker.tensor import numel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SUPPORTED = ("input", "linear", "conv2d", "relu", "add", "flatten", "reshape")
+SUPPORTED = ("input", "linear", "conv2d", "relu", "add", "maxpool2d", "avgpool2d", "flatten",
+             "reshape")
 BLOCK = 256  # threads of an elementwise kernel's block
 TILE = 16  # forward.cu's tile
 CHUNK_BYTES = 2 << 30  # device memory for one chunk of rows' values (a batch runs in chunks)
@@ -61,7 +62,8 @@ class Step:
     inputs: tuple
     weight: np.ndarray | None = None  # linear: m x k; conv2d: O x C/groups x KH x KW; binary32
     bias: np.ndarray | None = None
-    geometry: tuple = ()  # conv2d: (C, H, W), (O, OH, OW), stride, padding, dilation, groups
+    geometry: tuple = ()  # conv2d: (C, H, W), (O, OH, OW), stride, padding, dilation, groups;
+    # pooling: (C, H, W), (C, OH, OW), kernel, stride, padding, dilation, count_include_pad
     width: int = 0  # values a row
 
 
@@ -114,6 +116,11 @@ def plan(graph: kernel_checker.Graph, output: str | None = None) -> Plan:
                 step.bias = _binary32_array(graph, node, "bias")
             step.geometry = (graph.by_id[node.inputs[0]].shape, node.shape, tuple(a["stride"]),
                              tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
+        elif node.op in ("maxpool2d", "avgpool2d"):
+            a = node.attrs
+            step.geometry = (graph.by_id[node.inputs[0]].shape, node.shape, tuple(a["kernel"]),
+                             tuple(a["stride"]), tuple(a["padding"]),
+                             tuple(a.get("dilation", (1, 1))), bool(a.get("count_include_pad")))
         elif node.op == "add":
             a, b = (graph.by_id[i].shape for i in node.inputs)
             if a != b:
@@ -157,6 +164,8 @@ class CpuRunner:
                 vals[s.id] = y + s.bias if s.bias is not None else y
             elif s.op == "conv2d":
                 vals[s.id] = _conv_cpu(a, s)
+            elif s.op in ("maxpool2d", "avgpool2d"):
+                vals[s.id] = _pool_cpu(a, s)
             elif s.op == "relu":
                 vals[s.id] = np.where(a > 0, a, np.where(np.isnan(a), a, np.float32(0)))
             elif s.op == "add":
@@ -175,18 +184,28 @@ def _cpu_model() -> str | None:
         return None
 
 
-def _conv_cpu(x: np.ndarray, s: Step) -> np.ndarray:
-    """conv2d in binary32 by columns and matrix products (numpy's BLAS), rows flat."""
-    (c, h, w), (o, oh, ow), (sh, sw), (ph, pw), (dh, dw), g = s.geometry
-    _, cg, kh, kw = s.weight.shape
-    rows = len(x)
-    xp = np.pad(x.reshape(rows, c, h, w), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    cols = np.empty((rows, c, kh, kw, oh, ow), np.float32)
+def _windows(x: np.ndarray, shape: tuple, out: tuple, kernel: tuple, stride: tuple,
+             padding: tuple, dilation: tuple, fill: float) -> np.ndarray:
+    """rows x C x KH x KW x OH x OW: each output's window, `fill` outside the input."""
+    (c, h, w), (oh, ow), (kh, kw) = shape, out[-2:], kernel
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    xp = np.pad(x.reshape(len(x), c, h, w), ((0, 0), (0, 0), (ph, ph), (pw, pw)),
+                constant_values=fill)
+    cols = np.empty((len(x), c, kh, kw, oh, ow), np.float32)
     for ky in range(kh):
         for kx in range(kw):
             y0, x0 = ky * dh, kx * dw
             y1, x1 = y0 + sh * (oh - 1) + 1, x0 + sw * (ow - 1) + 1
             cols[:, :, ky, kx] = xp[:, :, y0:y1:sh, x0:x1:sw]
+    return cols
+
+
+def _conv_cpu(x: np.ndarray, s: Step) -> np.ndarray:
+    """conv2d in binary32 by columns and matrix products (numpy's BLAS), rows flat."""
+    shape, (o, oh, ow), stride, padding, dilation, g = s.geometry
+    _, cg, kh, kw = s.weight.shape
+    rows = len(x)
+    cols = _windows(x, shape, (oh, ow), (kh, kw), stride, padding, dilation, 0.0)
     og, out = o // g, np.empty((rows, o, oh * ow), np.float32)
     for gi in range(g):
         part = cols[:, gi * cg:(gi + 1) * cg].reshape(rows, cg * kh * kw, oh * ow)
@@ -195,6 +214,23 @@ def _conv_cpu(x: np.ndarray, s: Step) -> np.ndarray:
     if s.bias is not None:
         out += s.bias[None, :, None]
     return out.reshape(rows, -1)
+
+
+def _pool_cpu(x: np.ndarray, s: Step) -> np.ndarray:
+    """max (NaN kept) or average (a sum, then one division by the count) of each window."""
+    shape, out, kernel, stride, padding, dilation, include_pad = s.geometry
+    rows = len(x)
+    if s.op == "maxpool2d":
+        cols = _windows(x, shape, out, kernel, stride, padding, dilation, -np.inf)
+        return cols.max(axis=(2, 3)).reshape(rows, -1)  # (numpy's max keeps NaN)
+    cols = _windows(x, shape, out, kernel, stride, padding, dilation, 0.0)
+    if include_pad:
+        count = np.float32(kernel[0] * kernel[1])
+    else:
+        ones = np.ones((1, int(np.prod(shape))), np.float32)
+        count = _windows(ones, shape, out, kernel, stride, padding, dilation, 0.0).sum(
+            axis=(2, 3))
+    return (cols.sum(axis=(2, 3), dtype=np.float32) / count).astype(np.float32).reshape(rows, -1)
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -298,6 +334,15 @@ class CudaRunner:
                                   grid=((n + BLOCK - 1) // BLOCK, 1))
         return outs
 
+    def _pool(self, kind, s, args, rows):
+        (c, h, w), (_, oh, ow), (kh, kw), (sh, sw), (ph, pw), (dh, dw), inc = s.geometry
+        outs = [self.gpuarray.empty((rows, c * oh * ow), np.float32) for _ in args]
+        n = rows * c * oh * ow
+        dims = [np.int32(v) for v in (rows, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, inc)]
+        self.fn[(s.op, kind)](*args, *outs, *dims, block=(BLOCK, 1, 1),
+                              grid=((n + BLOCK - 1) // BLOCK, 1))
+        return outs
+
     def _elementwise(self, op, kind, args):
         n = args[0].size
         outs = [self.gpuarray.empty_like(args[0]) for _ in range(1 if kind == "float32" else 2)]
@@ -326,6 +371,8 @@ class CudaRunner:
                 vals[s.id] = self._linear(kind, s, a, rows)
             elif s.op == "conv2d":
                 vals[s.id] = self._conv(kind, s, a, rows)
+            elif s.op in ("maxpool2d", "avgpool2d"):
+                vals[s.id] = self._pool(kind, s, a, rows)
             elif s.op == "relu":
                 vals[s.id] = self._elementwise("relu", kind, a)
             elif s.op == "add":

@@ -12,8 +12,9 @@ differs from its exact value on the binary32 input v the evaluation read by at m
 the k + 1 terms meets at most k + 1 roundings on its way to the sum, whatever the order; a
 product that underflows errs by at most 2^-150 more). v lies in the input's enclosure [lo, hi]
 (by induction), so y_j lies in the exact hull of W [lo, hi] + b widened by that bound taken with
-|v_i| <= max(|lo_i|, |hi_i|). An add rounds once: fl(a + b) = (a + b)(1 + d), |d| <= u. relu,
-flatten and reshape are exact. x, the weights and the biases must be binary32 values (a runtime
+|v_i| <= max(|lo_i|, |hi_i|). An add rounds once: fl(a + b) = (a + b)(1 + d), |d| <= u; an
+average pool sums a window and divides (`_avgpool`). relu, maxpool2d, flatten and reshape are
+exact. x, the weights and the biases must be binary32 values (a runtime
 reading rounded copies computes another function), and every sum stays below half the largest
 binary32 in magnitude, so nothing overflows. Then the check is exact: lo_j <= y_j <= hi_j.
 """
@@ -29,7 +30,8 @@ from kernel_checker.semantics import Interval
 from kernel_checker.tensor import Tensor, numel
 
 RULE = "agreement"
-F32_OPS = ("input", "linear", "conv2d", "relu", "add", "flatten", "reshape")
+F32_OPS = ("input", "linear", "conv2d", "relu", "add", "maxpool2d", "avgpool2d", "flatten",
+           "reshape")
 U = fmpq(1, 1 << 24)
 ETA = fmpq(1, 1 << 149)
 HALF_MAX = fmpq(((1 << 24) - 1) << 103)  # half the largest binary32, (2^24 - 1) 2^104
@@ -116,6 +118,26 @@ def _affine(x: Interval, node: Node, graph: Graph) -> Interval:
     return _widen(y, err)
 
 
+def _avgpool(x: Interval, node: Node) -> Interval:
+    """A window's sum of at most c = kernel area terms, divided by its count (or times its
+    rounded reciprocal): within gamma_{c+1} of the exact mean of magnitudes, plus 2^-149 for a
+    quotient that underflows; the means of magnitudes are the node's radii on [-max|v|,
+    max|v|], and a sum of magnitudes is at most c times that."""
+    y = semantics.avgpool2d(x, node)
+    mags = _magnitudes(x)
+    spread = semantics.avgpool2d(Interval(x.shape, [-v for v in mags], mags, x.den), node)
+    c = node.attrs["kernel"][0] * node.attrs["kernel"][1]
+    g, err = _gamma(c + 1, node), []
+    for i in range(len(y.lo)):
+        mean = fmpq(spread.hi[i] - spread.lo[i], 2 * spread.den)
+        if c * mean > HALF_MAX:
+            raise refuse(RULE, f"graph.{node.id}", f"a window's sum of magnitudes reaches "
+                         f"{approx_text(c * mean)} at output {i}: a binary32 evaluation may "
+                         "overflow")
+        err.append(g * mean + ETA)
+    return _widen(y, err)
+
+
 def _add(a: Interval, b: Interval, node: Node) -> Interval:
     y = semantics.add(a, b, node.shape)
     err = []
@@ -152,7 +174,9 @@ def enclosure(graph: Graph, x: tuple, node: str, path: str = "claim") -> Interva
             values[n.id] = _affine(args[0], n, graph)
         elif n.op == "add":
             values[n.id] = _add(args[0], args[1], n)
-        else:  # relu, flatten, reshape: exact
+        elif n.op == "avgpool2d":
+            values[n.id] = _avgpool(args[0], n)
+        else:  # relu, maxpool2d (a maximum of binary32 values is one of them), flatten, reshape
             values[n.id] = semantics.eval_node(n, args, graph)
     return values[node]
 

@@ -25,6 +25,7 @@ from tl_dsl.builder import GraphBuilder
 CUDA, WHY = cuda_status()
 needs_cuda = pytest.mark.skipif(not CUDA, reason=f"no CUDA device: {WHY}")
 ONNX = [p for p in os.environ.get("TL_GPU_ONNX", "").split(os.pathsep) if p]
+DIGITS_CNN = os.path.join(os.path.dirname(HERE), "tl_dsl", "data", "digits", "cnn", "graph.json")
 
 
 def test_native_sources_name_a_kernel_of_their_source_for_every_op():
@@ -58,8 +59,15 @@ def _nets(tmp_path) -> list:
                         padding=(1, 1)))
     h = c.relu(c.conv2d(h, randn(rng, 8, 2, 3, 3), None, dilation=(2, 1), groups=4))
     c.output(c.linear(c.flatten(h), randn(rng, 6, 8 * 2 * 4, scale=0.2), randn(rng, 6)))
+    p = GraphBuilder()
+    x = p.input([2, 10, 10])
+    h = p.relu(p.conv2d(x, randn(rng, 4, 2, 3, 3), randn(rng, 4, scale=0.1), padding=(1, 1)))
+    h = p.maxpool2d(h, (3, 3), (2, 2), padding=(1, 1), dilation=(1, 2))
+    h = p.avgpool2d(h, (2, 2), (1, 1), padding=(1, 1), count_include_pad=False)
+    p.output(p.avgpool2d(h, (3, 2), (2, 1), padding=(1, 0), count_include_pad=True))
     paths = [build_mlp(5, (20, 100, 100, 5)).save(str(tmp_path / "mlp")),
-             g.save(str(tmp_path / "res")), c.save(str(tmp_path / "cnn"))]
+             g.save(str(tmp_path / "res")), c.save(str(tmp_path / "cnn")),
+             p.save(str(tmp_path / "pooled")), DIGITS_CNN]
     for i, onnx_path in enumerate(ONNX):
         import onnx
 

@@ -73,8 +73,9 @@ FORBIDDEN = {"numpy", "torch", "tl_dsl", "oracles", "gpu", "stdlib", "math", "cm
 # of every binary32 evaluation of a graph at a point, against which `tl run` audits a CPU's or a
 # GPU's outputs; the claim kind, its checks and the rule: about 190 lines; then `assume` kept to
 # user.hypothesis, premises' refusals named at their claims, values held to binary32 and the
-# runtime to its provenance: about 15 lines).
-MAX_KERNEL_LINES = 3940
+# runtime to its provenance: about 15 lines; then average pools' binary32 enclosure, a window's
+# sum and one division, and max pools taken as exact: about 20 lines).
+MAX_KERNEL_LINES = 3960
 
 
 def _tree(name: str) -> ast.Module:

@@ -5,6 +5,7 @@ an enclosure and sums that may overflow are refused, naming the field."""
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from fractions import Fraction
@@ -293,3 +294,48 @@ def test_conv_nets_agree_and_a_flipped_conv_weight_is_refused(cnn):
     conv.weight = w
     with pytest.raises(KernelError, match="outside the enclosure"):
         audit_rows(graph, graph.outputs[0], xs, run.forward(xs), list(range(5)), "cpu", {})
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory):
+    """maxpool (padding, dilation), conv, average pools with and without the padding counted."""
+    rng = np.random.default_rng(12)
+    g = GraphBuilder()
+    x = g.input([2, 10, 10])
+    h = g.relu(g.conv2d(x, randn(rng, 4, 2, 3, 3), randn(rng, 4, scale=0.1), padding=(1, 1)))
+    h = g.maxpool2d(h, (3, 3), (2, 2), padding=(1, 1), dilation=(1, 2))
+    h = g.avgpool2d(h, (2, 2), (1, 1), padding=(1, 1), count_include_pad=False)
+    h = g.avgpool2d(h, (3, 2), (2, 1), padding=(1, 0), count_include_pad=True)
+    g.output(h)
+    path = g.save(str(tmp_path_factory.mktemp("pooled")))
+    return path, kernel_checker.load_graph(path)
+
+
+def test_pools_match_torch_agree_and_a_wrong_count_is_refused(pooled):
+    import torch
+
+    path, graph = pooled
+    run = CpuRunner(plan(graph))
+    xs = np.random.default_rng(2).uniform(-1, 1, (6, 200)).astype(np.float32)
+    conv, av1 = run.plan.steps[1], run.plan.steps[4]
+    h = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(xs.reshape(6, 2, 10, 10)),
+                                              torch.from_numpy(conv.weight),
+                                              torch.from_numpy(conv.bias), padding=1))
+    h = torch.nn.functional.max_pool2d(h, 3, 2, 1, dilation=(1, 2))
+    h = torch.nn.functional.avg_pool2d(h, 2, 1, 1, count_include_pad=False)
+    h = torch.nn.functional.avg_pool2d(h, (3, 2), (2, 1), (1, 0), count_include_pad=True)
+    ys = run.forward(xs)
+    assert np.allclose(h.numpy().reshape(6, -1), ys, atol=1e-6)
+    audit_rows(graph, graph.outputs[0], xs, ys, list(range(6)), "cpu", {})
+    av1.geometry = (*av1.geometry[:-1], True)  # the padding counted where it must not be
+    with pytest.raises(KernelError, match="outside the enclosure"):
+        audit_rows(graph, graph.outputs[0], xs, run.forward(xs), list(range(6)), "cpu", {})
+
+
+def test_the_shipped_digits_cnn_runs_and_agrees():
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tl_dsl",
+                        "data", "digits", "cnn", "graph.json")
+    graph = kernel_checker.load_graph(path)
+    run = CpuRunner(plan(graph))
+    xs = np.random.default_rng(3).uniform(0, 1, (4, run.plan.n_in)).astype(np.float32)
+    audit_rows(graph, graph.outputs[0], xs, run.forward(xs), list(range(4)), "cpu", {})

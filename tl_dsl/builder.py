@@ -94,16 +94,18 @@ class GraphBuilder:
                  _conv_out(wd, w.shape[3], stride[1], padding[1], dilation[1]))
         return self._add("conv2d", [x], shape, attrs, name=nid)
 
-    def _pool(self, op, x, kernel, stride, padding, extra):
+    def _pool(self, op, x, kernel, stride, padding, extra, dilation=(1, 1)):
         stride = stride or kernel
         c, h, w = x.shape
-        shape = (c, _conv_out(h, kernel[0], stride[0], padding[0], 1),
-                 _conv_out(w, kernel[1], stride[1], padding[1], 1))
+        shape = (c, _conv_out(h, kernel[0], stride[0], padding[0], dilation[0]),
+                 _conv_out(w, kernel[1], stride[1], padding[1], dilation[1]))
         attrs = {"kernel": list(kernel), "stride": list(stride), "padding": list(padding), **extra}
+        if tuple(dilation) != (1, 1):
+            attrs["dilation"] = list(dilation)
         return self._add(op, [x], shape, attrs)
 
-    def maxpool2d(self, x: Ref, kernel, stride=None, padding=(0, 0)) -> Ref:
-        return self._pool("maxpool2d", x, kernel, stride, padding, {})
+    def maxpool2d(self, x: Ref, kernel, stride=None, padding=(0, 0), dilation=(1, 1)) -> Ref:
+        return self._pool("maxpool2d", x, kernel, stride, padding, {}, dilation)
 
     def avgpool2d(self, x: Ref, kernel, stride=None, padding=(0, 0), count_include_pad=True) -> Ref:
         return self._pool("avgpool2d", x, kernel, stride, padding,

@@ -195,3 +195,94 @@ extern "C" __global__ void conv2d_interval(const float* __restrict__ Xlo,
     const ConvGeometry q = CONV_GEOMETRY;
     conv2d_body<true>(Xlo, Xhi, Wt, b, Ylo, Yhi, q);
 }
+
+// 2-D pooling, one thread per output: X is B x C x H x W, Y is B x C x OH x OW; padding
+// symmetric (outside the input: skipped by max, counted or not by average), stride, dilation
+// (max only). max keeps a NaN; average sums the window in order and divides once by its count
+// (the kernel size, or the elements inside the input when count_include_pad is 0).
+#define POOL_ARGS int B, int C, int H, int W, int OH, int OW, int KH, int KW, int SH, int SW, \
+                  int PH, int PW, int DH, int DW, int include_pad
+struct PoolGeometry {
+    int B, C, H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, include_pad;
+};
+#define POOL_GEOMETRY {B, C, H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, include_pad}
+
+template <bool MAX, bool INTERVAL>
+__device__ __forceinline__ void pool_body(const float* __restrict__ Xlo,
+                                          const float* __restrict__ Xhi,
+                                          float* __restrict__ Ylo, float* __restrict__ Yhi,
+                                          const PoolGeometry& q)
+{
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const size_t plane = (size_t)q.OH * q.OW;
+    if (idx >= (size_t)q.B * q.C * plane)
+        return;
+    const int ox = idx % q.OW, oy = (idx / q.OW) % q.OH;
+    const size_t chan = (idx / plane) * q.H;  // (row, channel) of the input, times H
+    float lo = MAX ? -INFINITY : 0.0f, hi = lo;
+    int count = 0;
+    for (int ky = 0; ky < q.KH; ++ky) {
+        const int iy = oy * q.SH - q.PH + ky * q.DH;
+        for (int kx = 0; kx < q.KW; ++kx) {
+            const int ix = ox * q.SW - q.PW + kx * q.DW;
+            if (iy < 0 || iy >= q.H || ix < 0 || ix >= q.W)
+                continue;
+            const size_t at = (chan + iy) * q.W + ix;
+            ++count;
+            if (MAX) {
+                const float a = Xlo[at];
+                lo = (a > lo || a != a) && lo == lo ? a : lo;
+                if (INTERVAL) {
+                    const float c = Xhi[at];
+                    hi = (c > hi || c != c) && hi == hi ? c : hi;
+                }
+            } else if (INTERVAL) {
+                lo = __fadd_rd(lo, Xlo[at]);
+                hi = __fadd_ru(hi, Xhi[at]);
+            } else {
+                lo = __fadd_rn(lo, Xlo[at]);
+            }
+        }
+    }
+    if (!MAX) {
+        const float n = (float)(q.include_pad ? q.KH * q.KW : count);
+        lo = INTERVAL ? __fdiv_rd(lo, n) : __fdiv_rn(lo, n);
+        if (INTERVAL)
+            hi = __fdiv_ru(hi, n);
+    }
+    Ylo[idx] = lo;
+    if (INTERVAL)
+        Yhi[idx] = hi;
+}
+
+extern "C" __global__ void maxpool2d_f32(const float* __restrict__ X, float* __restrict__ Y,
+                                         POOL_ARGS)
+{
+    const PoolGeometry q = POOL_GEOMETRY;
+    pool_body<true, false>(X, X, Y, Y, q);
+}
+
+extern "C" __global__ void maxpool2d_interval(const float* __restrict__ Xlo,
+                                              const float* __restrict__ Xhi,
+                                              float* __restrict__ Ylo, float* __restrict__ Yhi,
+                                              POOL_ARGS)
+{
+    const PoolGeometry q = POOL_GEOMETRY;
+    pool_body<true, true>(Xlo, Xhi, Ylo, Yhi, q);
+}
+
+extern "C" __global__ void avgpool2d_f32(const float* __restrict__ X, float* __restrict__ Y,
+                                         POOL_ARGS)
+{
+    const PoolGeometry q = POOL_GEOMETRY;
+    pool_body<false, false>(X, X, Y, Y, q);
+}
+
+extern "C" __global__ void avgpool2d_interval(const float* __restrict__ Xlo,
+                                              const float* __restrict__ Xhi,
+                                              float* __restrict__ Ylo, float* __restrict__ Yhi,
+                                              POOL_ARGS)
+{
+    const PoolGeometry q = POOL_GEOMETRY;
+    pool_body<false, true>(Xlo, Xhi, Ylo, Yhi, q);
+}
