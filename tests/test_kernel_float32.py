@@ -339,3 +339,29 @@ def test_the_shipped_digits_cnn_runs_and_agrees():
     run = CpuRunner(plan(graph))
     xs = np.random.default_rng(3).uniform(0, 1, (4, run.plan.n_in)).astype(np.float32)
     audit_rows(graph, graph.outputs[0], xs, run.forward(xs), list(range(4)), "cpu", {})
+
+
+def test_tl_run_takes_an_onnx_model_imported_beside_the_bundle(tmp_path):
+    pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(8)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["X", "W", "B"], ["H"], transB=1),
+         helper.make_node("Relu", ["H"], ["Y"])], "g",
+        [helper.make_tensor_value_info("X", 1, [1, 4])],
+        [helper.make_tensor_value_info("Y", 1, [1, 3])],
+        [numpy_helper.from_array(randn(rng, 3, 4), "W"),
+         numpy_helper.from_array(randn(rng, 3), "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    bundle = tmp_path / "out" / "audit.json"
+    r = subprocess.run([sys.executable, "-m", "tl_dsl.cli", "run", str(path), "--device", "cpu",
+                        "--random", "100", "--audit", "3", "--bundle", str(bundle)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "audit.model" / "graph.json").is_file()
+    thm, _ = kernel_checker.check_bundle(str(bundle))
+    assert len(thm.claim.parts) == 3

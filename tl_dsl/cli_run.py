@@ -2,6 +2,7 @@
 the kernel checks sampled outputs (or all) against its enclosure of every binary32 evaluation
 and writes a bundle `tl check` re-derives."""
 
+import os
 import sys
 import time
 from collections import Counter
@@ -10,7 +11,8 @@ from collections import Counter
 def register(sub) -> None:
     r = sub.add_parser("run", help="execute a checked graph in binary32 (CPU or CUDA) and audit "
                        "sampled outputs with the kernel")
-    r.add_argument("graph", help="a tl.graph.v1 graph.json (checked by the kernel first)")
+    r.add_argument("graph", help="a tl.graph.v1 graph.json or an ONNX model (imported beside "
+                   "the bundle, BUNDLE.model/, as tl verify does), checked by the kernel first")
     r.add_argument("--device", required=True, choices=["cpu", "cuda"],
                    help="where to run (never a silent fallback: cuda without a device fails)")
     src = r.add_mutually_exclusive_group(required=True)
@@ -39,6 +41,28 @@ def _rows(spec: str, n: int) -> list:
 
 
 def cmd_run(args) -> int:
+    import shutil
+    import tempfile
+
+    own = None
+    if args.graph.endswith(".onnx"):  # imported where the bundle can name it, else for the run
+        workdir = os.path.splitext(args.bundle)[0] + ".model" if args.bundle else None
+        own = tempfile.mkdtemp(prefix="tl-run-") if workdir is None else None
+        try:
+            from tl_dsl.verify import load_model
+
+            args.graph = load_model(args.graph, workdir or own)
+        except Exception as err:  # noqa: BLE001 (the importer's reason, whatever its type)
+            print(f"tl run: cannot import {args.graph}: {err}", file=sys.stderr)
+            return 2
+    try:
+        return _run(args)
+    finally:
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)
+
+
+def _run(args) -> int:
     import numpy as np
 
     import kernel_checker
