@@ -66,6 +66,7 @@ EXAMPLES = [
     "claim lower: forall x in box([0, 0, 0, 0], [1, 1/2, 1, 1]): "
     "2*net(x)[0] - net(x)[3] >= 1/2, -net(x)[1] + 1/3*net(x)[2] >= -5",
     "claim: forall x in ball([0, 1/3, 2/3, 1], 0.125): never 0 <= 1 and net(x)[9] >= 0",
+    "claim up: forall x in box(lo, hi): 1/4 <= net(x)[2] - net(x)[0], 3 >= net(x)[1]",
 ]
 
 
@@ -123,6 +124,34 @@ def test_many_claims_round_trip(net, env):
     assert parse_claims(printed, env) == found
 
 
+def test_env_names_only_for_equal_non_constant_vectors(small, mnist_like):
+    """(a review: `box(0, 1)` over 2 inputs printed as `box(lo, [1, 1])` when env had
+    lo = [0, 0]) A claim does not record how it was written: an env name is printed only for a
+    vector equal to the whole env entry, and never for a constant vector (printed as without env).
+    """
+    env = {"g": small, "lo": [0, 0], "ones": np.ones(2), "half": [0, "1/2"], "pre": [0]}
+    c = parse_claim("claim c: forall x in box(0, 1): g(x) in box(-1, 1)", env)
+    text = format_claim(c, env)
+    assert text.startswith("claim c: forall x in box([0, 0], [1, 1]): g(x) in box("), text
+    assert format_claim(c, env).split("  #")[0] == format_claim(c, {"g": small}).split("  #")[0]
+    assert parse_claim(text, env) == c
+    # a non-constant vector equal to an env entry is printed by its name; a prefix is not it
+    c = parse_claim("claim c: forall x in ball([0, 1/2], 1/4): argmax(g(x)) == 1", env)
+    text = format_claim(c, env)
+    assert text.startswith("claim c: forall x in ball(half, 1/4): "), text
+    assert parse_claim(text, env) == c
+    c = parse_claim("claim c: forall x in box([0, 0], [0, 1/2]): g(x)[0] >= 0", env)
+    assert "box([0, 0], half)" in format_claim(c, env)
+    # long constant vectors print as one number, whatever env binds
+    zeros = {"mnist": mnist_like, "z": np.zeros(784), "o": [1] * 784}
+    b = dsl.bounds(mnist_like, dsl.box(np.zeros(784), np.ones(784)), [-5] * 10, [5] * 10)
+    text = format_claim(b, zeros)
+    assert text.startswith("claim: forall x in box(0, 1): mnist(x) in box(-5, 5)"), text
+    assert parse_claim(text, zeros) == b
+    assert "[0, 1]^{2}" in claim_to_latex(parse_claim(
+        "claim c: forall x in box(0, 1): g(x)[0] >= 0", env), env)
+
+
 def test_quoting_of_names(net, env):
     c = dsl.bounds(net, dsl.box(env["lo"], env["hi"]), [0] * 6, [1] * 6, node="h1", name="in")
     text = format_claim(c, env)
@@ -144,7 +173,8 @@ def test_format_theorem_proved_and_assumed(net, env):
     thm = proof.check(c, proof.ibp(), net)
     text = format_theorem(thm, env)
     lines = text.splitlines()
-    assert lines[0].startswith("theorem (proved, by rule ibp): claim b: forall x in box(lo, hi): "
+    # lo is [0, 0, 0, 0]: a constant vector prints as its number, not by an env name
+    assert lines[0].startswith("theorem (proved, by rule ibp): claim b: forall x in box(0, hi): "
                                "net(x)@h1 in box(-1000, 1000)")
     assert f"graph {net.sha256[:12]}" in lines[0]
     assert lines[1] == "  assumptions: none"
@@ -242,8 +272,10 @@ def claims_on(draw, graph):
 def test_round_trip_random_claims(small, data):
     claim = data.draw(claims_on(small))
     env = {"g": small}
-    for printed in (format_claim(claim, env), format_claim(claim)):
-        again = parse_claim(printed, {"g": small, "net": small})
+    # env vectors that the claim's vectors may happen to equal (constant or not)
+    crowded = {"g": small, "z": [0, 0], "o": [1, 1], "u": [0, 1], "w": [1, 0], "t": [0, 0, 0]}
+    for printed in (format_claim(claim, env), format_claim(claim), format_claim(claim, crowded)):
+        again = parse_claim(printed, {**crowded, "net": small})
         assert again == claim, printed
         assert again.to_json() == claim.to_json()
     assert claim_to_latex(claim).startswith("\\forall x \\in ")

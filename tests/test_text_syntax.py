@@ -138,8 +138,99 @@ def test_linear_bound(net, env):
 
 
 def test_linear_bound_rejects_le(env):
-    with pytest.raises(ClaimValueError, match=r"claim 'lb'.*line 1, column 36.*'>=' only"):
+    with pytest.raises(ClaimValueError, match=r"claim 'lb'.*line 1, column 36.*'<=' may only "
+                       r"follow a constant"):
         parse_claim("claim lb: forall x in box(lo, hi): net(x)[0] <= 1", env)
+
+
+def test_constant_left_of_le_is_a_lower_bound(net, env):
+    """`c <= E` is the lower bound `E >= c` (a review: it was refused as "'>=' only")."""
+    def lb(prop):
+        return parse_claim(f"claim c: forall x in box(lo, hi): {prop}", env)
+
+    assert same(lb("1 <= net(x)[0]"), lb("net(x)[0] >= 1"))
+    assert same(lb("-1/2 <= 2*net(x)[0] - net(x)[3]"), lb("2*net(x)[0] - net(x)[3] >= -1/2"))
+    assert same(lb("1 + 1/4 <= net(x)[0] + 1, net(x)[1] >= 0 and 0 <= net(x)[2]"),
+                lb("net(x)[0] >= 1/4, net(x)[1] >= 0, net(x)[2] >= 0"))
+    c = lb("1 <= net(x)[0]")
+    assert c.rows[0][0] == 1 and c.rhs == (fmpq(1),)
+    # a constant on the left of >= is an upper bound, in a linear bound and in `never`
+    assert same(lb("1 >= net(x)[0]"), lb("-net(x)[0] >= -1"))
+    assert same(lb("never 1 >= net(x)[0]"), lb("never net(x)[0] <= 1"))
+    # '<=' after an output still reads like the set to avoid: refused, naming what is allowed
+    head = "claim c: forall x in box(lo, hi): "
+    for prop, at in [("net(x)[0] <= 1", 0), ("net(x)[0] >= 0, net(x)[0] <= net(x)[1]", 16)]:
+        with pytest.raises(ClaimValueError) as info:
+            lb(prop)
+        msg, col = str(info.value), len(head) + at + 1
+        assert f"line 1, column {col}" in msg and "'c <= E'" in msg and "'c >= E'" in msg
+        assert "never (... <= ...)" in msg
+
+
+def test_env_names_where_numbers_go(net, env):
+    """A name bound in env may stand for a label, margin, clamp bound, list element, coefficient
+    or constant (a review: `net(x)[0] >= m` said "expected '(', found the end of the text")."""
+    names = {**env, "m": "1/10", "lab": np.int64(3), "k": 2, "a": 0, "b": 1}
+
+    def both(named, literal):
+        text = "claim c: forall x in {}"
+        assert same(parse_claim(text.format(named), names), parse_claim(text.format(literal), env))
+
+    both("ball(x0, eps): margin(net(x), lab) >= m", "ball(x0, 1/64): margin(net(x), 3) >= 1/10")
+    both("ball(x0, eps): margin(net(x), lab) >= -m", "ball(x0, 1/64): margin(net(x), 3) >= -0.1")
+    both("ball(x0, eps) clamp [a, b]: argmax(net(x)) == lab",
+         "ball(x0, 1/64) clamp [0, 1]: argmax(net(x)) == 3")
+    both("ball([a, m, -m, b], m): argmax(net(x)) == 0",
+         "ball([0, 1/10, -1/10, 1], 1/10): argmax(net(x)) == 0")
+    both("box(lo, hi): net(x)[0] >= m", "box(lo, hi): net(x)[0] >= 1/10")
+    both("box(lo, hi): k*net(x)[0] - net(x)[1]*m + k >= m, m <= net(x)[2]",
+         "box(lo, hi): 2*net(x)[0] - 1/10*net(x)[1] >= 1/10 - 2, net(x)[2] >= 1/10")
+    both("box(lo, hi): never (net(x)[0] <= -k)", "box(lo, hi): never (net(x)[0] <= -2)")
+    both("box(-b, lo): argmax(net(x)) == 0", "box(-1, 0): argmax(net(x)) == 0")
+    both("box(-hi, lo): argmax(net(x)) == 0", "box([-1, -1/2, -1, -1], 0): argmax(net(x)) == 0")
+    # a name that is not a number (or not an integer label) is refused, naming it and the need
+    cases = [  # (property, the name's position in it, error, message)
+        ("margin(net(x), 0) >= lo", 21, ClaimValueError,
+         "margin: expected a number, but lo is a vector"),
+        ("argmax(net(x)) == m", 18, ClaimValueError, "expected an integer label, but m is 1/10"),
+        ("net(x)[0] >= net", 13, ClaimValueError, "constant: expected a number, but net is a "
+         "graph"),
+        ("hi*net(x)[0] >= 0", 0, ClaimValueError, "coefficient: expected a number, but hi is a "
+         "vector"),
+        ("net(x)[0] >= mm", 13, UnknownNameError, "unknown name 'mm'"),
+        ("margin(net(x), 1) >= -mm", 22, UnknownNameError, "unknown name 'mm'"),
+    ]
+    head = "claim r: forall x in box(lo, hi): "
+    for prop, at, kind, text in cases:
+        col = len(head) + at + 1
+        with pytest.raises(kind) as info:
+            parse_claim(head + prop, names)
+        assert (info.value.line, info.value.column) == (1, col), prop
+        assert f"line 1, column {col}: {text}" in str(info.value), str(info.value)
+    with pytest.raises(ClaimValueError, match=r"ball centre\[1\]: expected a number, but hi is"):
+        parse_claim("claim r: forall x in ball([0, hi, 0, 0], 1): argmax(net(x)) == 0", names)
+
+
+def test_index_count_message(env):
+    """(a review: "expected 1 or 1 indices")"""
+    with pytest.raises(ClaimValueError) as info:
+        parse_claim("claim r: forall x in box(lo, hi): net(x)[1, 2] >= 0", env)
+    assert "expected 1 index for node 'out' of shape [10], found 2" in str(info.value)
+    assert "1 or 1" not in str(info.value)
+    with pytest.raises(ClaimValueError, match=r"expected 1 or 2 indices for node 'reshape2' of "
+                       r"shape \[2, 5\], found 3"):
+        parse_claim("claim r: forall x in box(lo, hi): net(x)@reshape2[1, 2, 3] >= 0", env)
+
+
+def test_empty_claim_name_refused(env):
+    with pytest.raises(ClaimValueError) as info:
+        parse_claims('claim a: forall x in box(lo, hi): net(x)[0] >= 0\n'
+                     'claim "": forall x in box(lo, hi): net(x)[0] >= 0', env)
+    err = info.value
+    assert (err.line, err.column) == (2, 7)
+    assert "claim #2: line 2, column 7: a claim name must not be empty" in str(err)
+    assert "claim: ..." in str(err)  # says how to write an unnamed claim
+    assert parse_claim('claim " ": forall x in box(lo, hi): net(x)[0] >= 0', env).name == " "
 
 
 def test_inline_vectors_and_exact_numbers(two_in):

@@ -3,14 +3,19 @@ and LaTeX.
 
 `format_claim` writes one line in the text syntax followed by a comment naming the graph by the
 first 12 hex digits of its sha256. When every vector is short enough to be written inline (or is
-bound in `env`), parsing the printed text with the same `env` gives back an equal claim; longer
-vectors are abbreviated, e.g. ``[0, 1/2, 1/4, ... (784 values)]``, which is for reading only;
-so is a conjunction (kind ``all``: a VNN-LIB property over several input regions), printed part
-by part.
+constant, or bound in `env`), parsing the printed text with the same `env` gives back an equal
+claim; longer vectors are abbreviated, e.g. ``[0, 1/2, 1/4, ... (784 values)]``, which is for
+reading only; so is a conjunction (kind ``all``: a VNN-LIB property over several input regions),
+printed part by part.
 
 Pass `env` (the mapping given to `tl_dsl.text.parse_claims`) to print the graph and any vectors
 by their names there, and to leave out ``@node`` when the claim is about the graph's first output;
-without it the node is always written and the graph is called `net` (or `graph_name`).
+without it the node is always written and the graph is called `net` (or `graph_name`). A claim
+does not record how it was written, so an env name is printed for a vector only when the whole
+vector equals that env entry and is not constant: a constant vector is printed as its number (or
+inline when short), as it is without env, so that ``box(0, 1)`` never prints as ``box(lo, ...)``
+because env happens to bind some ``lo`` to zeros (the printed text parses to the same claim either
+way).
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class _Names:
                 vec = dsl.to_vector(value, key)
             except Exception:  # an env entry we cannot read is just not used
                 continue
+            if len(set(vec)) <= 1:  # constant: printed as its number, never by a name that
+                continue           # merely happens to hold equal values
             self.vectors.setdefault(vec, key)
 
     def output(self, claim: Claim) -> str:

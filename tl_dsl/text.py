@@ -11,15 +11,17 @@ A file holds any number of claims; whitespace and line breaks are free, `#` star
     claim lower: forall x in box(lo, hi): 2*net(x)[0] - net(x)[3] >= 1/2, net(x)[1] >= -1
 
 Form of a claim: ``claim NAME: forall VAR in SET: PROPERTY``. NAME is an identifier or a quoted
-string (``claim "mnist #0": ...``); it may be left out (``claim: ...``), giving a claim whose
-`name` is None, listed by `parse_claims` under the key ``"claim#K"`` (K = its position, from 1).
+string (``claim "mnist #0": ...``), not empty; it may be left out (``claim: ...``), giving a claim
+whose `name` is None, listed by `parse_claims` under the key ``"claim#K"`` (K = its position,
+from 1).
 
 Input sets (over the graph's single input node, flattened row-major):
 - ``ball(CENTER, EPS)`` is the L-inf ball; ``ball(CENTER, EPS) clamp [A, B]`` intersects it with
   [A, B]^n (as `stdlib.robustness.robust(..., clamp=(A, B))`); without ``clamp`` it is unclamped.
 - ``box(LO, HI)``.
-A vector (CENTER, LO, HI) is an inline list ``[0, 1/2, -3]``, a name bound in `env`, or a single
-number repeated to the needed length (``box(0, 1)`` is [0, 1]^n). EPS is a number or a name.
+A vector (CENTER, LO, HI) is an inline list ``[0, 1/2, -3]``, a name bound in `env` (``-name``
+negates it), or a single number repeated to the needed length (``box(0, 1)`` is [0, 1]^n; a name
+bound to a number is repeated too). EPS is a number or a name.
 
 Outputs: ``net(x)`` is the graph bound to ``net`` in `env` applied to the bound variable; it means
 the graph's first output node. ``net(x)@h1`` names another node by id; ids that are not plain
@@ -36,15 +38,22 @@ Properties:
 - ``never P1 or P2 or ...``: an Unsat claim; each Pk is a conjunction ``I1 and I2 ...`` of linear
   inequalities (in parentheses when there are several disjuncts), and is the polytope
   {y : A y <= b} with one row per inequality (``>=`` rows are negated into ``<=``).
-- ``I1, I2, ...`` (or joined by ``and``), every Ik using ``>=``: a LinearBound claim with one row
-  per inequality, C y >= d.
+- ``I1, I2, ...`` (or joined by ``and``): a LinearBound claim with one row per inequality,
+  C y >= d. Each Ik is ``E1 >= E2``, or ``c <= E`` with no output on the left (a lower bound on E,
+  read as ``E >= c``); an upper bound is written ``c >= E``. ``E <= ...`` with an output on the
+  left is refused: it reads like the set to avoid, which is written ``never (E <= ...)``.
 A linear inequality is ``E1 <= E2`` or ``E1 >= E2`` where each side is a sum of terms ``c*OUT[i]``,
 ``OUT[i]*c``, ``OUT[i]`` or a constant ``c``, with signs ``+``/``-``; it is normalised by moving
 every output term to the left and every constant to the right.
 
 Numbers are exact rationals, never binary64: integers ``-3``, decimals ``0.1`` (= 1/10) and
-``1e-3``, and quotients ``1/50`` or ``0.5/3``. Values taken from `env` are converted by
-`tl_dsl.claims.to_rational` (a Python or NumPy float is the binary value it holds; a string is
+``1e-3``, and quotients ``1/50`` or ``0.5/3``. Wherever a number goes (a label, EPS, a margin, a
+clamp bound, an element of an inline list, a coefficient or constant of a linear inequality) a
+name bound in `env` to a number may stand instead, negated as ``-m`` where a sign may go:
+``margin(net(x), L) >= -m``, ``net(x)[0] >= lo0``, ``k*net(x)[1]``, ``clamp [a, b]``; a label's
+value must be an integer, and anything else is refused naming the name and what was expected.
+(A name followed by ``(`` is always an output, ``net(x)``.) Values taken from `env` are converted
+by `tl_dsl.claims.to_rational` (a Python or NumPy float is the binary value it holds; a string is
 read as the exact decimal or "p/q" it spells).
 
 Reserved words: claim forall in ball box clamp argmax margin never and or.
@@ -296,34 +305,53 @@ class _ClaimReader:
         return -value if sign is not None and str(sign) == "-" else value
 
     def integer(self, tree: Tree, what: str) -> int:
-        value = self.signed(tree)
+        """A `scalar` that must be an integer (a label)."""
+        value = self.scalar(tree, what)
         if value.q != 1:
+            if tree.data == "scalar_name":
+                token = tree.children[1]
+                raise self.fail(token, f"expected an integer {what}, but {token} is {value}")
             raise self.fail(tree, f"expected an integer {what}, found {value}")
         return int(value.p)
 
-    def scalar(self, tree: Tree, what: str) -> fmpq:
-        if tree.data == "scalar_number":
-            return self.signed(tree.children[0])
-        token = tree.children[0]
+    def named_number(self, token: Token, what: str) -> fmpq:
+        """The number bound to a name in env (refused, naming it, when it is not a number)."""
         value = self.lookup(token)
         if isinstance(value, kernel_checker.Graph) or np.ndim(np.asarray(value, dtype=object)):
             raise self.fail(token, f"{what}: expected a number, but {token} is "
                             f"{_kind_of(value)}")
         return self.convert(token, lambda: dsl.to_rational(value, str(token)))
 
+    def scalar(self, tree: Tree, what: str) -> fmpq:
+        """A number, or a name bound to one (`-name` negates it)."""
+        if tree.data == "scalar_number":
+            return self.signed(tree.children[0])
+        sign, token = tree.children
+        value = self.named_number(token, what)
+        return -value if sign is not None and str(sign) == "-" else value
+
+    def coef(self, item, what: str) -> fmpq:
+        """A coefficient or constant of a linear inequality: a `ratio` or a name."""
+        if isinstance(item, Token):
+            return self.named_number(item, what)
+        return self.ratio(item)
+
     def vector(self, tree: Tree, length: int, what: str) -> tuple:
         if tree.data == "vec_list":
-            values = tuple(self.signed(c) for c in tree.children)
+            values = tuple(self.scalar(c, f"{what}[{i}]") for i, c in enumerate(tree.children))
         elif tree.data == "vec_scalar":
             return (self.signed(tree.children[0]),) * length
         else:
-            token = tree.children[0]
+            sign, token = tree.children
             value = self.lookup(token)
             if isinstance(value, kernel_checker.Graph):
                 raise self.fail(token, f"{what}: expected a vector, but {token} is a graph")
             if np.ndim(np.asarray(value, dtype=object)) == 0:
-                return (self.convert(token, lambda: dsl.to_rational(value, str(token))),) * length
-            values = self.convert(token, lambda: dsl.to_vector(value, str(token)))
+                values = (self.convert(token, lambda: dsl.to_rational(value, str(token))),) * length
+            else:
+                values = self.convert(token, lambda: dsl.to_vector(value, str(token)))
+            if sign is not None and str(sign) == "-":
+                values = tuple(-v for v in values)
         if len(values) != length:
             raise self.fail(tree, f"{what}: expected {length} numbers, found {len(values)}")
         return values
@@ -375,8 +403,9 @@ class _ClaimReader:
                                 f"has {out.size} values)")
             return i
         if len(idx) != len(out.shape):
-            raise self.fail(tree, f"expected 1 or {len(out.shape)} indices for node "
-                            f"{out.node!r} of shape {list(out.shape)}, found {len(idx)}")
+            allowed = "1 index" if len(out.shape) <= 1 else f"1 or {len(out.shape)} indices"
+            raise self.fail(tree, f"expected {allowed} for node {out.node!r} of shape "
+                            f"{list(out.shape)}, found {len(idx)}")
         for i, d in zip(idx, out.shape, strict=True):
             if not 0 <= i < d:
                 raise self.fail(tree, f"index {idx} outside the shape {list(out.shape)} of node "
@@ -395,21 +424,25 @@ class _ClaimReader:
 
     def term(self, tree: Tree) -> _Lin:
         if tree.data == "constant":
-            return _Lin({}, self.ratio(tree.children[0]))
+            return _Lin({}, self.coef(tree.children[0], "constant"))
         if tree.data == "plain_ref":
             return _Lin({self.ref(tree.children[0]): fmpq(1)})
         if tree.data == "scaled_ref":
             coef, ref = tree.children
         else:
             ref, coef = tree.children
-        return _Lin({self.ref(ref): self.ratio(coef)})
+        return _Lin({self.ref(ref): self.coef(coef, "coefficient")})
+
+    def sides(self, tree: Tree) -> tuple[_Lin, str, _Lin]:
+        """`lhs OP rhs` as (lhs, OP, rhs) with OP '<=' or '>='."""
+        lhs, op, rhs = tree.children
+        return self.linexpr(lhs), str(op), self.linexpr(rhs)
 
     def ineq(self, tree: Tree) -> tuple[str, _Lin]:
         """`lhs OP rhs` as (OP, lhs - rhs) with OP '<=' or '>='."""
-        lhs, op, rhs = tree.children
-        diff = self.linexpr(lhs)
-        diff.add(self.linexpr(rhs), -1)
-        return str(op), diff
+        lhs, op, rhs = self.sides(tree)
+        lhs.add(rhs, -1)
+        return op, lhs
 
     def row(self, lin: _Lin) -> tuple:
         n = self.out.size
@@ -420,7 +453,12 @@ class _ClaimReader:
         name_tree, var, set_tree, prop = tree.children
         if name_tree is not None:
             tok = name_tree.children[0]
-            self.name = json.loads(str(tok)) if tok.type == "STRING" else str(tok)
+            name = json.loads(str(tok)) if tok.type == "STRING" else str(tok)
+            if name == "":
+                raise self.fail(tok, "a claim name must not be empty: write an identifier or a "
+                                "non-empty quoted string, or leave the name out ('claim: ...') "
+                                "for an unnamed claim")
+            self.name = name
         self.var = str(var)
         build = getattr(self, f"prop_{prop.data}")
         maker = build(prop)  # reads the outputs first: they fix the graph and its input size
@@ -452,7 +490,7 @@ class _ClaimReader:
             raise self.fail(eps_t, f"expected a radius >= 0, found {eps}")
         clamp = None
         if clamp_t is not None:
-            a, b = (self.signed(c) for c in clamp_t.children)
+            a, b = (self.scalar(c, "clamp bound") for c in clamp_t.children)
             if a > b:
                 raise self.fail(clamp_t, f"empty clamp domain [{a}, {b}]")
             clamp = (a, b)
@@ -493,7 +531,7 @@ class _ClaimReader:
                             f"{out.node!r} has {out.size} values)")
         if out.size < 2:
             raise self.fail(tree, "a margin needs a node with at least 2 values")
-        m = self.signed(m_t)
+        m = self.scalar(m_t, "margin")
         node, name = self._node_arg(), self.name
 
         def make(s):
@@ -539,14 +577,24 @@ class _ClaimReader:
         return lambda s: dsl.unsat(out.graph, s, tuple(polys), node=node, name=name)
 
     def prop_linear_bound(self, tree: Tree):
-        items = [(c, self.ineq(c)) for c in tree.children]
+        """Rows C y >= d. Each inequality is `E1 >= E2`, or `c <= E` with no output on the
+        left (a lower bound on E, read as `E >= c`); `E <= ...` with an output on the left is
+        refused: in a claim that reads like the set to avoid (`never`)."""
+        items = [(c, self.sides(c)) for c in tree.children]
         if self.out is None:
             raise self.fail(tree, "the property mentions no graph output")
         rows, rhs = [], []
-        for t, (op, lin) in items:
-            if op != ">=":
-                raise self.fail(t, "a linear bound is written with '>=' only (for a set to "
-                                "avoid, write 'never (... <= ...)')")
+        for t, (lhs, op, rhs_lin) in items:
+            if op == ">=":
+                lin, other = lhs, rhs_lin   # lhs - rhs >= 0
+            elif not lhs.coeffs:
+                lin, other = rhs_lin, lhs   # c <= E:  E - c >= 0
+            else:
+                raise self.fail(t, "in a linear bound '<=' may only follow a constant ('c <= "
+                                "E', read as 'E >= c'): write 'E >= c' for a lower bound, "
+                                "'c >= E' for an upper bound, or 'never (... <= ...)' for a set "
+                                "to avoid")
+            lin.add(other, -1)
             rows.append(self.row(lin))
             rhs.append(-lin.const)
         out, node, name = self.out, self._node_arg(), self.name
