@@ -135,7 +135,7 @@ def _batch(x: np.ndarray, n_in: int) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype != np.float32:
         raise TypeError(f"expected float32 inputs (what the runtimes compute in), found {x.dtype}")
-    x = x.reshape(len(x), -1) if x.ndim > 1 else x.reshape(1, -1)
+    x = x.reshape(1, -1) if x.size == n_in else x.reshape(len(x), -1)  # (one input, any shape)
     if x.shape[1] != n_in:
         raise ValueError(f"expected {n_in} numbers per input, found {x.shape[1]}")
     return np.ascontiguousarray(x)

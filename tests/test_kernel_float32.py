@@ -339,6 +339,9 @@ def test_the_shipped_digits_cnn_runs_and_agrees():
     run = CpuRunner(plan(graph))
     xs = np.random.default_rng(3).uniform(0, 1, (4, run.plan.n_in)).astype(np.float32)
     audit_rows(graph, graph.outputs[0], xs, run.forward(xs), list(range(4)), "cpu", {})
+    one = run.forward(xs[:1])  # one input in the graph's shape, with or without its batch axis
+    for shaped in (xs[0].reshape(8, 8), xs[0].reshape(1, 8, 8), xs[0].reshape(1, 1, 8, 8)):
+        assert np.array_equal(run.forward(shaped), one)
 
 
 def test_tl_run_takes_an_onnx_model_imported_beside_the_bundle(tmp_path):
