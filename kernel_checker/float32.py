@@ -120,9 +120,10 @@ def _affine(x: Interval, node: Node, graph: Graph) -> Interval:
 
 def _avgpool(x: Interval, node: Node) -> Interval:
     """A window's sum of at most c = kernel area terms, divided by its count (or times its
-    rounded reciprocal): within gamma_{c+1} of the exact mean of magnitudes, plus 2^-149 for a
-    quotient that underflows; the means of magnitudes are the node's radii on [-max|v|,
-    max|v|], and a sum of magnitudes is at most c times that."""
+    rounded reciprocal, or each term scaled first, as a depthwise conv): within gamma_{c+1} of
+    the exact mean of magnitudes, plus c 2^-149 for quotients or products that underflow; the
+    means of magnitudes are the node's radii on [-max|v|, max|v|], and a sum of magnitudes is
+    at most c times that."""
     y = semantics.avgpool2d(x, node)
     mags = _magnitudes(x)
     spread = semantics.avgpool2d(Interval(x.shape, [-v for v in mags], mags, x.den), node)
@@ -134,7 +135,7 @@ def _avgpool(x: Interval, node: Node) -> Interval:
             raise refuse(RULE, f"graph.{node.id}", f"a window's sum of magnitudes reaches "
                          f"{approx_text(c * mean)} at output {i}: a binary32 evaluation may "
                          "overflow")
-        err.append(g * mean + ETA)
+        err.append(g * mean + c * ETA)
     return _widen(y, err)
 
 

@@ -368,3 +368,20 @@ def test_tl_run_takes_an_onnx_model_imported_beside_the_bundle(tmp_path):
     assert (tmp_path / "out" / "audit.model" / "graph.json").is_file()
     thm, _ = kernel_checker.check_bundle(str(bundle))
     assert len(thm.claim.parts) == 3
+
+
+def test_an_average_pool_scaled_term_by_term_in_the_subnormals_agrees(tmp_path):
+    """Nine values 5 2^-149 averaged as a depthwise conv would (each times fl(1/9), then summed)
+    give 9 2^-149: each underflowing product errs by up to 2^-150 (a review); the enclosure takes
+    c 2^-149 for them, as the affine nodes do. Sum-then-divide gives 5 2^-149."""
+    g = GraphBuilder()
+    g.output(g.avgpool2d(g.input([1, 3, 3]), (3, 3)))
+    graph = kernel_checker.load_graph(g.save(str(tmp_path)))
+    x = np.full(9, 5 * 2.0**-149, np.float32)
+    third = np.float32(1) / np.float32(9)
+    scaled = np.float32(0)
+    for v in x:
+        scaled = np.float32(scaled + v * third)
+    assert scaled == np.float32(9 * 2.0**-149)
+    for y in (scaled, np.float32(5 * 2.0**-149)):
+        proof.check(_claim(graph, x, np.array([y], np.float32)), CERT, graph)
