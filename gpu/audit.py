@@ -3,27 +3,23 @@ binary32 evaluation (rule `agreement`) and the agreements are joined into one th
 assumption is runtime.<cuda|cpu>.outputs (that the values are what the runtime returned), with
 the runtime's provenance. Untrusted: it only builds the claims; the kernel decides."""
 
-from fractions import Fraction
-
 import numpy as np
-from flint import fmpq
 
 import kernel_checker
 from kernel_checker import Box, Claim
 from tl_dsl import proof
+from tl_dsl.claims import to_vector
 
 
 def _exact(values: np.ndarray, what: str) -> tuple:
     values = np.asarray(values)
     if values.dtype != np.float32:  # (a cast would round other values silently)
         raise ValueError(f"expected binary32 {what}s (float32), found {values.dtype}")
-    out = []
-    for i, v in enumerate(values.reshape(-1)):
-        if not np.isfinite(v):
-            raise ValueError(f"{what}[{i}] is {v}: not a number the kernel can check")
-        p, q = Fraction(float(v)).as_integer_ratio()
-        out.append(fmpq(p, q))
-    return tuple(out)
+    flat = values.reshape(-1)
+    bad = np.flatnonzero(~np.isfinite(flat))
+    if bad.size:
+        raise ValueError(f"{what}[{bad[0]}] is {flat[bad[0]]}: not a number the kernel can check")
+    return to_vector(flat, what)
 
 
 def agreement(graph: kernel_checker.Graph, node: str, x: np.ndarray, y: np.ndarray,

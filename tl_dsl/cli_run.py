@@ -9,6 +9,8 @@ from collections import Counter
 
 
 def register(sub) -> None:
+    from tl_dsl.cli import _positive
+
     r = sub.add_parser("run", help="execute a checked graph in binary32 (CPU or CUDA) and audit "
                        "sampled outputs with the kernel")
     r.add_argument("graph", help="a tl.graph.v1 graph.json or an ONNX model (imported beside "
@@ -17,7 +19,7 @@ def register(sub) -> None:
                    help="where to run (never a silent fallback: cuda without a device fails)")
     src = r.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", metavar="X.npy", help="float32 inputs, one per row (or one)")
-    src.add_argument("--random", type=_count, metavar="N", help="N inputs drawn uniformly in "
+    src.add_argument("--random", type=_positive, metavar="N", help="N inputs drawn uniformly in "
                      "[--low, --high] (float32)")
     r.add_argument("--low", type=float, default=-1.0)
     r.add_argument("--high", type=float, default=1.0)
@@ -28,15 +30,6 @@ def register(sub) -> None:
     r.add_argument("--bundle", help="write the audit's bundle here (re-check: tl check)")
     r.add_argument("--out", metavar="Y.npy", help="write the outputs here")
     r.set_defaults(func=cmd_run)
-
-
-def _count(text: str) -> int:
-    import argparse
-
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of inputs, found {text}")
-    return n
 
 
 def _rows(spec: str, n: int) -> list:
